@@ -1,0 +1,20 @@
+"""Command-line plumbing shared by the `python -m harness.*` entry points."""
+
+import functools
+import sys
+
+from harness.errors import HarnessError
+
+
+def exit_on_harness_error(task):
+    """Turn a HarnessError into one clear line on stderr and exit code 2 (no traceback)."""
+
+    @functools.wraps(task)
+    def wrapper(*args, **kwargs):
+        try:
+            return task(*args, **kwargs)
+        except HarnessError as exc:
+            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            raise SystemExit(2) from exc
+
+    return wrapper

@@ -1,0 +1,25 @@
+"""One exception hierarchy: every message says what was wrong and what to do about it."""
+
+
+class HarnessError(Exception):
+    """Base class of every error the harness raises on purpose."""
+
+
+class ConfigError(HarnessError):
+    """A configuration value is unknown or out of range."""
+
+
+class AssetError(HarnessError):
+    """A model file, corpus package or other asset is missing or corrupt."""
+
+
+class CorpusError(HarnessError):
+    """The corpus could not be read or is empty."""
+
+
+class SetIntegrityError(HarnessError):
+    """A frozen neuron set is missing, incomplete or fails its content hash."""
+
+
+class FidelityError(HarnessError):
+    """Hooked activations do not match a recomputation from the layer's own weights."""
