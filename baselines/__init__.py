@@ -1,0 +1,1 @@
+"""Baselines: explanations and simulations that need no LLM, and connection weights."""

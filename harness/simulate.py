@@ -1,0 +1,49 @@
+"""Simulators: predict a neuron's activation on each token of held-out records from an
+explanation. A registry from config name to a class with `simulate(explanation, records)`,
+returning one list of predictions (on the 0–10 scale) per record."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from harness.errors import ConfigError
+from harness.records import ActivationRecord
+
+
+class Simulator(Protocol):
+    def simulate(self, explanation: str, records: list[ActivationRecord]) -> list[list[float]]: ...
+
+
+_STOPWORDS = {"the", "and", "for", "with", "that", "this", "token", "tokens", "word", "words", "like",
+              "fires", "on", "of", "in", "a", "an", "to", "or", "is", "are", "mentions"}
+
+
+@dataclass
+class TokenMatchSimulator:
+    """No LLM: predict `high` on tokens the explanation names, else 0. Named tokens are the
+    quoted strings in the explanation if it has any, otherwise its non-stopword words."""
+
+    high: float = 10.0
+    stopwords: set[str] = field(default_factory=lambda: set(_STOPWORDS))
+
+    def named_tokens(self, explanation: str) -> set[str]:
+        quoted = re.findall(r'"([^"]+)"', explanation)
+        words = quoted or [w for w in re.findall(r"[\w']+", explanation) if w.lower() not in self.stopwords]
+        return {w.strip().lower() for w in words if w.strip()}
+
+    def simulate(self, explanation: str, records: list[ActivationRecord]) -> list[list[float]]:
+        named = self.named_tokens(explanation)
+        return [[self.high if t.strip().lower() in named else 0.0 for t in r.tokens] for r in records]
+
+
+SIMULATORS: dict[str, type] = {"token_match": TokenMatchSimulator}
+
+
+def make_simulator(cfg: Any) -> Simulator:
+    params = dict(cfg)
+    kind = params.pop("kind")
+    if kind not in SIMULATORS:
+        raise ConfigError(f"unknown simulator kind {kind!r}; known: {sorted(SIMULATORS)}")
+    return SIMULATORS[kind](**params)
