@@ -153,6 +153,10 @@ def build(cfg: DictConfig) -> str:
     sample_pos = {name: {int(w): i for i, w in enumerate(s)} for name, s in sample.items()}
     sample_max = {name: torch.zeros((len(s), n_total)) for name, s in sample.items()}
     k_top = {"explain": counts.explain_top, "scoring": counts.calibration_top + counts.test_top}
+    for p, name in enumerate(POOLS):
+        if (win.pool == p).sum() < k_top[name]:
+            raise ConfigError(f"the {name} pool has {(win.pool == p).sum()} windows but {k_top[name]} top "
+                              "windows per neuron are asked for: use more documents or fewer top records.")
     top = {name: TopK(n_total, k_top[name], T) for name in POOLS}
     act_sum = torch.zeros(n_total, dtype=torch.float64)
     act_sq = torch.zeros(n_total, dtype=torch.float64)
@@ -187,7 +191,8 @@ def build(cfg: DictConfig) -> str:
         chosen += [li * n_per_layer + int(n) for n in picked]
     order = rng.permutation(len(chosen))  # the fixed order `neuron_set.limit` takes from
 
-    # Assign records per neuron.
+    # Assign records per neuron: calibration takes evenly spread top ranks (0, 3, 6, … for 5 of 15).
+    calibration_ranks = {round(i * k_top["scoring"] / counts.calibration_top) for i in range(counts.calibration_top)}
     plan = []  # (flat neuron, split, kind, window, activations or None)
     quantiles = {}
     for f in chosen:
@@ -195,8 +200,8 @@ def build(cfg: DictConfig) -> str:
         scoring_top = top["scoring"].windows[f].tolist()
         for r, w in enumerate(explain_top):
             plan.append((f, "explain", "top", w, top["explain"].acts[f, r]))
-        for r, w in enumerate(scoring_top):  # every third by rank to calibration, the rest to test
-            split = "calibration" if r % 3 == 0 and r // 3 < counts.calibration_top else "test"
+        for r, w in enumerate(scoring_top):  # calibration ranks spread evenly, the rest to test
+            split = "calibration" if r in calibration_ranks else "test"
             plan.append((f, split, "top", w, top["scoring"].acts[f, r]))
         free_e = _free(sample["explain"], explain_top, counts.explain_random)
         for w in rng.choice(free_e, size=counts.explain_random, replace=False):
@@ -287,11 +292,11 @@ def build(cfg: DictConfig) -> str:
             "alive": OmegaConf.to_container(cfg.alive),
             "n_alive": int(alive.sum()), "n_candidates": n_total,
             "top_by": "maximum activation of the neuron within the window",
-            "calibration_top_ranks": "scoring-pool top ranks 0, 3, 6, … (every third); the rest go to test",
+            "calibration_top_ranks": sorted(calibration_ranks),
             "random_from": f"a seeded sample of {cfg.sample_windows} windows per pool, excluding the neuron's top windows",
             "quantile_bins": f"{counts.test_quantile} equal-count bins of window maxima over the remaining scoring sample",
         },
-        "build": {"seconds": round(time.time() - t0, 1), "torch": torch.__version__, "device": str(subject.device)},
+        "build": {"torch": torch.__version__, "device": str(subject.device)},
     }
     out = SETS_DIR / cfg.name if cfg.output_dir is None else hydra.utils.to_absolute_path(cfg.output_dir)
     digest = write_set(Path(out), manifest, {

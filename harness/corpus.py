@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from omegaconf import OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
 from harness.errors import AssetError, ConfigError, CorpusError
 from harness.paths import cache_dir
 
@@ -115,7 +118,7 @@ def load_brown(max_documents: int | None = None) -> list[Document]:
             if member.isfile() and BROWN_FILE.match(name):
                 raw = tar.extractfile(member).read().decode("utf-8", errors="replace")
                 docs.append(Document(doc_id=f"brown/{name}", text=brown_document_text(raw)))
-    return docs[:max_documents] if max_documents else docs
+    return docs if max_documents is None else docs[:max_documents]
 
 
 # --- Other sources ----------------------------------------------------------------------------
@@ -125,8 +128,13 @@ def load_text_dir(path: str, max_documents: int | None = None) -> list[Document]
     if not root.is_dir():
         raise CorpusError(f"text_dir corpus: {root} is not a directory; set corpus.path to a folder of .txt files.")
     files = sorted(root.rglob("*.txt"))
-    return [Document(doc_id=f"text_dir/{f.relative_to(root).as_posix()}", text=f.read_text(encoding="utf-8"))
-            for f in files[:max_documents]]
+    docs = []
+    for f in files[:max_documents]:
+        try:
+            docs.append(Document(doc_id=f"text_dir/{f.relative_to(root).as_posix()}", text=f.read_text(encoding="utf-8")))
+        except UnicodeDecodeError as exc:
+            raise CorpusError(f"text_dir corpus: {f} is not UTF-8 text ({exc}); convert or remove it.") from exc
+    return docs
 
 
 def load_hf(dataset: str, split: str, text_field: str, config_name: str | None = None,
@@ -156,12 +164,19 @@ LOADERS: dict[str, Callable[..., list[Document]]] = {
 
 def load_corpus(cfg: Any) -> Corpus:
     """Load the corpus a Hydra `corpus/` config describes (its `source` names a loader)."""
-    params = dict(cfg)
+    try:
+        params = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    except MissingMandatoryValue as exc:
+        raise ConfigError(f"corpus setting missing: {exc.full_key} must be set (e.g. corpus.path=...)") from exc
     name = params.pop("name", params.get("source"))
     source = params.pop("source", None)
     if source not in LOADERS:
         raise ConfigError(f"unknown corpus source {source!r}; known: {sorted(LOADERS)}")
-    documents = [d for d in LOADERS[source](**params) if d.text.strip()]
+    try:
+        loaded = LOADERS[source](**params)
+    except TypeError as exc:  # a misspelled or unknown option
+        raise ConfigError(f"corpus {name!r}: bad options {sorted(params)}: {exc}") from exc
+    documents = [d for d in loaded if d.text.strip()]
     if not documents:
         raise CorpusError(f"corpus {name!r} has no non-empty documents; check its source settings {params}.")
     return Corpus(name=name, documents=documents, digest=_digest(documents))

@@ -141,7 +141,7 @@ def read_tables(path: Path) -> tuple[dict[str, Any], dict[str, pa.Table]]:
         tables = {name: pq.read_table(path / f"{name}.parquet") for name in TABLES}
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise SetIntegrityError(f"neuron set {path} is unreadable ({exc}); restore it from git "
-                                "(`git checkout -- {path}`) or rebuild it.") from exc
+                                f"(`git checkout -- {path}`) or rebuild it.") from exc
     return manifest, tables
 
 

