@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from harness import __version__
 from harness.errors import HarnessError
-from harness.explain import make_explainer
+from harness.explain import Explanation, make_explainer
+from harness.llm.cache import CallCache, Ledger
 from harness.records import load_set
 from harness.scoring import get_scorer
 from harness.scoring.stats import bootstrap_ci
@@ -32,25 +33,26 @@ log = logging.getLogger(__name__)
 def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     t0 = time.time()
     neuron_set = load_set(cfg.neuron_set.path, limit=cfg.neuron_set.limit)
-    explainer = make_explainer(cfg.explainer)
     simulator = make_simulator(cfg.simulator)
     scorers = [get_scorer(name) for name in cfg.scorer]
+    ledger = Ledger(prices=OmegaConf.to_container(cfg.pricing, resolve=True))
+
+    def judge(neuron, text: str) -> float:
+        """The first scorer's headline metric on the calibration split (never on test)."""
+        simulation = simulator.simulate(text, neuron.calibration)
+        return scorers[0].score(neuron.calibration, simulation)[scorers[0].headline]
+
+    explainer = make_explainer(cfg.explainer, cfg.get("prompt"), ledger=ledger, judge=judge,
+                               cache=CallCache(cfg.call_cache) if cfg.call_cache else None)
+    explain_batch = getattr(explainer, "explain_batch", None) or (lambda ns: [_try(explainer.explain, n) for n in ns])
 
     rows = []
-    for neuron in tqdm(neuron_set.neurons, desc="neurons", unit="neuron"):
-        row: dict[str, Any] = {"layer": neuron.layer, "neuron": neuron.neuron, "explanation": None,
-                               "failure": None, "cost_usd": 0.0}
-        try:
-            explanation = explainer.explain(neuron)
-            row.update(explanation=explanation.text, cost_usd=explanation.cost_usd)
-            simulation = simulator.simulate(explanation.text, neuron.test)
-            for scorer in scorers:
-                for metric, value in scorer.score(neuron.test, simulation).items():
-                    row[f"{scorer.name}.{metric}"] = value
-        except HarnessError as exc:  # recorded for this neuron; the cell goes on
-            row["failure"] = f"{type(exc).__name__}: {exc}"
-            log.warning("layer %d neuron %d failed: %s", neuron.layer, neuron.neuron, exc)
-        rows.append(row)
+    with tqdm(total=len(neuron_set.neurons), desc="neurons", unit="neuron") as bar:
+        for lo in range(0, len(neuron_set.neurons), cfg.batch_neurons):
+            chunk = neuron_set.neurons[lo:lo + cfg.batch_neurons]
+            for neuron, explanation in zip(chunk, explain_batch(chunk)):
+                rows.append(_score_row(neuron, explanation, simulator, scorers))
+            bar.update(len(chunk))
     table = pd.DataFrame(rows)
 
     seed = cfg.stats.seed
@@ -68,7 +70,7 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         "n_neurons": len(rows),
         "n_failed": int(table["failure"].notna().sum()),
         "scores": scores,
-        "cost": {"usd": float(table["cost_usd"].sum())},
+        "cost": ledger.summary(),
         "wall_seconds": round(time.time() - t0, 2),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
@@ -76,6 +78,32 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     _write_atomic(output_dir / "neurons.parquet", lambda p: table.to_parquet(p, index=False))
     _write_atomic(output_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=1) + "\n"))
     return summary
+
+
+def _try(fn, *args):
+    try:
+        return fn(*args)
+    except HarnessError as exc:
+        return exc
+
+
+def _score_row(neuron, explanation: Explanation | HarnessError, simulator, scorers) -> dict[str, Any]:
+    """One neuron's row; a failure is recorded in it and the cell goes on."""
+    row: dict[str, Any] = {"layer": neuron.layer, "neuron": neuron.neuron, "explanation": None,
+                           "failure": None, "cost_usd": 0.0, "details": None}
+    try:
+        if isinstance(explanation, HarnessError):
+            raise explanation
+        row.update(explanation=explanation.text, cost_usd=explanation.cost_usd,
+                   details=json.dumps(explanation.details) if explanation.details else None)
+        simulation = simulator.simulate(explanation.text, neuron.test)
+        for scorer in scorers:
+            for metric, value in scorer.score(neuron.test, simulation).items():
+                row[f"{scorer.name}.{metric}"] = value
+    except HarnessError as exc:
+        row["failure"] = f"{type(exc).__name__}: {exc}"
+        log.warning("layer %d neuron %d failed: %s", neuron.layer, neuron.neuron, exc)
+    return row
 
 
 def _write_atomic(path: Path, write) -> None:

@@ -23,3 +23,11 @@ class SetIntegrityError(HarnessError):
 
 class FidelityError(HarnessError):
     """Hooked activations do not match a recomputation from the layer's own weights."""
+
+
+class LLMError(HarnessError):
+    """A model call failed for good (after retries), or its backend is misconfigured."""
+
+
+class ExplanationError(HarnessError):
+    """An explainer's output was empty or malformed, also after one retry."""

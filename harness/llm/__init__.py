@@ -1,0 +1,126 @@
+"""One small protocol over every LLM the harness talks to.
+
+`LLM.chat(messages, **params)` returns a `ChatResult` (one text per sample, token usage and,
+where the backend gives them, per-token logprobs); `LLM.chat_batch` does many requests at once
+(batched generation locally, bounded concurrency against APIs). Every call goes through the
+persistent cache and the cell's ledger. Backends (`conf/explainer/`, reusable in
+`conf/simulator/`): `openai`, `anthropic`, `openai_compatible` and `hf_local`.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from harness.errors import ConfigError, LLMError
+from harness.llm.cache import CallCache, Ledger, request_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ChatResult:
+    texts: list[str]
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    # Per sample, per generated token: {"token": str, "logprob": float}.
+    logprobs: list[list[dict[str, Any]]] | None = None
+    from_cache: bool = False
+    cost_usd: float = 0.0
+
+
+@dataclass
+class ChatParams:
+    temperature: float = 1.0
+    max_tokens: int = 256
+    n: int = 1
+    logprobs: bool = False
+    seed: int = 0  # local sampling seed; APIs that take one get it too
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. a retry marker: part of the cache key only
+
+
+class Backend(Protocol):
+    name: str
+    model: str
+    paid: bool
+    concurrency: int
+
+    def identity(self) -> dict[str, Any]:
+        """What, besides the request, determines the answer (e.g. the endpoint); never secrets."""
+
+    def chat(self, messages: list[dict[str, str]], params: ChatParams) -> ChatResult: ...
+
+
+class LLM:
+    """A backend behind the call cache and the ledger."""
+
+    def __init__(self, backend: Backend, ledger: Ledger | None = None, cache: CallCache | None = None):
+        self.backend = backend
+        self.ledger = ledger or Ledger()
+        self.cache = cache or CallCache()
+
+    def _request(self, messages: list[dict[str, str]], params: ChatParams) -> dict[str, Any]:
+        return {"backend": self.backend.name, "model": self.backend.model, **self.backend.identity(),
+                "messages": messages, "params": asdict(params)}
+
+    def _account(self, result: ChatResult) -> ChatResult:
+        result.cost_usd = self.ledger.record(self.backend.model, self.backend.paid, result.input_tokens,
+                                             result.output_tokens, result.cached_input_tokens, result.from_cache)
+        return result
+
+    def chat(self, messages: list[dict[str, str]], **params: Any) -> ChatResult:
+        result = self.chat_batch([messages], **params)[0]
+        if isinstance(result, LLMError):
+            raise result
+        return result
+
+    def chat_batch(self, conversations: list[list[dict[str, str]]], **params: Any) -> list[ChatResult | LLMError]:
+        """One result per conversation; a request that failed for good is its LLMError (not
+        raised, so the other requests' results are kept; failures are not cached)."""
+        p = ChatParams(**params)
+        requests = [self._request(m, p) for m in conversations]
+        keys = [request_key(r) for r in requests]
+        results: list[ChatResult | LLMError | None] = []
+        for key in keys:
+            hit = self.cache.get(key)
+            results.append(ChatResult(**{**hit, "from_cache": True}) if hit else None)
+        todo = [i for i, r in enumerate(results) if r is None]
+        if todo:
+            fresh = self._call_many([conversations[i] for i in todo], p)
+            for i, result in zip(todo, fresh):
+                if isinstance(result, ChatResult):
+                    self.cache.put(keys[i], requests[i], asdict(result))
+                results[i] = result
+        return [self._account(r) if isinstance(r, ChatResult) else r for r in results]
+
+    def _call_many(self, conversations: list[list[dict[str, str]]], params: ChatParams) -> list[ChatResult | LLMError]:
+        batch = getattr(self.backend, "chat_batch", None)
+        if batch is not None:  # local models generate a whole batch in one pass
+            return batch(conversations, params)
+
+        def call(messages):
+            try:
+                return self.backend.chat(messages, params)
+            except LLMError as exc:
+                return exc
+
+        with ThreadPoolExecutor(max_workers=max(1, self.backend.concurrency)) as pool:
+            return list(pool.map(call, conversations))
+
+
+def make_backend(cfg: Any) -> Backend:
+    """A backend from a `conf/explainer/` (or `conf/simulator/`) config's `llm` block."""
+    from harness.llm.anthropic_backend import AnthropicBackend
+    from harness.llm.hf_local import HFLocalBackend
+    from harness.llm.openai_backend import OpenAIBackend
+
+    backends = {"openai": OpenAIBackend, "openai_compatible": OpenAIBackend,
+                "anthropic": AnthropicBackend, "hf_local": HFLocalBackend}
+    params = dict(cfg)
+    name = params.pop("backend", None)
+    if name not in backends:
+        raise ConfigError(f"unknown LLM backend {name!r}; known: {sorted(backends)}")
+    return backends[name](name=name, **params)
