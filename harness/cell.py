@@ -1,8 +1,11 @@
-"""One benchmark cell: (neuron set, explainer, simulator, scorers) → neurons.parquet + summary.json.
+"""One benchmark cell: (neuron set, explainer, prompt, simulator, scorers) → neurons.parquet + summary.json.
 
-Every neuron is explained from its `explain` split and scored on its `test` split. A neuron that
-fails gets its error in its row instead of a score; the cell goes on. `summary.json` is written
-last, so its presence marks a complete cell.
+Every neuron is explained from its `explain` split, simulated on `calibration` and `test`, and
+scored on `test`. Beside each score the cell reports two controls computed with the same
+simulator and scorers: the *floor* (each neuron scored with another neuron's explanation, a
+seeded derangement) and the *ceiling* (the test activations themselves quantised to the
+simulator's 0–10 scale). A neuron that fails gets its error in its row; the cell goes on.
+`summary.json` is written last, so its presence marks a complete cell.
 """
 
 from __future__ import annotations
@@ -11,57 +14,101 @@ import json
 import logging
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from harness import __version__
 from harness.errors import HarnessError
-from harness.explain import Explanation, make_explainer
+from harness.explain import make_explainer
 from harness.llm.cache import CallCache, Ledger
-from harness.records import load_set
-from harness.scoring import get_scorer
+from harness.records import NeuronRecord, load_set
+from harness.scoring import Scorer, Simulated, get_scorer, run_scorers
 from harness.scoring.stats import bootstrap_ci
-from harness.simulate import make_simulator
+from harness.simulate import OracleQuantizedSimulator, Simulator, make_simulator
 
 log = logging.getLogger(__name__)
+CONTROLS = ("floor", "ceiling")
+
+
+def scorers_from(cfg: DictConfig) -> list[tuple[Scorer, dict[str, Any]]]:
+    """`cfg.scorer` maps each selected scorer's name to its parameters."""
+    return [(get_scorer(name), OmegaConf.to_container(params, resolve=True) if params else {})
+            for name, params in cfg.scorer.items()]
+
+
+def simulate(simulator: Simulator, neuron: NeuronRecord, text: str) -> Simulated:
+    return Simulated(neuron, test=simulator.simulate(text, neuron.test),
+                     calibration=simulator.simulate(text, neuron.calibration))
+
+
+def derangement(n: int, seed: int) -> np.ndarray:
+    """A seeded permutation with no fixed point: neuron i borrows from perm[i] != i."""
+    if n < 2:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    while True:
+        perm = rng.permutation(n)
+        if not (perm == np.arange(n)).any():
+            return perm
 
 
 def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     t0 = time.time()
     neuron_set = load_set(cfg.neuron_set.path, limit=cfg.neuron_set.limit)
+    neurons = neuron_set.neurons
     simulator = make_simulator(cfg.simulator)
-    scorers = [get_scorer(name) for name in cfg.scorer]
+    scorers = scorers_from(cfg)
     ledger = Ledger(prices=OmegaConf.to_container(cfg.pricing, resolve=True))
 
-    def judge(neuron, text: str) -> float:
+    def judge(neuron: NeuronRecord, text: str) -> float:
         """The first scorer's headline metric on the calibration split (never on test)."""
-        simulation = simulator.simulate(text, neuron.calibration)
-        return scorers[0].score(neuron.calibration, simulation)[scorers[0].headline]
+        scorer, params = scorers[0]
+        on_calibration = replace(neuron, test=neuron.calibration)
+        sims = simulator.simulate(text, neuron.calibration)
+        return scorer.score([Simulated(on_calibration, sims, sims)], **params)[0][scorer.headline]
 
     explainer = make_explainer(cfg.explainer, cfg.get("prompt"), ledger=ledger, judge=judge,
                                cache=CallCache(cfg.call_cache) if cfg.call_cache else None)
+    if hasattr(explainer, "prepare"):  # e.g. baseline_borrowed explains every neuron first
+        explainer.prepare(neurons)
     explain_batch = getattr(explainer, "explain_batch", None) or (lambda ns: [_try(explainer.explain, n) for n in ns])
 
-    rows = []
-    with tqdm(total=len(neuron_set.neurons), desc="neurons", unit="neuron") as bar:
-        for lo in range(0, len(neuron_set.neurons), cfg.batch_neurons):
-            chunk = neuron_set.neurons[lo:lo + cfg.batch_neurons]
-            for neuron, explanation in zip(chunk, explain_batch(chunk)):
-                rows.append(_score_row(neuron, explanation, simulator, scorers))
+    rows: list[dict[str, Any]] = []
+    simulated: dict[int, Simulated] = {}
+    with tqdm(total=len(neurons), desc="explain + simulate", unit="neuron") as bar:
+        for lo in range(0, len(neurons), cfg.batch_neurons):
+            chunk = neurons[lo:lo + cfg.batch_neurons]
+            for i, (neuron, explanation) in enumerate(zip(chunk, explain_batch(chunk)), lo):
+                row = {"layer": neuron.layer, "neuron": neuron.neuron, "explanation": None, "failure": None,
+                       "cost_usd": 0.0, "details": None, "test_simulation": None}
+                try:
+                    if isinstance(explanation, HarnessError):
+                        raise explanation
+                    row.update(explanation=explanation.text, cost_usd=explanation.cost_usd,
+                               details=json.dumps(explanation.details) if explanation.details else None)
+                    simulated[i] = simulate(simulator, neuron, explanation.text)
+                    row["test_simulation"] = simulated[i].test
+                except HarnessError as exc:  # recorded for this neuron; the cell goes on
+                    row["failure"] = f"{type(exc).__name__}: {exc}"
+                    log.warning("layer %d neuron %d failed: %s", neuron.layer, neuron.neuron, exc)
+                rows.append(row)
             bar.update(len(chunk))
-    table = pd.DataFrame(rows)
 
-    seed = cfg.stats.seed
-    scores = {}
-    for scorer in scorers:
-        metrics = {c.split(".", 1)[1]: bootstrap_ci(table[c], cfg.stats.bootstrap_resamples, seed)
-                   for c in table.columns if c.startswith(scorer.name + ".")}
-        headline = metrics.get(scorer.headline, bootstrap_ci([]))
-        scores[scorer.name] = {"metric": scorer.headline, **headline, "metrics": metrics}
+    done = sorted(simulated)
+    for i, scores in zip(done, run_scorers(scorers, [simulated[i] for i in done])):
+        rows[i].update(scores)
+    if cfg.controls.floor:
+        _add_control(rows, "floor", scorers, _floor_simulations(rows, neurons, simulator, done, cfg.stats.seed))
+    if cfg.controls.ceiling:
+        oracle = OracleQuantizedSimulator()
+        _add_control(rows, "ceiling", scorers, {i: simulate(oracle, neurons[i], "") for i in range(len(neurons))})
+    table = pd.DataFrame(rows)
 
     summary = {
         "harness_version": __version__,
@@ -69,7 +116,9 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         "set_hash": neuron_set.hash,
         "n_neurons": len(rows),
         "n_failed": int(table["failure"].notna().sum()),
-        "scores": scores,
+        "scores": _summarise(table, scorers, "", cfg.stats),
+        **{control: _summarise(table, scorers, control + ".", cfg.stats) for control in CONTROLS
+           if cfg.controls[control]},
         "cost": ledger.summary(),
         "wall_seconds": round(time.time() - t0, 2),
         "config": OmegaConf.to_container(cfg, resolve=True),
@@ -80,30 +129,41 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     return summary
 
 
+def _floor_simulations(rows, neurons, simulator, done: list[int], seed: int) -> dict[int, Simulated]:
+    """The random-explanation floor: each explained neuron simulated with the explanation of
+    another explained neuron (seeded derangement)."""
+    out = {}
+    for i, j in zip(done, np.asarray(done)[derangement(len(done), seed)]):
+        try:
+            out[i] = simulate(simulator, neurons[i], rows[j]["explanation"])
+        except HarnessError as exc:
+            log.warning("floor for layer %d neuron %d failed: %s", neurons[i].layer, neurons[i].neuron, exc)
+    return out
+
+
+def _add_control(rows, control: str, scorers, simulations: dict[int, Simulated]) -> None:
+    keys = sorted(simulations)
+    for i, scores in zip(keys, run_scorers(scorers, [simulations[i] for i in keys])):
+        rows[i].update({f"{control}.{k}": v for k, v in scores.items()})
+
+
+def _summarise(table: pd.DataFrame, scorers, prefix: str, stats: DictConfig) -> dict[str, Any]:
+    """Per scorer: the headline metric's mean and CI at the top level, every metric under `metrics`."""
+    out = {}
+    for scorer, _ in scorers:
+        start = f"{prefix}{scorer.name}."
+        metrics = {c[len(start):]: bootstrap_ci(table[c], stats.bootstrap_resamples, stats.seed)
+                   for c in table.columns if c.startswith(start)}
+        out[scorer.name] = {"metric": scorer.headline, **metrics.get(scorer.headline, bootstrap_ci([])),
+                            "metrics": metrics}
+    return out
+
+
 def _try(fn, *args):
     try:
         return fn(*args)
     except HarnessError as exc:
         return exc
-
-
-def _score_row(neuron, explanation: Explanation | HarnessError, simulator, scorers) -> dict[str, Any]:
-    """One neuron's row; a failure is recorded in it and the cell goes on."""
-    row: dict[str, Any] = {"layer": neuron.layer, "neuron": neuron.neuron, "explanation": None,
-                           "failure": None, "cost_usd": 0.0, "details": None}
-    try:
-        if isinstance(explanation, HarnessError):
-            raise explanation
-        row.update(explanation=explanation.text, cost_usd=explanation.cost_usd,
-                   details=json.dumps(explanation.details) if explanation.details else None)
-        simulation = simulator.simulate(explanation.text, neuron.test)
-        for scorer in scorers:
-            for metric, value in scorer.score(neuron.test, simulation).items():
-                row[f"{scorer.name}.{metric}"] = value
-    except HarnessError as exc:
-        row["failure"] = f"{type(exc).__name__}: {exc}"
-        log.warning("layer %d neuron %d failed: %s", neuron.layer, neuron.neuron, exc)
-    return row
 
 
 def _write_atomic(path: Path, write) -> None:
@@ -113,16 +173,18 @@ def _write_atomic(path: Path, write) -> None:
 
 
 def results_table(summary: dict[str, Any]) -> str:
-    """A small Markdown table of every metric's mean and CI."""
+    """A small Markdown table of every metric's mean and CI, with the floor and ceiling beside it."""
     lines = [f"neuron set {summary['set_name']} (hash {summary['set_hash'][:12]}…), "
-             f"{summary['n_neurons']} neurons, {summary['n_failed']} failed",
-             "", "| scorer | metric | mean | 95% CI | n | failed |", "|---|---|---|---|---|---|"]
+             f"{summary['n_neurons']} neurons, {summary['n_failed']} failed", "",
+             "| scorer | metric | mean | 95% CI | n | failed | floor | ceiling |", "|---|---|---|---|---|---|---|---|"]
     for name, block in summary["scores"].items():
         for metric, s in block["metrics"].items():
             mark = " (headline)" if metric == block["metric"] else ""
+            controls = [_fmt(summary.get(c, {}).get(name, {}).get("metrics", {}).get(metric, {}).get("mean"))
+                        for c in CONTROLS]
             lo, hi = s["ci95"]
             lines.append(f"| {name} | {metric}{mark} | {_fmt(s['mean'])} | [{_fmt(lo)}, {_fmt(hi)}] | "
-                         f"{s['n']} | {s['n_failed']} |")
+                         f"{s['n']} | {s['n_failed']} | {controls[0]} | {controls[1]} |")
     return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
 """Simulators: predict a neuron's activation on each token of held-out records from an
 explanation. A registry from config name to a class with `simulate(explanation, records)`,
-returning one list of predictions (on the 0–10 scale) per record."""
+returning one list of predictions (on the 0–10 scale) per record, or None for a record the
+simulator failed on (scorers leave such windows out and never treat them as zeros)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from harness.errors import ConfigError
+from harness.explain import normalized
 from harness.records import ActivationRecord
 
 
 class Simulator(Protocol):
-    def simulate(self, explanation: str, records: list[ActivationRecord]) -> list[list[float]]: ...
+    def simulate(self, explanation: str, records: list[ActivationRecord]) -> list[list[float] | None]: ...
 
 
 _STOPWORDS = {"the", "and", "for", "with", "that", "this", "token", "tokens", "word", "words", "like",
@@ -38,7 +40,17 @@ class TokenMatchSimulator:
         return [[self.high if t.strip().lower() in named else 0.0 for t in r.tokens] for r in records]
 
 
-SIMULATORS: dict[str, type] = {"token_match": TokenMatchSimulator}
+@dataclass
+class OracleQuantizedSimulator:
+    """The ceiling control: ignores the explanation and returns the true activations quantised to
+    the 0–10 scale simulators use (Bills et al.'s floor(10·relu(a)/max), max over the records
+    given). What it loses is what the scale alone costs under each scoring rule."""
+
+    def simulate(self, explanation: str, records: list[ActivationRecord]) -> list[list[float]]:
+        return [[float(v) for v in row] for row in normalized(records)]
+
+
+SIMULATORS: dict[str, type] = {"token_match": TokenMatchSimulator, "oracle_quantized": OracleQuantizedSimulator}
 
 
 def make_simulator(cfg: Any) -> Simulator:

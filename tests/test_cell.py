@@ -58,7 +58,8 @@ def test_limit_takes_the_sets_fixed_order(tiny_set, tmp_path):
     run_cell(_cell_cfg(f"neuron_set.path={tiny_set}"), tmp_path / "b")
     first = pd.read_parquet(tmp_path / "a" / "neurons.parquet")
     every = pd.read_parquet(tmp_path / "b" / "neurons.parquet")
-    pd.testing.assert_frame_equal(first, every.head(3))
+    own = [c for c in first.columns if not c.startswith("floor.")]  # the floor borrows across the neurons run
+    pd.testing.assert_frame_equal(first[own], every.head(3)[own])
     assert len(every) == 8
 
 

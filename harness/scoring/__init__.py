@@ -1,30 +1,45 @@
-"""Scoring rules: a registry from config name to a function (neuron, simulation) → scores.
+"""Scoring rules: a registry from config name to a `Scorer`.
 
-A scorer takes the neuron's records and the simulator's predictions for its `test` split
-(one list of floats per record, aligned with the tokens) and returns {metric: value}. NaN
-means the metric is undefined for this neuron (for example a constant prediction) and is
-counted as a failure, never as 0.
+A scorer receives every neuron's `Simulated` (its records plus the simulator's predictions for
+its `calibration` and `test` splits, one list per record, `None` for a window the simulator
+failed on) and returns one {metric: value} per neuron, computed on the raw activations of `test`.
+It works on the whole batch so a rule that runs the subject model (ablation) can patch many
+neurons in one forward pass. NaN means the metric is undefined for the neuron (e.g. a constant
+prediction) and counts as a failure, never as 0. Parameters come from `conf/scorer/<name>.yaml`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from harness.errors import ConfigError
-from harness.records import ActivationRecord
+from harness.records import NeuronRecord
 from harness.scoring.correlation import correlation_scores
+
+
+@dataclass
+class Simulated:
+    neuron: NeuronRecord
+    test: list[list[float] | None]
+    calibration: list[list[float] | None]
 
 
 @dataclass(frozen=True)
 class Scorer:
     name: str
-    score: Callable[[list[ActivationRecord], list[list[float]]], dict[str, float]]
+    score: Callable[..., list[dict[str, float]]]  # (list[Simulated], **params) → one dict per neuron
     headline: str  # the metric reported as `scores.<name>.mean`
 
 
+def per_neuron(fn: Callable[[Simulated], dict[str, float]]) -> Callable[..., list[dict[str, float]]]:
+    """Lift a rule that scores one neuron at a time to the batch interface."""
+    return lambda batch, **params: [fn(s, **params) for s in batch]
+
+
 SCORERS: dict[str, Scorer] = {
-    "correlation": Scorer("correlation", correlation_scores, headline="ev_correlation_score"),
+    "correlation": Scorer("correlation", per_neuron(lambda s: correlation_scores(s.neuron.test, s.test)),
+                          headline="ev_correlation_score"),
 }
 
 
@@ -32,3 +47,12 @@ def get_scorer(name: str) -> Scorer:
     if name not in SCORERS:
         raise ConfigError(f"unknown scorer {name!r}; known: {sorted(SCORERS)}")
     return SCORERS[name]
+
+
+def run_scorers(scorers: list[tuple[Scorer, dict[str, Any]]], batch: list[Simulated]) -> list[dict[str, float]]:
+    """Every scorer on every neuron: one flat {"<scorer>.<metric>": value} per neuron."""
+    rows: list[dict[str, float]] = [{} for _ in batch]
+    for scorer, params in scorers:
+        for row, scores in zip(rows, scorer.score(batch, **params)):
+            row.update({f"{scorer.name}.{metric}": value for metric, value in scores.items()})
+    return rows

@@ -31,14 +31,16 @@ def absolute_dev_explained(real: np.ndarray, pred: np.ndarray) -> float:
     return float(1 - np.mean(np.abs(real - pred)) / denom) if denom > 0 else float("nan")
 
 
-def _pooled(records: list[ActivationRecord], sims: list[list[float]], kinds: set[str]):
-    pairs = [(r.activations, s) for r, s in zip(records, sims, strict=True) if r.kind in kinds]
+def _pooled(records: list[ActivationRecord], sims: list[list[float] | None], kinds: set[str]):
+    """Concatenate true and simulated activations of the records of `kinds`; windows the
+    simulator failed on (None) are left out."""
+    pairs = [(r.activations, s) for r, s in zip(records, sims, strict=True) if r.kind in kinds and s is not None]
     real = np.concatenate([np.asarray(a, dtype=np.float64) for a, _ in pairs]) if pairs else np.zeros(0)
     pred = np.concatenate([np.asarray(s, dtype=np.float64) for _, s in pairs]) if pairs else np.zeros(0)
     return real, pred
 
 
-def correlation_scores(records: list[ActivationRecord], sims: list[list[float]]) -> dict[str, float]:
+def correlation_scores(records: list[ActivationRecord], sims: list[list[float] | None]) -> dict[str, float]:
     real, pred = _pooled(records, sims, {"top", "random"})
     real_random, pred_random = _pooled(records, sims, {"random"})
     return {
