@@ -287,12 +287,14 @@ class HypothesisLoop:
 # --- Registry ---------------------------------------------------------------------------------
 
 def _registry() -> dict[str, type]:
+    from baselines.borrowed import BorrowedExplainer
     from baselines.empty import EmptyExplainer
     from baselines.top_tokens import TopTokensExplainer
     from baselines.weight_tokens import WeightInExplainer, WeightOutExplainer
 
     return {"baseline_top_tokens": TopTokensExplainer, "baseline_weight_in": WeightInExplainer,
-            "baseline_weight_out": WeightOutExplainer, "baseline_empty": EmptyExplainer}
+            "baseline_weight_out": WeightOutExplainer, "baseline_empty": EmptyExplainer,
+            "baseline_borrowed": BorrowedExplainer}
 
 
 def make_explainer(cfg: Any, prompt_cfg: Any = None, ledger=None, judge: Judge | None = None,

@@ -19,7 +19,7 @@ class Simulator(Protocol):
 
 
 _STOPWORDS = {"the", "and", "for", "with", "that", "this", "token", "tokens", "word", "words", "like",
-              "fires", "on", "of", "in", "a", "an", "to", "or", "is", "are", "mentions"}
+              "fires", "on", "of", "in", "a", "an", "to", "or", "is", "are", "mentions", "nothing", "particular"}
 
 
 @dataclass
