@@ -49,7 +49,9 @@ class Windows:
 
 
 def make_windows(corpus: Corpus, tokenizer, window: int, explain_fraction: float, seed: int,
-                 max_windows: int | None) -> tuple[Windows, dict[str, list[str]]]:
+                 max_windows: int | None) -> tuple[Windows, dict[str, list[str]], int]:
+    """All full windows (or a seeded subset of `max_windows`), the document pools, and the
+    number of full windows in the corpus."""
     rng = np.random.default_rng(seed)
     n_docs = len(corpus.documents)
     order = rng.permutation(n_docs)
@@ -69,6 +71,7 @@ def make_windows(corpus: Corpus, tokenizer, window: int, explain_fraction: float
     if not ids:
         raise CorpusError(f"corpus {corpus.name} has no document of at least {window} tokens.")
     w = Windows(np.array(docs), np.array(starts), np.array(ids, dtype=np.int64), pool_of[np.array(docs)])
+    n_all = len(w.doc)
     if max_windows:  # a quick build: a seeded subset of windows, in corpus order
         keep = np.sort(rng.choice(len(w.doc), size=min(max_windows, len(w.doc)), replace=False))
         w = Windows(w.doc[keep], w.start[keep], w.ids[keep], w.pool[keep])
@@ -77,7 +80,7 @@ def make_windows(corpus: Corpus, tokenizer, window: int, explain_fraction: float
             raise CorpusError(f"the {name} pool has no windows; use more documents or a shorter window.")
     pools = {name: sorted(corpus.documents[d].doc_id for d in range(n_docs) if pool_of[d] == p)
              for p, name in enumerate(POOLS)}
-    return w, pools
+    return w, pools, n_all
 
 
 class TopK:
@@ -135,7 +138,7 @@ def build(cfg: DictConfig) -> str:
         raise ConfigError(f"neurons_per_layer={cfg.neurons_per_layer} but {subject.name} has {n_per_layer} per layer")
     counts = cfg.counts
     corpus = load_corpus(cfg.corpus)
-    win, pools = make_windows(corpus, subject.tokenizer, cfg.window, cfg.explain_fraction,
+    win, pools, n_all_windows = make_windows(corpus, subject.tokenizer, cfg.window, cfg.explain_fraction,
                               cfg.seeds.pools, cfg.max_windows)
     n_windows, T = win.ids.shape
     log.info("%d documents → %d windows of %d tokens; %d layers × %d neurons", len(corpus.documents),
@@ -277,7 +280,9 @@ def build(cfg: DictConfig) -> str:
         "tokenizer": {"name_or_path": subject.name, "vocab_size": len(tok),
                       "class": type(tok).__name__, "add_special_tokens": False},
         "corpus": {"name": corpus.name, "digest": corpus.digest, "n_documents": len(corpus.documents),
-                   "n_windows": n_windows, "n_tokens": n_tokens,
+                   "n_windows": n_windows, "n_tokens": n_tokens, "n_windows_in_corpus": n_all_windows,
+                   "window_subset": (f"a seeded uniform subset of {cfg.max_windows} of the corpus's {n_all_windows} "
+                                     f"full windows (seed {cfg.seeds.pools})") if cfg.max_windows else "every full window",
                    "config": OmegaConf.to_container(cfg.corpus, resolve=True)},
         "pools": pools,
         "window": T,

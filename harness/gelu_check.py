@@ -274,7 +274,7 @@ def run_check(cfg: DictConfig, output_dir: Path, subject: Subject | None = None)
     L, N = nm.n_layers, nm.n_neurons
     layers = list(range(L))
     corpus = load_corpus(cfg.corpus)
-    win, _pools = make_windows(corpus, subject.tokenizer, cfg.window, cfg.explain_fraction, cfg.seeds.pools,
+    win, _pools, _ = make_windows(corpus, subject.tokenizer, cfg.window, cfg.explain_fraction, cfg.seeds.pools,
                                cfg.max_windows)
     W, T = win.ids.shape
     ids = torch.from_numpy(win.ids)

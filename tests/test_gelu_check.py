@@ -59,7 +59,7 @@ def _hand_deltas(subject: Subject, cfg, a: str, b: str) -> list[np.ndarray]:
         "gelu_new": lambda x: 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3))),
     }
     corpus = load_corpus(cfg.corpus)
-    win, _ = make_windows(corpus, subject.tokenizer, cfg.window, cfg.explain_fraction, cfg.seeds.pools,
+    win, _, _ = make_windows(corpus, subject.tokenizer, cfg.window, cfg.explain_fraction, cfg.seeds.pools,
                           cfg.max_windows)
     layers = list(range(subject.neurons.n_layers))
     inputs: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
