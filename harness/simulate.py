@@ -5,14 +5,23 @@ simulator failed on (scorers leave such windows out and never treat them as zero
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Protocol
 
-from harness.errors import ConfigError
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from transformers import DynamicCache
+
+from harness.errors import ConfigError, HarnessError
 from harness.explain import normalized
 from harness.records import ActivationRecord
 
+log = logging.getLogger(__name__)
 
 class Simulator(Protocol):
     def simulate(self, explanation: str, records: list[ActivationRecord]) -> list[list[float] | None]: ...
@@ -50,11 +59,423 @@ class OracleQuantizedSimulator:
         return [[float(v) for v in row] for row in normalized(records)]
 
 
-SIMULATORS: dict[str, type] = {"token_match": TokenMatchSimulator, "oracle_quantized": OracleQuantizedSimulator}
+# --- LLM simulators ----------------------------------------------------------------------------
+#
+# `all_at_once` and `one_at_a_time` read the simulator model's next-token distribution over the
+# activation values "0".."10" and predict the expected value Σ v·p(v) (Bills et al. 2023). The
+# prompt is our own: a short instruction, few-shot neurons whose activations are revealed as
+# `token<TAB>value` lines, then the explanation and the held-out window as `token<TAB>unknown`
+# lines. The value of token i would be written right after its tab, so the distribution is read
+# from the logits at the tab's position.
+#
+# Values that are more than one token. Where every value "0".."10" is one token (GPT-4's
+# tokenizer), p(v) is that token's probability, as in Bills et al. Where a value is two tokens
+# (SmolLM2 writes "10" as "1","0"), its probability is the exact probability of writing those two
+# tokens after the tab: P("1" | …tab) · P("0" | …tab "1"), and the single-token value that is its
+# first token keeps the rest of that token's mass: p(1) = P("1") − p(10), i.e. P("1")·(1 − P("0" |
+# "1")). So the 11 masses partition the probability of the value tokens exactly as the one-token
+# case does (for every value, continuations other than the ones that make another value are left
+# in), and nothing is approximated. The second factor needs the model's prediction after an extra
+# "1" at every tab. all_at_once gets it in the same forward pass: after the window it appends one
+# "1" token per line whose attention mask admits only the prompt up to that line's tab (a 4D
+# "tree" mask) and whose position id is the tab's position + 1, so its logits are exactly those of
+# the prompt "…tok_i<TAB>1". The masses are then renormalised over the 11 values.
+
+VALUES = tuple(range(11))
+_INSTRUCTION = (
+    "Each neuron of a language model reads a text one token at a time and takes an activation at every "
+    "token, written on a scale from 0 (silent) to 10 (its strongest response). For each neuron below there "
+    "is a description of what it responds to, then a text written one token per line as token<TAB>activation. "
+    "Most tokens have activation 0. Where the activation is written as unknown, it follows from the "
+    "description.")
+# Few-shot neurons written for NeuronBench (the first two are harness.explain's explainer examples).
+_SIM_SHOTS = [
+    (["We", " met", " on", " Tuesday", " and", " again", " on", " Friday", "."],
+     [0, 0, 0.4, 6.1, 0, 0, 0.3, 5.2, 0], "names of weekdays, especially after \"on\""),
+    (["The", " result", " (", "see", " Table", " 2", ")", " was", " clear", "."],
+     [0, 0, 0.2, 0, 0, 0.5, 3.9, 0, 0, 0], "closing parentheses, particularly ones that end a citation or cross-reference"),
+    (["She", " poured", " the", " coffee", " into", " a", " mug", " and", " sipped", " the", " hot", " tea", "."],
+     [0, 0.3, 0, 9.0, 0, 0, 2.1, 0, 2.8, 0, 1.2, 7.5, 0], "hot drinks such as coffee and tea, weakly on words about drinking"),
+]
+
+
+def _show(token: str) -> str:
+    """A token as it appears on its prompt line: newlines and tabs escaped so lines stay lines."""
+    return token.replace("\n", "\\n").replace("\t", "\\t")
+
+
+def expected_values(masses: np.ndarray) -> np.ndarray:
+    """(..., 11) unnormalised probabilities of the values 0..10 → their expected value, after
+    renormalising over the 11 values."""
+    masses = np.asarray(masses, dtype=np.float64)
+    return (masses * np.arange(11)).sum(-1) / masses.sum(-1)
+
+
+@dataclass(frozen=True)
+class ValueTokens:
+    """How the values 0..10 are written in tokens: `first[v]` is the first token of value v, and
+    `second[v]` its second token (None for one-token values). `continuations` are the distinct first
+    tokens of two-token values (SmolLM2: just "1"), each needing one extra readout per position."""
+
+    first: tuple[int, ...]
+    second: tuple[int | None, ...]
+    tab: int
+    newline: int
+
+    @property
+    def continuations(self) -> tuple[int, ...]:
+        return tuple(dict.fromkeys(f for f, s in zip(self.first, self.second) if s is not None))
+
+    @classmethod
+    def of(cls, tokenizer) -> "ValueTokens":
+        enc = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
+        tab, newline = enc("\t"), enc("\n")
+        if len(tab) != 1 or len(newline) != 1:
+            raise ConfigError("simulator tokenizer must write tab and newline as single tokens")
+        first, second = [], []
+        for v in VALUES:
+            ids = enc(f"\t{v}\n")
+            if ids[0] != tab[0] or ids[-1] != newline[0] or not 1 <= len(ids) - 2 <= 2:
+                raise ConfigError(f"simulator tokenizer writes the value {v} as {ids}; only one- or two-token "
+                                  "values between a tab and a newline are supported")
+            first.append(ids[1])
+            second.append(ids[2] if len(ids) == 4 else None)
+        return cls(tuple(first), tuple(second), tab[0], newline[0])
+
+    def masses(self, first_logprobs: np.ndarray, cont_logprobs: dict[int, np.ndarray]) -> np.ndarray:
+        """(n, vocab) log-probabilities at the tab positions, and for each continuation token c its
+        (n, vocab) log-probabilities after "tab c" → (n, 11) exact value masses (see the module note)."""
+        p_first = np.exp(first_logprobs[:, list(self.first)])
+        out = p_first.copy()
+        for v, (f, s) in enumerate(zip(self.first, self.second)):
+            if s is None:
+                continue
+            out[:, v] = p_first[:, v] * np.exp(cont_logprobs[f][:, s])
+            for u, (fu, su) in enumerate(zip(self.first, self.second)):
+                if su is None and fu == f:  # the one-token value that shares the first token
+                    out[:, u] -= out[:, v]
+        return np.clip(out, 0.0, None)
+
+
+@lru_cache(maxsize=2)
+def _load_hf(subject: str):
+    from harness.subject import load_subject, subject_config
+
+    loaded = load_subject(subject_config(subject))
+    return loaded.model, loaded.tokenizer
+
+
+def _logprobs(model, hidden: torch.Tensor) -> np.ndarray:
+    """Next-token log-probabilities from final hidden states (the model's own unembedding, with
+    its final logit soft-capping where it has one)."""
+    logits = model.get_output_embeddings()(hidden).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits.log_softmax(-1).cpu().numpy()
+
+
+class _LogprobSimulator:
+    """Shared by all_at_once and one_at_a_time: the prompt as token ids, assembled segment by
+    segment so every value slot's position is known exactly."""
+
+    def __init__(self, llm: dict | None = None, batch_size: int = 16, model=None, tokenizer=None):
+        llm = dict(llm or {"backend": "hf_local", "model": "smollm2_135m_instruct", "subject": "smollm2_135m"})
+        if llm.get("backend") != "hf_local":
+            raise ConfigError(f"simulator backend {llm.get('backend')!r}: logprob simulators read a local model's "
+                              "logits (backend: hf_local); for chat APIs use simulator=json")
+        self.llm, self.batch_size = llm, batch_size
+        self._model, self._tokenizer = model, tokenizer
+        self._enc_cache: dict[str, list[int]] = {}
+        self.forward_passes = 0  # sequences run through the model (one row of a batch = one pass)
+        self.forward_calls = 0  # batched model calls
+
+    def _load(self):
+        if self._model is None:
+            self._model, self._tokenizer = _load_hf(self.llm["subject"])
+            self._values = None
+        if getattr(self, "_values", None) is None:
+            self._values = ValueTokens.of(self._tokenizer)
+        return self._model, self._tokenizer, self._values
+
+    def _enc(self, text: str) -> list[int]:
+        ids = self._enc_cache.get(text)
+        if ids is None:
+            ids = self._enc_cache[text] = self._tokenizer.encode(text, add_special_tokens=False)
+        return ids
+
+    def prefix_ids(self, explanation: str) -> list[int]:
+        """Instruction, few-shot neurons with revealed values, then the explanation: shared by every
+        window of a neuron."""
+        return self.shots_ids() + self._enc(f"Neuron {len(_SIM_SHOTS) + 1}\nDescription: {explanation.strip()}\n<start>\n")
+
+    def shots_ids(self) -> list[int]:
+        """The instruction and few-shot neurons: the same for every explanation."""
+        vt = self._values
+        ids = list(self._enc(_INSTRUCTION + "\n\n"))
+        shots = [(ActivationRecord(tokens=t, activations=a), e) for t, a, e in _SIM_SHOTS]
+        for k, (record, expl) in enumerate(shots):
+            ids += self._enc(f"Neuron {k + 1}\nDescription: {expl.strip()}\n<start>\n")
+            for tok, value in zip(record.tokens, normalized([record])[0]):
+                ids += self._enc(_show(tok)) + [vt.tab] + self._enc(str(value)) + [vt.newline]
+            ids += self._enc("<end>\n\n")
+        return ids
+
+    def window_ids(self, record: ActivationRecord) -> tuple[list[int], list[int]]:
+        """The held-out window as `token<TAB>unknown` lines: its ids and the index of each tab."""
+        vt, ids, tabs = self._values, [], []
+        unknown = self._enc("unknown")
+        for tok in record.tokens:
+            ids += self._enc(_show(tok))
+            tabs.append(len(ids))
+            ids += [vt.tab] + unknown + [vt.newline]
+        return ids + self._enc("<end>"), tabs
+
+    def simulate(self, explanation: str, records: list[ActivationRecord]) -> list[list[float] | None]:
+        return [None if m is None else expected_values(m).tolist() for m in self.masses(explanation, records)]
+
+
+class AllAtOnceSimulator(_LogprobSimulator):
+    """Bills et al.'s all-at-once simulation: one forward pass per window, windows batched, the
+    key/value cache of the shared prefix (instruction + few-shot + explanation) computed once per
+    explanation and expanded across each batch (`reuse_prefix`)."""
+
+    def __init__(self, llm: dict | None = None, batch_size: int = 16, reuse_prefix: bool = True,
+                 max_context: int | None = None, model=None, tokenizer=None):
+        super().__init__(llm, batch_size, model, tokenizer)
+        self.reuse_prefix = reuse_prefix
+        self._shots_kv = None  # (ids, per-layer keys/values) of the instruction + few-shot block
+        self.max_context = max_context  # longest prompt; None: the model's max_position_embeddings
+
+    @torch.no_grad()
+    def masses(self, explanation: str, records: list[ActivationRecord]) -> list[np.ndarray | None]:
+        """Per window, the (n_tokens, 11) unnormalised value masses (None where it failed)."""
+        model, _, vt = self._load()
+        prefix = self.prefix_ids(explanation)
+        limit = self.max_context or getattr(model.config, "max_position_embeddings", None) or 10**9
+        out: list[np.ndarray | None] = [None] * len(records)
+        todo = []
+        for i, r in enumerate(records):
+            ids, tabs = self.window_ids(r)
+            if not r.tokens:
+                out[i] = np.zeros((0, 11))
+            elif len(prefix) + len(ids) + 1 > limit:
+                log.warning("window of %d tokens does not fit the simulator's context (%d); left out", len(r.tokens), limit)
+            else:
+                todo.append((i, ids, tabs))
+        prefix_kv = self._prefix_cache(model, prefix) if self.reuse_prefix and todo else None
+        for lo in range(0, len(todo), self.batch_size):
+            chunk = todo[lo:lo + self.batch_size]
+            for (i, _, _), m in zip(chunk, self._forward(model, vt, prefix, chunk, prefix_kv)):
+                out[i] = m
+        return out
+
+    def _prefix_cache(self, model, prefix: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The prefix's keys and values (batch 1). The instruction + few-shot part is computed once
+        per simulator and extended by each explanation's own tokens."""
+        shots = self.shots_ids()
+        if self._shots_kv is None or self._shots_kv[0] != shots:
+            cache = DynamicCache(config=model.config)
+            model.get_decoder()(input_ids=torch.tensor([shots], device=model.device), past_key_values=cache,
+                                use_cache=True)
+            self.forward_calls += 1
+            self._shots_kv = (shots, [(layer.keys, layer.values) for layer in cache.layers])
+        assert prefix[:len(shots)] == shots
+        cache = DynamicCache(ddp_cache_data=self._shots_kv[1], config=model.config)
+        model.get_decoder()(input_ids=torch.tensor([prefix[len(shots):]], device=model.device), past_key_values=cache,
+                            use_cache=True)
+        self.forward_calls += 1
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _forward(self, model, vt: ValueTokens, prefix: list[int], chunk, prefix_kv) -> list[np.ndarray]:
+        conts = vt.continuations
+        P = len(prefix)
+        rows, positions, parents = [], [], []  # per window: suffix ids, position ids, attention parent
+        for _, ids, tabs in chunk:
+            n = len(ids)
+            seq = list(ids) + [c for c in conts for _ in tabs]
+            pos = list(range(P, P + n)) + [P + t + 1 for _ in conts for t in tabs]
+            # a token at suffix index j attends to the prefix, to suffix tokens up to `parent[j]`, and to itself
+            parent = list(range(n)) + [t for _ in conts for t in tabs]
+            rows.append(seq), positions.append(pos), parents.append(parent)
+        Q = max(map(len, rows))
+        B, dev = len(rows), model.device
+        input_ids = torch.full((B, Q), vt.newline, dtype=torch.long)
+        position_ids = torch.zeros((B, Q), dtype=torch.long)
+        allowed = torch.zeros((B, Q, Q), dtype=torch.bool)
+        for b, (seq, pos, parent) in enumerate(zip(rows, positions, parents)):
+            L = len(seq)
+            input_ids[b, :L] = torch.tensor(seq)
+            position_ids[b, :L] = torch.tensor(pos)
+            position_ids[b, L:] = torch.arange(P + L, P + Q)
+            par = torch.tensor(parent)
+            # window tokens: causal; continuation tokens: the window up to their tab, and themselves
+            allowed[b, :L] = torch.arange(Q)[None, :] <= par[:, None]
+            extra = torch.arange(len(chunk[b][1]), L)
+            allowed[b, extra, extra] = True
+            allowed[b, L:] = torch.tril(torch.ones(Q - L, Q, dtype=torch.bool), diagonal=L)  # padding: causal
+        dtype = model.dtype
+        full = torch.cat([torch.ones((B, Q, P), dtype=torch.bool), allowed], dim=2)
+        if prefix_kv is not None:
+            cache = DynamicCache(ddp_cache_data=[(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1))
+                                                 for k, v in prefix_kv], config=model.config)
+            query_ids, query_pos, mask, offset = input_ids, position_ids, full, 0
+        else:
+            cache = None
+            pre = torch.tensor(prefix).expand(B, -1)
+            query_ids = torch.cat([pre, input_ids], 1)
+            query_pos = torch.cat([torch.arange(P).expand(B, -1), position_ids], 1)
+            top = torch.tril(torch.ones((P, P + Q), dtype=torch.bool)).expand(B, -1, -1)
+            mask, offset = torch.cat([top, full], 1), P
+        additive = torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, torch.finfo(dtype).min)[:, None]
+        # the decoder only: the unembedding is applied at the readout positions alone
+        hidden = model.get_decoder()(input_ids=query_ids.to(dev), position_ids=query_pos.to(dev),
+                                     attention_mask=additive.to(dev), past_key_values=cache,
+                                     use_cache=cache is not None).last_hidden_state
+        self.forward_calls += 1
+        self.forward_passes += B
+        out = []
+        for b, (_, ids, tabs) in enumerate(chunk):
+            n, k = len(ids), len(tabs)
+            at = np.asarray(tabs) + offset
+            reads = [at] + [offset + n + j * k + np.arange(k) for j in range(len(conts))]
+            lp = _logprobs(model, hidden[b, torch.as_tensor(np.concatenate(reads), device=dev)])
+            out.append(vt.masses(lp[:k], {c: lp[(j + 1) * k:(j + 2) * k] for j, c in enumerate(conts)}))
+        return out
+
+
+class OneAtATimeSimulator(_LogprobSimulator):
+    """For comparison only: one prompt per token, `prefix + window lines before it + token<TAB>`,
+    followed by each continuation token ("1" for SmolLM2); the value distribution is read at the
+    tab and the second token of two-token values at the continuation. Same readout as all_at_once,
+    ~window-length times the forward passes."""
+
+    @torch.no_grad()
+    def masses(self, explanation: str, records: list[ActivationRecord]) -> list[np.ndarray | None]:
+        model, _, vt = self._load()
+        prefix = self.prefix_ids(explanation)
+        conts = vt.continuations
+        out = []
+        for r in records:
+            ids, tabs = self.window_ids(r)
+            prompts = [prefix + ids[: t + 1] for t in tabs]
+            firsts, cont = [], {c: [] for c in conts}
+            for c in conts or (None,):
+                rows = [p + ([c] if c is not None else []) for p in prompts]
+                for lo in range(0, len(rows), self.batch_size):
+                    batch = rows[lo:lo + self.batch_size]
+                    width = max(map(len, batch))
+                    pad = [[vt.newline] * (width - len(x)) + x for x in batch]  # left-padded
+                    att = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in batch])
+                    pos = (att.cumsum(1) - 1).clamp(min=0)
+                    logits = model(input_ids=torch.tensor(pad, device=model.device), position_ids=pos.to(model.device),
+                                   attention_mask=att.to(model.device), logits_to_keep=2).logits.float().log_softmax(-1)
+                    self.forward_calls += 1
+                    self.forward_passes += len(batch)
+                    lp = logits.cpu().numpy()
+                    if c is None:
+                        firsts.append(lp[:, -1])
+                    else:
+                        cont[c].append(lp[:, -1])
+                        if c == conts[0]:
+                            firsts.append(lp[:, -2])
+            if not tabs:
+                out.append(np.zeros((0, 11)))
+                continue
+            out.append(vt.masses(np.concatenate(firsts), {c: np.concatenate(v) for c, v in cont.items()}))
+        return out
+
+
+class JsonSimulator:
+    """Logprob-free, for chat APIs (Anthropic, most chat models): the model is shown the
+    explanation and the window's tokens numbered from 0 and answers with a JSON list of
+    [token_index, activation] pairs, one per token, activations 0–10. The answer is parsed
+    strictly (valid JSON; every index exactly once; numbers in 0..10); a window whose answer is not
+    is asked again once (a new cache key via `extra={"retry": 1}`), then recorded as failed (None)."""
+
+    SYSTEM = ("You predict how strongly a neuron of a language model responds to each token of a text, on a "
+              "scale from 0 (silent) to 10 (its strongest response), given a description of the neuron. Most "
+              "tokens get 0. Answer with JSON only.")
+
+    def __init__(self, llm: dict | None = None, sampling: dict | None = None, call_cache: str | None = None,
+                 ledger=None):
+        from harness.llm import LLM, make_backend
+        from harness.llm.cache import CallCache
+
+        llm = dict(llm or {"backend": "hf_local", "model": "smollm2_135m_instruct", "subject": "smollm2_135m"})
+        self.sampling = {"temperature": 0.0, "max_tokens": 1024, "n": 1, "seed": 0, **(sampling or {})}
+        self.llm = LLM(make_backend(llm), ledger=ledger, cache=CallCache(call_cache) if call_cache else None)
+        self.failures = 0  # windows given up on (after the retry)
+
+    def messages(self, explanation: str, record: ActivationRecord) -> list[dict[str, str]]:
+        lines = "\n".join(f"{i}\t{json.dumps(t)}" for i, t in enumerate(record.tokens))
+        n = len(record.tokens)
+        return [{"role": "system", "content": self.SYSTEM},
+                {"role": "user", "content": f"Neuron description: {explanation.strip()}\n\nTokens (index, then the "
+                                            f"token as a JSON string):\n{lines}\n\nReply with a JSON list of {n} "
+                                            f"pairs [token_index, activation], one for each index 0 to {n - 1}, "
+                                            "activation a number from 0 to 10, e.g. [[0, 0], [1, 7], ...]."}]
+
+    @staticmethod
+    def parse(text: str, n_tokens: int) -> list[float] | None:
+        """The activations in token order, or None unless `text` is exactly a valid answer (a
+        Markdown code fence around the JSON is allowed)."""
+        body = text.strip()
+        fence = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", body, flags=re.DOTALL)
+        if fence:
+            body = fence.group(1)
+        try:
+            pairs = json.loads(body)
+        except (json.JSONDecodeError, RecursionError):
+            return None
+        if not isinstance(pairs, list) or len(pairs) != n_tokens:
+            return None
+        out: list[float | None] = [None] * n_tokens
+        for pair in pairs:
+            if not (isinstance(pair, list) and len(pair) == 2):
+                return None
+            index, value = pair
+            if (not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < n_tokens
+                    or out[index] is not None):
+                return None
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 10:
+                return None
+            out[index] = float(value)
+        return out  # every index seen exactly once, so no None is left
+
+    def simulate(self, explanation: str, records: list[ActivationRecord]) -> list[list[float] | None]:
+        out: list[list[float] | None] = [[] if not r.tokens else None for r in records]
+        pending = [i for i, r in enumerate(records) if r.tokens]
+        for attempt in range(2):
+            if not pending:
+                break
+            extra = {"retry": attempt} if attempt else {}
+            results = self.llm.chat_batch([self.messages(explanation, records[i]) for i in pending],
+                                          **self.sampling, extra=extra)
+            still = []
+            for i, result in zip(pending, results):
+                if isinstance(result, HarnessError):
+                    log.warning("json simulator: window %d failed: %s", i, result)
+                    continue  # the request failed for good (after the SDK's retries): no second ask
+                parsed = self.parse(result.texts[0], len(records[i].tokens))
+                if parsed is None:
+                    still.append(i)
+                else:
+                    out[i] = parsed
+            pending = still
+        for i in pending:
+            log.warning("json simulator: window %d answered malformed or mismatched JSON twice", i)
+        self.failures += sum(o is None for o in out)
+        return out
+
+
+SIMULATORS: dict[str, type] = {"token_match": TokenMatchSimulator, "oracle_quantized": OracleQuantizedSimulator,
+                               "all_at_once": AllAtOnceSimulator, "one_at_a_time": OneAtATimeSimulator,
+                               "json": JsonSimulator}
 
 
 def make_simulator(cfg: Any) -> Simulator:
-    params = dict(cfg)
+    params = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
     kind = params.pop("kind")
     if kind not in SIMULATORS:
         raise ConfigError(f"unknown simulator kind {kind!r}; known: {sorted(SIMULATORS)}")
