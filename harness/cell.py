@@ -28,8 +28,9 @@ from harness.errors import HarnessError
 from harness.explain import make_explainer
 from harness.llm.cache import CallCache, Ledger
 from harness.records import NeuronRecord, load_set
-from harness.scoring import Scorer, Simulated, get_scorer, run_scorers
-from harness.scoring.stats import bootstrap_ci
+from harness.scoring import Scorer, Simulated, get_scorer, run_scorers, score_batch
+from harness.scoring.correlation import _pooled
+from harness.scoring.stats import bootstrap_ci, fdr_summary, pearson_p_value
 from harness.simulate import OracleQuantizedSimulator, Simulator, make_simulator
 
 log = logging.getLogger(__name__)
@@ -65,13 +66,14 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     simulator = make_simulator(cfg.simulator)
     scorers = scorers_from(cfg)
     ledger = Ledger(prices=OmegaConf.to_container(cfg.pricing, resolve=True))
+    context = {"manifest": neuron_set.manifest}  # for scorers that run the subject (ablation)
 
     def judge(neuron: NeuronRecord, text: str) -> float:
         """The first scorer's headline metric on the calibration split (never on test)."""
         scorer, params = scorers[0]
         on_calibration = replace(neuron, test=neuron.calibration)
         sims = simulator.simulate(text, neuron.calibration)
-        return scorer.score([Simulated(on_calibration, sims, sims)], **params)[0][scorer.headline]
+        return score_batch(scorer, params, [Simulated(on_calibration, sims, sims)], context)[0][scorer.headline]
 
     explainer = make_explainer(cfg.explainer, cfg.get("prompt"), ledger=ledger, judge=judge,
                                cache=CallCache(cfg.call_cache) if cfg.call_cache else None)
@@ -101,13 +103,19 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             bar.update(len(chunk))
 
     done = sorted(simulated)
-    for i, scores in zip(done, run_scorers(scorers, [simulated[i] for i in done])):
+    for i, scores in zip(done, run_scorers(scorers, [simulated[i] for i in done], context)):
         rows[i].update(scores)
+    significance = _significance(rows, simulated, cfg.stats) if "correlation" in cfg.scorer else None
     if cfg.controls.floor:
-        _add_control(rows, "floor", scorers, _floor_simulations(rows, neurons, simulator, done, cfg.stats.seed))
+        floor = _floor_simulations(rows, neurons, simulator, done, cfg.stats.seed)
+        _add_control(rows, "floor", scorers, floor, context)
+        if significance is not None:
+            significance["floor"] = fdr_summary([_correlation_p(floor[i]) for i in sorted(floor)],
+                                                cfg.stats.get("fdr_q", 0.05))
     if cfg.controls.ceiling:
         oracle = OracleQuantizedSimulator()
-        _add_control(rows, "ceiling", scorers, {i: simulate(oracle, neurons[i], "") for i in range(len(neurons))})
+        _add_control(rows, "ceiling", scorers, {i: simulate(oracle, neurons[i], "") for i in range(len(neurons))},
+                     context)
     table = pd.DataFrame(rows)
 
     summary = {
@@ -119,6 +127,7 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         "scores": _summarise(table, scorers, "", cfg.stats),
         **{control: _summarise(table, scorers, control + ".", cfg.stats) for control in CONTROLS
            if cfg.controls[control]},
+        **({"significance": significance} if significance is not None else {}),
         "cost": ledger.summary(),
         "wall_seconds": round(time.time() - t0, 2),
         "config": OmegaConf.to_container(cfg, resolve=True),
@@ -141,9 +150,25 @@ def _floor_simulations(rows, neurons, simulator, done: list[int], seed: int) -> 
     return out
 
 
-def _add_control(rows, control: str, scorers, simulations: dict[int, Simulated]) -> None:
+def _correlation_p(s: Simulated) -> float:
+    return pearson_p_value(*_pooled(s.neuron.test, s.test, {"top", "random"}))
+
+
+def _significance(rows, simulated: dict[int, Simulated], stats: DictConfig) -> dict[str, Any]:
+    """Per-neuron p-value of ev_correlation_score (Pearson over pooled top+random test tokens) in
+    each row (`significance.p_value`); the count surviving BH at q across the cell's neurons (a
+    q-value depends on which neurons were run, so it is not stored per row)."""
+    keys = sorted(simulated)
+    p = [_correlation_p(simulated[i]) for i in keys]
+    for i, pi in zip(keys, p):
+        rows[i]["significance.p_value"] = pi
+    return {"metric": "correlation.ev_correlation_score", "test": "Pearson r = 0, two-sided, BH-FDR across neurons",
+            **fdr_summary(p, stats.get("fdr_q", 0.05))}
+
+
+def _add_control(rows, control: str, scorers, simulations: dict[int, Simulated], context=None) -> None:
     keys = sorted(simulations)
-    for i, scores in zip(keys, run_scorers(scorers, [simulations[i] for i in keys])):
+    for i, scores in zip(keys, run_scorers(scorers, [simulations[i] for i in keys], context)):
         rows[i].update({f"{control}.{k}": v for k, v in scores.items()})
 
 
@@ -185,6 +210,12 @@ def results_table(summary: dict[str, Any]) -> str:
             lo, hi = s["ci95"]
             lines.append(f"| {name} | {metric}{mark} | {_fmt(s['mean'])} | [{_fmt(lo)}, {_fmt(hi)}] | "
                          f"{s['n']} | {s['n_failed']} | {controls[0]} | {controls[1]} |")
+    sig = summary.get("significance")
+    if sig:
+        floor = sig.get("floor")
+        lines += ["", f"correlation significant after BH-FDR at q={sig['q']}: {sig['n_significant']} of "
+                      f"{sig['n_tested']} neurons" + (f" (floor: {floor['n_significant']} of {floor['n_tested']})"
+                                                       if floor else "")]
     return "\n".join(lines)
 
 

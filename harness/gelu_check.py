@@ -39,7 +39,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -58,7 +58,7 @@ from harness.corpus import load_corpus
 from harness.errors import ConfigError, HarnessError
 from harness.explain import make_explainer
 from harness.records import ActivationRecord, NeuronRecord
-from harness.scoring import get_scorer
+from harness.scoring import Simulated, get_scorer, score_batch
 from harness.simulate import make_simulator
 from harness.subject import Subject, fidelity_check, gelu_fast, gelu_tanh, load_subject, quick_gelu
 
@@ -424,11 +424,15 @@ def score_changes(cfg: DictConfig, subject: Subject, win, doc_ids: list[str], ch
         except HarnessError as exc:
             failures.append(f"layer {layer} neuron {neuron}: {type(exc).__name__}: {exc}")
             text, sims = None, None
+        def headline(s, test: list[ActivationRecord]) -> float:
+            if sims is None:
+                return math.nan
+            return score_batch(s, {}, [Simulated(replace(record, test=test), test=sims, calibration=[])])[0][s.headline]
+
         for s in scorers:
-            base_scores[s.name].append(s.score(record.test, sims)[s.headline] if sims is not None else math.nan)
+            base_scores[s.name].append(headline(s, record.test))
             for name in variant_names:
-                var_scores[name][s.name].append(
-                    s.score(records(col, tw, tk, name), sims)[s.headline] if sims is not None else math.nan)
+                var_scores[name][s.name].append(headline(s, records(col, tw, tk, name)))
     out: dict[str, Any] = {"variants": {}, "n_neurons": len(chosen), "failures": failures}
     for name in variant_names:
         out["variants"][name] = {s.name: _compare(s.headline, base_scores[s.name], var_scores[name][s.name])

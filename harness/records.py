@@ -39,6 +39,7 @@ class ActivationRecord:
     doc_id: str = ""
     start: int = 0
     kind: str = "top"  # "top", "random" or "quantile"
+    token_ids: list[int] | None = None  # the subject's token ids (from windows.parquet); None if unknown
 
     @property
     def max_activation(self) -> float:
@@ -176,5 +177,6 @@ def load_set(name_or_path: str | Path, limit: int | None = None) -> NeuronSet:
         w = by_window[rec["window_id"][i]]
         neuron.split(rec["split"][i]).append(ActivationRecord(
             tokens=windows["tokens"][w], activations=rec["activations"][i],
-            doc_id=windows["doc_id"][w], start=windows["start"][w], kind=rec["kind"][i]))
+            doc_id=windows["doc_id"][w], start=windows["start"][w], kind=rec["kind"][i],
+            token_ids=windows["token_ids"][w] if "token_ids" in windows else None))
     return NeuronSet(path=path, manifest=manifest, neurons=list(neurons.values()))

@@ -456,3 +456,37 @@ def fidelity_check(subject: Subject, input_ids: torch.Tensor, layers: list[int],
                     "subject's configured activation function does not match what the model computes.")
             worst = max(worst, diff)
     return worst
+
+
+@contextlib.contextmanager
+def patch_rows(subject: Subject, patches: list[tuple[int, int, int, torch.Tensor]]) -> Iterator[None]:
+    """Within the block, row `row` of the batch has neuron (layer, neuron) set to `values`
+    ([tokens]) for each `(row, layer, neuron, values)` in `patches`: one forward pass patches a
+    different neuron in every row. Rows not named run clean; a row may be named more than once."""
+    by_layer: dict[int, list[tuple[int, int, torch.Tensor]]] = {}
+    for row, layer, neuron, values in patches:
+        by_layer.setdefault(layer, []).append((row, neuron, values))
+    if by_layer:
+        subject.check_layers(sorted(by_layer))
+        subject.check_neurons(sorted({n for _, _, n, _ in patches}))
+
+    def make_hook(entries):
+        rows = torch.tensor([r for r, _, _ in entries])
+        cols = torch.tensor([n for _, n, _ in entries])
+        values = torch.stack([torch.as_tensor(v, dtype=torch.float32) for _, _, v in entries])
+
+        def hook(_module, args):
+            acts = args[0].clone()
+            dev = acts.device
+            positions = torch.arange(acts.shape[1], device=dev)
+            acts[rows.to(dev)[:, None], positions[None, :], cols.to(dev)[:, None]] = values.to(dev, acts.dtype)
+            return (acts, *args[1:])
+        return hook
+
+    handles = [subject.neurons.out_proj(layer).register_forward_pre_hook(make_hook(entries))
+               for layer, entries in by_layer.items()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
