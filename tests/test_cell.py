@@ -8,11 +8,10 @@ import sys
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from hydra import compose, initialize_config_dir
 
-from harness.build_set import build
 from harness.cell import run_cell
-from harness.paths import CONF_DIR, REPO_ROOT
+from harness.paths import REPO_ROOT
+from tests.cells import build_tiny_set, cell_cfg
 from harness.set_info import set_info
 
 FROZEN = "smollm2-135m-brown-v1"
@@ -20,18 +19,7 @@ FROZEN = "smollm2-135m-brown-v1"
 
 @pytest.fixture(scope="module")
 def tiny_set(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sets") / "tiny"
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("build_set", overrides=[
-            "subject=tiny_gpt2", "corpus.max_documents=12", f"output_dir={out}", "name=tiny",
-            "sample_windows=48", "alive.min_windows=2", "alive.min_activation=0.0", "neurons_per_layer=4"])
-    build(cfg)
-    return out
-
-
-def _cell_cfg(*overrides):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return build_tiny_set(tmp_path_factory.mktemp("sets") / "tiny")
 
 
 def _harness(*args, cwd=REPO_ROOT):
@@ -39,7 +27,7 @@ def _harness(*args, cwd=REPO_ROOT):
 
 
 def test_cell_writes_rows_and_summary(tiny_set, tmp_path):
-    summary = run_cell(_cell_cfg(f"neuron_set.path={tiny_set}", "neuron_set.limit=5"), tmp_path)
+    summary = run_cell(cell_cfg(f"neuron_set.path={tiny_set}", "neuron_set.limit=5"), tmp_path)
     table = pd.read_parquet(tmp_path / "neurons.parquet")
     assert len(table) == 5 == summary["n_neurons"]
     assert table["explanation"].str.startswith("the tokens").all()
@@ -54,8 +42,8 @@ def test_cell_writes_rows_and_summary(tiny_set, tmp_path):
 
 
 def test_limit_takes_the_sets_fixed_order(tiny_set, tmp_path):
-    run_cell(_cell_cfg(f"neuron_set.path={tiny_set}", "neuron_set.limit=3"), tmp_path / "a")
-    run_cell(_cell_cfg(f"neuron_set.path={tiny_set}"), tmp_path / "b")
+    run_cell(cell_cfg(f"neuron_set.path={tiny_set}", "neuron_set.limit=3"), tmp_path / "a")
+    run_cell(cell_cfg(f"neuron_set.path={tiny_set}"), tmp_path / "b")
     first = pd.read_parquet(tmp_path / "a" / "neurons.parquet")
     every = pd.read_parquet(tmp_path / "b" / "neurons.parquet")
     own = [c for c in first.columns if not c.startswith("floor.")]  # the floor borrows across the neurons run

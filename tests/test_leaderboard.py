@@ -14,26 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
 
 from harness import leaderboard as lb
-from harness.build_set import build
 from harness.cell import run_cell
-from harness.paths import CONF_DIR, REPO_ROOT
-
-
-def build_tiny_set(out: Path) -> Path:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("build_set", overrides=[
-            "subject=tiny_gpt2", "corpus.max_documents=12", f"output_dir={out}", "name=tiny",
-            "sample_windows=48", "alive.min_windows=2", "alive.min_activation=0.0", "neurons_per_layer=4"])
-    build(cfg)
-    return out
-
-
-def cell_cfg(*overrides):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+from harness.paths import REPO_ROOT
+from tests.cells import build_tiny_set, cell_cfg
 
 
 @pytest.fixture(scope="session")
