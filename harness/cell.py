@@ -29,7 +29,7 @@ from harness.explain import make_explainer
 from harness.llm.cache import CallCache, Ledger
 from harness.records import NeuronRecord, load_set
 from harness.scoring import Scorer, Simulated, get_scorer, run_scorers, score_batch
-from harness.scoring.correlation import _pooled
+from harness.scoring.correlation import pooled
 from harness.scoring.stats import bootstrap_ci, fdr_summary, pearson_p_value
 from harness.simulate import OracleQuantizedSimulator, Simulator, make_simulator
 
@@ -151,7 +151,7 @@ def _floor_simulations(rows, neurons, simulator, done: list[int], seed: int) -> 
 
 
 def _correlation_p(s: Simulated) -> float:
-    return pearson_p_value(*_pooled(s.neuron.test, s.test, {"top", "random"}))
+    return pearson_p_value(*pooled(s.neuron.test, s.test, {"top", "random"}))
 
 
 def _significance(rows, simulated: dict[int, Simulated], stats: DictConfig) -> dict[str, Any]:

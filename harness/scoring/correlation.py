@@ -31,7 +31,7 @@ def absolute_dev_explained(real: np.ndarray, pred: np.ndarray) -> float:
     return float(1 - np.mean(np.abs(real - pred)) / denom) if denom > 0 else float("nan")
 
 
-def _pooled(records: list[ActivationRecord], sims: list[list[float] | None], kinds: set[str]):
+def pooled(records: list[ActivationRecord], sims: list[list[float] | None], kinds: set[str]):
     """Concatenate true and simulated activations of the records of `kinds`; windows the
     simulator failed on (None) are left out."""
     pairs = [(r.activations, s) for r, s in zip(records, sims, strict=True) if r.kind in kinds and s is not None]
@@ -41,8 +41,8 @@ def _pooled(records: list[ActivationRecord], sims: list[list[float] | None], kin
 
 
 def correlation_scores(records: list[ActivationRecord], sims: list[list[float] | None]) -> dict[str, float]:
-    real, pred = _pooled(records, sims, {"top", "random"})
-    real_random, pred_random = _pooled(records, sims, {"random"})
+    real, pred = pooled(records, sims, {"top", "random"})
+    real_random, pred_random = pooled(records, sims, {"random"})
     return {
         "ev_correlation_score": pearson(real, pred),
         "ev_correlation_random": pearson(real_random, pred_random),
