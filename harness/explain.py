@@ -64,6 +64,16 @@ def _tops(neuron: NeuronRecord, n: int) -> list[ActivationRecord]:
     return [r for r in neuron.explain if r.kind == "top"][:n]
 
 
+def _explain_max(neuron: NeuronRecord) -> float:
+    return max((r.max_activation for r in neuron.explain), default=0.0)
+
+
+def _bulleted(neuron: NeuronRecord, records: list[ActivationRecord]) -> str:
+    """One line per record, tokens at half the neuron's max or above in [[brackets]]."""
+    threshold = 0.5 * _explain_max(neuron)
+    return "\n".join(f"- {highlighted_text(r, threshold)}" for r in records)
+
+
 # --- Prompt variants --------------------------------------------------------------------------
 
 SYSTEM = ("You are helping to interpret neurons of a language model. A neuron reads text one token at a "
@@ -120,7 +130,7 @@ class TopTokens:
     context: int = 6  # tokens of context before each example
 
     def messages(self, neuron: NeuronRecord) -> list[dict[str, str]]:
-        max_a = max((r.max_activation for r in neuron.explain), default=0.0)
+        max_a = _explain_max(neuron)
         stats: dict[str, list] = defaultdict(lambda: [0, 0.0, ""])  # token → [count, max, context]
         for r in neuron.explain:
             for i, (t, a) in enumerate(zip(r.tokens, r.activations)):
@@ -149,10 +159,9 @@ class Contrastive:
     n_low: int = 6
 
     def messages(self, neuron: NeuronRecord) -> list[dict[str, str]]:
-        max_a = max((r.max_activation for r in neuron.explain), default=0.0)
         top = _tops(neuron, self.n_top)
         low = sorted((r for r in neuron.explain if r.kind == "random"), key=lambda r: r.max_activation)[: self.n_low]
-        fmt = lambda rs: "\n".join(f"- {highlighted_text(r, 0.5 * max_a)}" for r in rs)  # noqa: E731
+        fmt = lambda rs: _bulleted(neuron, rs)  # noqa: E731
         return [{"role": "system", "content": SYSTEM},
                 {"role": "user", "content": f"Texts where the neuron fires (strongest tokens in [[brackets]]):\n{fmt(top)}\n\n"
                                             f"Texts where it stays near zero:\n{fmt(low)}\n\nWhat separates the first "
@@ -169,8 +178,7 @@ class ChainOfThought:
     max_records: int = 8
 
     def messages(self, neuron: NeuronRecord) -> list[dict[str, str]]:
-        max_a = max((r.max_activation for r in neuron.explain), default=0.0)
-        texts = "\n".join(f"- {highlighted_text(r, 0.5 * max_a)}" for r in _tops(neuron, self.max_records))
+        texts = _bulleted(neuron, _tops(neuron, self.max_records))
         return [{"role": "system", "content": SYSTEM},
                 {"role": "user", "content": f"Texts where the neuron fires (strongest tokens in [[brackets]]):\n{texts}\n\n"
                                             "Think step by step about what the marked tokens share. Then end with one "
@@ -248,8 +256,7 @@ class HypothesisLoop:
         self.k, self.rounds, self.max_records = k, rounds, max_records
 
     def _ask(self, neuron: NeuronRecord, extra: str) -> tuple[list[str], float]:
-        max_a = max((r.max_activation for r in neuron.explain), default=0.0)
-        texts = "\n".join(f"- {highlighted_text(r, 0.5 * max_a)}" for r in _tops(neuron, self.max_records))
+        texts = _bulleted(neuron, _tops(neuron, self.max_records))
         messages = [{"role": "system", "content": SYSTEM},
                     {"role": "user", "content": f"Texts where the neuron fires (strongest tokens in [[brackets]]):\n"
                                                 f"{texts}\n\n{extra}\nWrite exactly {self.k} hypotheses, one per line, "
