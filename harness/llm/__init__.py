@@ -88,27 +88,33 @@ class LLM:
             hit = self.cache.get(key)
             results.append(ChatResult(**{**hit, "from_cache": True}) if hit else None)
         todo = [i for i, r in enumerate(results) if r is None]
+
+        def store(i: int, result: ChatResult | LLMError) -> None:
+            # Cached the moment it arrives: a run killed mid-batch keeps every answer it paid for.
+            if isinstance(result, ChatResult):
+                self.cache.put(keys[i], requests[i], asdict(result))
+            results[i] = result
+
         if todo:
-            fresh = self._call_many([conversations[i] for i in todo], p)
-            for i, result in zip(todo, fresh):
-                if isinstance(result, ChatResult):
-                    self.cache.put(keys[i], requests[i], asdict(result))
-                results[i] = result
+            self._call_many(todo, [conversations[i] for i in todo], p, store)
         return [self._account(r) if isinstance(r, ChatResult) else r for r in results]
 
-    def _call_many(self, conversations: list[list[dict[str, str]]], params: ChatParams) -> list[ChatResult | LLMError]:
+    def _call_many(self, ids: list[int], conversations: list[list[dict[str, str]]], params: ChatParams,
+                   store) -> None:
         batch = getattr(self.backend, "chat_batch", None)
         if batch is not None:  # local models generate a whole batch in one pass
-            return batch(conversations, params)
+            for i, result in zip(ids, batch(conversations, params)):
+                store(i, result)
+            return
 
-        def call(messages):
+        def call(i, messages):
             try:
-                return self.backend.chat(messages, params)
+                store(i, self.backend.chat(messages, params))
             except LLMError as exc:
-                return exc
+                store(i, exc)
 
         with ThreadPoolExecutor(max_workers=max(1, self.backend.concurrency)) as pool:
-            return list(pool.map(call, conversations))
+            list(pool.map(call, ids, conversations))
 
 
 def make_backend(cfg: Any) -> Backend:
