@@ -43,9 +43,12 @@ def scorers_from(cfg: DictConfig) -> list[tuple[Scorer, dict[str, Any]]]:
             for name, params in cfg.scorer.items()]
 
 
-def simulate(simulator: Simulator, neuron: NeuronRecord, text: str) -> Simulated:
+def simulate(simulator: Simulator, neuron: NeuronRecord, text: str,
+             scorers: list[tuple[Scorer, dict[str, Any]]]) -> Simulated:
+    """Simulate `test`, and `calibration` only where a scorer reads it (an LLM simulator's time)."""
+    calibration = any(scorer.needs_calibration for scorer, _ in scorers)
     return Simulated(neuron, test=simulator.simulate(text, neuron.test),
-                     calibration=simulator.simulate(text, neuron.calibration))
+                     calibration=simulator.simulate(text, neuron.calibration) if calibration else [])
 
 
 def derangement(n: int, seed: int) -> np.ndarray:
@@ -94,7 +97,7 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
                         raise explanation
                     row.update(explanation=explanation.text, cost_usd=explanation.cost_usd,
                                details=json.dumps(explanation.details) if explanation.details else None)
-                    simulated[i] = simulate(simulator, neuron, explanation.text)
+                    simulated[i] = simulate(simulator, neuron, explanation.text, scorers)
                     row["test_simulation"] = simulated[i].test
                 except HarnessError as exc:  # recorded for this neuron; the cell goes on
                     row["failure"] = f"{type(exc).__name__}: {exc}"
@@ -107,14 +110,14 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         rows[i].update(scores)
     significance = _significance(rows, simulated, cfg.stats) if "correlation" in cfg.scorer else None
     if cfg.controls.floor:
-        floor = _floor_simulations(rows, neurons, simulator, done, cfg.stats.seed)
+        floor = _floor_simulations(rows, neurons, simulator, scorers, done, cfg.stats.seed)
         _add_control(rows, "floor", scorers, floor, context)
         if significance is not None:
             significance["floor"] = fdr_summary([_correlation_p(floor[i]) for i in sorted(floor)],
                                                 cfg.stats.get("fdr_q", 0.05))
     if cfg.controls.ceiling:
         oracle = OracleQuantizedSimulator()
-        _add_control(rows, "ceiling", scorers, {i: simulate(oracle, neurons[i], "") for i in range(len(neurons))},
+        _add_control(rows, "ceiling", scorers, {i: simulate(oracle, neurons[i], "", scorers) for i in range(len(neurons))},
                      context)
     table = pd.DataFrame(rows)
 
@@ -138,13 +141,13 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def _floor_simulations(rows, neurons, simulator, done: list[int], seed: int) -> dict[int, Simulated]:
+def _floor_simulations(rows, neurons, simulator, scorers, done: list[int], seed: int) -> dict[int, Simulated]:
     """The random-explanation floor: each explained neuron simulated with the explanation of
     another explained neuron (seeded derangement)."""
     out = {}
     for i, j in zip(done, np.asarray(done)[derangement(len(done), seed)]):
         try:
-            out[i] = simulate(simulator, neurons[i], rows[j]["explanation"])
+            out[i] = simulate(simulator, neurons[i], rows[j]["explanation"], scorers)
         except HarnessError as exc:
             log.warning("floor for layer %d neuron %d failed: %s", neurons[i].layer, neurons[i].neuron, exc)
     return out

@@ -530,7 +530,7 @@ def rescore(entry: dict[str, Any], neuron_set) -> tuple[list[dict[str, Any]], di
             row["failure"] = claimed["failure"]
         else:
             try:
-                simulated[i] = simulate(simulator, record, claimed["explanation"])
+                simulated[i] = simulate(simulator, record, claimed["explanation"], scorers)
                 test_sims[i] = simulated[i].test
             except _HE as exc:
                 row["failure"] = f"{type(exc).__name__}: {exc}"
@@ -542,7 +542,7 @@ def rescore(entry: dict[str, Any], neuron_set) -> tuple[list[dict[str, Any]], di
         floor = {}
         for i, j in zip(done, np.asarray(done)[derangement(len(done), entry["stats"]["seed"])]):
             try:
-                floor[i] = simulate(simulator, neurons[i], rows[j]["explanation"])
+                floor[i] = simulate(simulator, neurons[i], rows[j]["explanation"], scorers)
             except _HE:
                 pass
         keys = sorted(floor)
@@ -550,7 +550,7 @@ def rescore(entry: dict[str, Any], neuron_set) -> tuple[list[dict[str, Any]], di
             rows[i].update({f"floor.{k}": v for k, v in scores.items()})
     if entry["controls"]["ceiling"]:
         oracle = OracleQuantizedSimulator()
-        ceil = {i: simulate(oracle, neurons[i], "") for i in range(len(neurons))}
+        ceil = {i: simulate(oracle, neurons[i], "", scorers) for i in range(len(neurons))}
         for i, scores in zip(range(len(neurons)), run_scorers(scorers, [ceil[i] for i in range(len(neurons))], context)):
             rows[i].update({f"ceiling.{k}": v for k, v in scores.items()})
     return rows, test_sims

@@ -34,6 +34,7 @@ class Scorer:
     score: Callable[..., list[dict[str, float]]]  # (list[Simulated], **params) → one dict per neuron
     headline: str  # the metric reported as `scores.<name>.mean`
     needs_context: bool = False  # score(batch, context=..., **params): gets the set's manifest
+    needs_calibration: bool = False  # reads the simulation of the calibration split
 
 
 def per_neuron(fn: Callable[[Simulated], dict[str, float]]) -> Callable[..., list[dict[str, float]]]:
@@ -46,8 +47,9 @@ SCORERS: dict[str, Scorer] = {
                           headline="ev_correlation_score"),
     "threshold": Scorer("threshold", per_neuron(lambda s, **params: threshold_scores(s.neuron, s.test, s.calibration,
                                                                                      **params)),
-                        headline=THRESHOLD_HEADLINE),
-    "ablation": Scorer("ablation", ablation_scores, headline=ABLATION_HEADLINE, needs_context=True),
+                        headline=THRESHOLD_HEADLINE, needs_calibration=True),
+    "ablation": Scorer("ablation", ablation_scores, headline=ABLATION_HEADLINE, needs_context=True,
+                       needs_calibration=True),
 }
 
 
