@@ -1,7 +1,7 @@
 """One benchmark cell: (neuron set, explainer, prompt, simulator, scorers) → neurons.parquet + summary.json.
 
-Every neuron is explained from its `explain` split, simulated on `calibration` and `test`, and
-scored on `test`. Beside each score the cell reports two controls computed with the same
+Every neuron is explained from its `explain` split, simulated on `test` (and on `calibration` where a
+scorer reads it), and scored on `test`. Beside each score the cell reports two controls computed with the same
 simulator and scorers: the *floor* (each neuron scored with another neuron's explanation, a
 seeded derangement) and the *ceiling* (the test activations themselves quantised to the
 simulator's 0–10 scale). A neuron that fails gets its error in its row; the cell goes on.
