@@ -830,8 +830,8 @@ def page_data(entries, cfg) -> dict[str, Any]:
                             "ceiling": ((e["summary"].get("ceiling") or {}).get(s) or {}).get("mean")}
                         for s, b in e["summary"]["scores"].items()},
             "neurons": ns})
-    return {"generated": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
-            "harness_version": __version__, "sets": sets, "entries": out_entries}
+    # No render timestamp: the page is a pure function of the entries, so a stale board shows in a diff.
+    return {"harness_version": __version__, "sets": sets, "entries": out_entries}
 
 
 def _script_json(data: Any) -> str:

@@ -301,3 +301,18 @@ def test_render_ranks_escapes_and_rejects(board, tmp_path):
     data = json.loads(html_text.split('id="data">', 1)[1].split("</script>", 1)[0])
     assert {e["name"] for e in data["entries"]} == {"top-tokens", "empty", "evil"}
     assert data["entries"][0]["neurons"][0]["sim"] is not None
+
+
+# --- the committed board ----------------------------------------------------------------------
+
+def test_committed_board_is_valid_verified_and_up_to_date(tmp_path):
+    """Every entry under leaderboard/entries/ passes the schema and set-hash checks, is recorded
+    as verified for its exact bytes, and the committed README.md/index.html are what render gives."""
+    cfg = lb.load_config()
+    entries, rejected = lb.load_entries(cfg)
+    assert entries and not rejected
+    assert {lb.verification_status(entry["name"], path, cfg) for path, entry in entries} == {"verified"}
+    md, page = lb.render(cfg, out_dir=tmp_path)
+    board_dir = cfg["entries_dir"].parent
+    assert md.read_text() == (board_dir / "README.md").read_text(), "run: python -m harness.leaderboard render"
+    assert page.read_text() == (board_dir / "index.html").read_text(), "run: python -m harness.leaderboard render"
