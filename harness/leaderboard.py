@@ -87,8 +87,6 @@ _COMPONENT = {"type": "object", "required": ["kind", "parameters"],
                              "parameters": _PARAMS},
               "additionalProperties": False}
 
-_SIMULATED_WINDOW = {"type": "array", "maxItems": 8192, "items": {"type": "number"}}
-
 ENTRY_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": "https://neuronbench.invalid/schema/entry-v1.json",
@@ -134,7 +132,8 @@ ENTRY_SCHEMA: dict[str, Any] = {
                 "scores": _SCORES, "floor": _SCORES, "ceiling": _SCORES,
                 "test_simulation": {"oneOf": [{"type": "null"}, {
                     "type": "array", "maxItems": 1000,
-                    "items": {"oneOf": [{"type": "null"}, _SIMULATED_WINDOW]}}]}},
+                    "items": {"oneOf": [{"type": "null"},
+                                        {"type": "array", "maxItems": 8192, "items": {"type": "number"}}]}}]}},
             "additionalProperties": False}},
         "summary": {"type": "object", "required": ["n_neurons", "n_failed", "scores"],
                     "properties": {"n_neurons": {"type": "integer", "minimum": 0},
@@ -162,9 +161,9 @@ ENTRY_SCHEMA: dict[str, Any] = {
 
 # jsonschema descends once per value, ~10 s for the ~10^6 simulated activations of a full-set entry;
 # validation uses a copy that leaves those values to one bulk check (_non_numbers) instead.
-_SIMULATED_WINDOW_BULK = {k: v for k, v in _SIMULATED_WINDOW.items() if k != "items"}
-_VALIDATION_SCHEMA = json.loads(json.dumps(ENTRY_SCHEMA).replace(json.dumps(_SIMULATED_WINDOW),
-                                                                  json.dumps(_SIMULATED_WINDOW_BULK)))
+_VALIDATION_SCHEMA = copy.deepcopy(ENTRY_SCHEMA)
+del (_VALIDATION_SCHEMA["properties"]["neurons"]["items"]["properties"]["test_simulation"]
+     ["oneOf"][1]["items"]["oneOf"][1]["items"])
 
 
 def _non_numbers(values: list) -> bool:
