@@ -43,8 +43,9 @@ def per_neuron(fn: Callable[[Simulated], dict[str, float]]) -> Callable[..., lis
 
 
 SCORERS: dict[str, Scorer] = {
-    "correlation": Scorer("correlation", per_neuron(lambda s: correlation_scores(s.neuron.test, s.test)),
-                          headline="ev_correlation_score"),
+    "correlation": Scorer("correlation", per_neuron(lambda s: correlation_scores(s.neuron.test, s.test,
+                                                                                 s.neuron.calibration, s.calibration)),
+                          headline="ev_correlation_score", needs_calibration=True),
     "threshold": Scorer("threshold", per_neuron(lambda s, **params: threshold_scores(s.neuron, s.test, s.calibration,
                                                                                      **params)),
                         headline=THRESHOLD_HEADLINE, needs_calibration=True),
