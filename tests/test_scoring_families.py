@@ -22,7 +22,7 @@ from harness.paths import CONF_DIR
 from harness.records import ActivationRecord, NeuronRecord, load_set
 from harness.scoring import SCORERS, Simulated, get_scorer, run_scorers
 from harness.scoring.ablation import choose_windows, kl_from_logits, linear_calibration
-from harness.scoring.threshold import auroc, balanced_accuracy, f1, fit_cut, threshold_scores
+from harness.scoring.threshold import auroc, balanced_accuracy, f1, fit_cut, threshold_scores, thresholds
 from harness.simulate import TokenMatchSimulator
 from harness.subject import Subject, neuron_map_for, patch_rows, state_dict_digest
 
@@ -73,14 +73,36 @@ def test_threshold_scores_on_a_tiny_neuron():
     assert out["auroc_max50"] == 1.0
     # cut 5: predicted sims > 5 → [F,T,F,T,F,F,F,F] = labels → perfect
     assert out["balacc_max50"] == 1.0 and out["f1_max50"] == 1.0
-    # q75 of the 8 test tokens: sorted [0,0,0,0,1,2,6,10] → np.quantile 0.75 = 2 + 0.25·(6−2) = 3;
-    # positives (>3): 6 and 10 again; calibration labels at 3: F F T T → the same cut 5
-    assert out["auroc_q75"] == 1.0 and out["balacc_q75"] == 1.0
+    # q75 from the 4 calibration tokens (never test): sorted [0,1,8,9] → np.quantile 0.75 =
+    # 8 + 0.25·(9−8) = 8.25; test positives (>8.25): only 10 (sim 6), which beats 6 of the 7
+    # negatives' sims [1,9,3,0,0,0,0]; calibration labels at 8.25: F F F T, sims [0,2,8,8] → cuts
+    # −1, 1, 5, 9 give balanced accuracy ½, ⅔, ⅚, ½ → cut 5; on test "sim > 5" flags 9 and 6:
+    # TPR 1, TNR 6/7 → 13/14
+    assert out["auroc_q75"] == pytest.approx(6 / 7) and out["balacc_q75"] == pytest.approx(13 / 14)
     assert list(out) == ["auroc_max50", "auroc_q75", "balacc_max50", "balacc_q75", "f1_max50", "f1_q75"]
     # no calibration positive at 0.95·max = 9.5 → no cut can be fitted → NaN; AUROC is still
     # defined: the one positive (10, sim 6) beats 6 of the 7 negatives (not the 6 simulated 9)
     high = threshold_scores(neuron, test_sims, cal_sims, max_fractions=[0.95], quantiles=[])
     assert high["auroc_max95"] == pytest.approx(6 / 7) and math.isnan(high["balacc_max95"]) and math.isnan(high["f1_max95"])
+
+
+def test_quantile_threshold_comes_from_calibration_never_test():
+    def neuron(test_acts, cal_acts):
+        return NeuronRecord(layer=0, neuron=0, max_activation=10.0, calibration=[_rec(a) for a in cal_acts],
+                            test=[_rec(a, k) for a, k in zip(test_acts, ("top", "random", "quantile"))])
+    cal = [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    base = thresholds(neuron([[0, 0, 0, 0, 0], [1, 1, 1, 1, 1], [2, 2, 2, 2, 2]], cal), [0.5], [0.9, 0.5])
+    # np.quantile over the 10 pooled calibration tokens 0..9: 0.9 → 8.1, 0.5 → 4.5
+    assert base == pytest.approx({"max50": 5.0, "q90": 8.1, "q50": 4.5}, rel=1e-5)
+    # changing only test activations (even scaling them up 100×) leaves every cut unchanged …
+    other_test = thresholds(neuron([[100, 0, 300, 0, 0], [9, 9, 9, 9, 9], [50, 0, 0, 0, 0]], cal), [0.5], [0.9, 0.5])
+    assert other_test == base
+    # … while changing calibration moves the q cuts (not the max cut)
+    moved = thresholds(neuron([[0] * 5, [1] * 5, [2] * 5], [[0, 10, 20, 30, 40], [50, 60, 70, 80, 90]]), [0.5], [0.9])
+    assert moved == pytest.approx({"max50": 5.0, "q90": 81.0}, rel=1e-5)
+    # no calibration token → no q cut → NaN
+    empty = NeuronRecord(layer=0, neuron=0, max_activation=10.0, test=[_rec([0, 9])])
+    assert math.isnan(thresholds(empty, [], [0.9])["q90"])
 
 
 def test_threshold_is_registered_with_its_config():

@@ -3,10 +3,16 @@
 The true activations of `test` are binarised at several thresholds `t` (a token is positive when
 its activation is strictly above `t`):
 - `max<P>`: `t = (P/100) · neuron.max_activation` (the neuron's maximum over the whole corpus);
-- `q<P>`: `t` = the P-th percentile of the neuron's pooled `test` activations (every token of
-  every test window: top, random and quantile-stratified; 0.999 is named `q99_9`). Per-token
-  quantiles of the test split say how many test tokens are positive (about 1 − P/100 of them);
-  the set's stored `quantile_boundaries` are quantiles of *window maxima* and would not.
+- `q<P>`: `t` = the P-th percentile (np.quantile, linear interpolation) of the neuron's pooled
+  **calibration** activations: every token of every calibration window (top and random), whether
+  or not the simulator failed on it (0.999 is named `q99_9`). The threshold is something fitted,
+  so it is taken from calibration, never from `test`: test labels then depend on the test
+  activations only through the comparison with a fixed `t`. Calibration is drawn from the same
+  document pool as test by the same top + random selection, so its per-token quantiles estimate
+  the share of positive tokens (about 1 − P/100 of the top + random test tokens; test's
+  quantile-stratified windows shift the pooled share somewhat); the set's stored
+  `quantile_boundaries` are quantiles of *window maxima* and would not. Ignoring the simulation
+  makes `t` a property of the neuron alone, the same for every explainer and simulator.
 
 Against each binarisation, per neuron:
 - `auroc_<name>`: the area under the ROC curve of the simulation as a score for the positive
@@ -114,11 +120,14 @@ def fit_cut(labels: np.ndarray, sims: np.ndarray) -> float:
     return _CutFitter(np.asarray(sims, dtype=np.float64)).fit(np.asarray(labels, dtype=bool))
 
 
-def thresholds(neuron, test_real: np.ndarray, max_fractions, quantiles) -> dict[str, float]:
-    """{name: threshold value} for the neuron's configured binarisations."""
+def thresholds(neuron, max_fractions, quantiles) -> dict[str, float]:
+    """{name: threshold value} for the neuron's configured binarisations: `max<P>` from the neuron's
+    corpus maximum, `q<P>` from the per-token activations of its calibration split (never test;
+    NaN when calibration has no token)."""
     out = {f"max{_label(p)}": float(p) * float(neuron.max_activation) for p in max_fractions}
-    if len(test_real):
-        values = np.quantile(test_real, list(quantiles)) if len(quantiles) else []
+    cal_real = np.asarray([a for r in neuron.calibration for a in r.activations], dtype=np.float64)
+    if len(cal_real):
+        values = np.quantile(cal_real, list(quantiles)) if len(quantiles) else []
         out.update({f"q{_label(q)}": float(v) for q, v in zip(quantiles, values)})
     else:
         out.update({f"q{_label(q)}": float("nan") for q in quantiles})
@@ -134,7 +143,7 @@ def threshold_scores(neuron, test_sims: list[list[float] | None], calibration_si
     auc: dict[str, float] = {}
     balacc: dict[str, float] = {}
     f1s: dict[str, float] = {}
-    for name, t in thresholds(neuron, real, max_fractions, quantiles).items():
+    for name, t in thresholds(neuron, max_fractions, quantiles).items():
         auc[name] = balacc[name] = f1s[name] = float("nan")
         if not np.isfinite(t) or len(real) == 0:
             continue
