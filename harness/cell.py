@@ -30,7 +30,7 @@ from harness.llm.cache import CallCache, Ledger
 from harness.records import NeuronRecord, load_set
 from harness.scoring import Scorer, Simulated, get_scorer, run_scorers, score_batch
 from harness.scoring.correlation import pooled
-from harness.scoring.stats import bootstrap_ci, fdr_summary, pearson_p_value
+from harness.scoring.stats import fdr_summary, metric_summary, pearson_p_value
 from harness.simulate import OracleQuantizedSimulator, Simulator, make_simulator
 
 log = logging.getLogger(__name__)
@@ -106,19 +106,14 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             bar.update(len(chunk))
 
     done = sorted(simulated)
-    for i, scores in zip(done, run_scorers(scorers, [simulated[i] for i in done], context)):
-        rows[i].update(scores)
-    significance = _significance(rows, simulated, cfg.stats) if "correlation" in cfg.scorer else None
-    if cfg.controls.floor:
-        floor = _floor_simulations(rows, neurons, simulator, scorers, done, cfg.stats.seed)
-        _add_control(rows, "floor", scorers, floor, context)
-        if significance is not None:
+    floor = score_neurons(neurons, rows, simulated, simulator, scorers, cfg.controls,
+                          floor_partners(done, cfg.stats.seed), range(len(neurons)), context)
+    significance = None
+    if "correlation" in cfg.scorer:
+        significance = _significance(rows, simulated, cfg.stats)
+        if cfg.controls.floor:
             significance["floor"] = fdr_summary([_correlation_p(floor[i]) for i in sorted(floor)],
                                                 cfg.stats.get("fdr_q", 0.05))
-    if cfg.controls.ceiling:
-        oracle = OracleQuantizedSimulator()
-        _add_control(rows, "ceiling", scorers, {i: simulate(oracle, neurons[i], "", scorers) for i in range(len(neurons))},
-                     context)
     table = pd.DataFrame(rows)
 
     summary = {
@@ -127,8 +122,8 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         "set_hash": neuron_set.hash,
         "n_neurons": len(rows),
         "n_failed": int(table["failure"].notna().sum()),
-        "scores": _summarise(table, scorers, "", cfg.stats),
-        **{control: _summarise(table, scorers, control + ".", cfg.stats) for control in CONTROLS
+        "scores": summarise(table, scorers, "", cfg.stats),
+        **{control: summarise(table, scorers, control + ".", cfg.stats) for control in CONTROLS
            if cfg.controls[control]},
         **({"significance": significance} if significance is not None else {}),
         "cost": ledger.summary(),
@@ -141,16 +136,36 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def _floor_simulations(rows, neurons, simulator, scorers, done: list[int], seed: int) -> dict[int, Simulated]:
-    """The random-explanation floor: each explained neuron simulated with the explanation of
-    another explained neuron (seeded derangement)."""
-    out = {}
-    for i, j in zip(done, np.asarray(done)[derangement(len(done), seed)]):
-        try:
-            out[i] = simulate(simulator, neurons[i], rows[j]["explanation"], scorers)
-        except HarnessError as exc:
-            log.warning("floor for layer %d neuron %d failed: %s", neurons[i].layer, neurons[i].neuron, exc)
-    return out
+def floor_partners(explained: list[int], seed: int) -> dict[int, int]:
+    """The random-explanation floor's pairing: neuron i borrows the explanation of neuron
+    partners[i], a seeded derangement of the explained neurons. Empty with fewer than two: there
+    is no other explanation to borrow, so the floor is undefined (never the neuron's own)."""
+    if len(explained) < 2:
+        return {}
+    return dict(zip(explained, np.asarray(explained)[derangement(len(explained), seed)].tolist()))
+
+
+def score_neurons(neurons: list[NeuronRecord], rows: list[dict[str, Any]], simulated: dict[int, Simulated],
+                  simulator: Simulator, scorers, controls, partners: dict[int, int], indices,
+                  context: dict[str, Any] | None = None) -> dict[int, Simulated]:
+    """Score every simulated neuron into its row (`rows[i]`, in place) and, where `controls` asks,
+    the controls of the neurons in `indices`: the floor (simulated with the explanation of
+    `partners[i]`) and the ceiling. Returns the floor simulations. A cell and the verification of
+    a leaderboard entry both score through here, so an entry is re-scored by the code that made it."""
+    _add_scores(rows, "", scorers, simulated, context)
+    floor: dict[int, Simulated] = {}
+    if controls["floor"]:
+        for i in indices:
+            if i in simulated and i in partners:
+                try:
+                    floor[i] = simulate(simulator, neurons[i], rows[partners[i]]["explanation"], scorers)
+                except HarnessError as exc:
+                    log.warning("floor for layer %d neuron %d failed: %s", neurons[i].layer, neurons[i].neuron, exc)
+        _add_scores(rows, "floor.", scorers, floor, context)
+    if controls["ceiling"]:
+        oracle = OracleQuantizedSimulator()
+        _add_scores(rows, "ceiling.", scorers, {i: simulate(oracle, neurons[i], "", scorers) for i in indices}, context)
+    return floor
 
 
 def _correlation_p(s: Simulated) -> float:
@@ -169,21 +184,27 @@ def _significance(rows, simulated: dict[int, Simulated], stats: DictConfig) -> d
             **fdr_summary(p, stats.get("fdr_q", 0.05))}
 
 
-def _add_control(rows, control: str, scorers, simulations: dict[int, Simulated], context=None) -> None:
+def _add_scores(rows, prefix: str, scorers, simulations: dict[int, Simulated], context=None) -> None:
     keys = sorted(simulations)
     for i, scores in zip(keys, run_scorers(scorers, [simulations[i] for i in keys], context)):
-        rows[i].update({f"{control}.{k}": v for k, v in scores.items()})
+        rows[i].update({f"{prefix}{k}": v for k, v in scores.items()})
 
 
-def _summarise(table: pd.DataFrame, scorers, prefix: str, stats: DictConfig) -> dict[str, Any]:
-    """Per scorer: the headline metric's mean and CI at the top level, every metric under `metrics`."""
+def summarise(table: pd.DataFrame, scorers, prefix: str, stats: Any) -> dict[str, Any]:
+    """Per scorer: the headline metric's summary at the top level, every metric's under `metrics`
+    (`metric_summary`: the mean over every row of `table`, undefined values at the metric's
+    no-information value, beside the mean over defined rows and the coverage). A metric column
+    missing from `table` (no neuron was scored) is all undefined."""
     out = {}
     for scorer, _ in scorers:
         start = f"{prefix}{scorer.name}."
-        metrics = {c[len(start):]: bootstrap_ci(table[c], stats.bootstrap_resamples, stats.seed)
-                   for c in table.columns if c.startswith(start)}
-        out[scorer.name] = {"metric": scorer.headline, **metrics.get(scorer.headline, bootstrap_ci([])),
-                            "metrics": metrics}
+        names = [c[len(start):] for c in table.columns if c.startswith(start)]
+        if scorer.headline not in names:
+            names.insert(0, scorer.headline)
+        metrics = {m: metric_summary(table[start + m] if start + m in table else np.full(len(table), np.nan),
+                                     scorer.metric(m).no_information, stats["bootstrap_resamples"], stats["seed"])
+                   for m in names}
+        out[scorer.name] = {"metric": scorer.headline, **metrics[scorer.headline], "metrics": metrics}
     return out
 
 
@@ -201,10 +222,13 @@ def _write_atomic(path: Path, write) -> None:
 
 
 def results_table(summary: dict[str, Any]) -> str:
-    """A small Markdown table of every metric's mean and CI, with the floor and ceiling beside it."""
+    """A small Markdown table of every metric: the mean over every neuron (undefined at the
+    metric's no-information value) with its CI, the mean over defined neurons and the coverage,
+    and the floor and ceiling beside it."""
     lines = [f"neuron set {summary['set_name']} (hash {summary['set_hash'][:12]}…), "
              f"{summary['n_neurons']} neurons, {summary['n_failed']} failed", "",
-             "| scorer | metric | mean | 95% CI | n | failed | floor | ceiling |", "|---|---|---|---|---|---|---|---|"]
+             "| scorer | metric | mean (all) | 95% CI | mean (defined) | coverage | floor | ceiling |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, block in summary["scores"].items():
         for metric, s in block["metrics"].items():
             mark = " (headline)" if metric == block["metric"] else ""
@@ -212,7 +236,7 @@ def results_table(summary: dict[str, Any]) -> str:
                         for c in CONTROLS]
             lo, hi = s["ci95"]
             lines.append(f"| {name} | {metric}{mark} | {_fmt(s['mean'])} | [{_fmt(lo)}, {_fmt(hi)}] | "
-                         f"{s['n']} | {s['n_failed']} | {controls[0]} | {controls[1]} |")
+                         f"{_fmt(s['mean_defined'])} | {s['n_defined']}/{s['n']} | {controls[0]} | {controls[1]} |")
     sig = summary.get("significance")
     if sig:
         floor = sig.get("floor")

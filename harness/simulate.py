@@ -55,6 +55,8 @@ class OracleQuantizedSimulator:
     the 0–10 scale simulators use (Bills et al.'s floor(10·relu(a)/max), max over the records
     given). What it loses is what the scale alone costs under each scoring rule."""
 
+    reads_explanation = False  # a control: never a leaderboard entry
+
     def simulate(self, explanation: str, records: list[ActivationRecord]) -> list[list[float]]:
         return [[float(v) for v in row] for row in normalized(records)]
 

@@ -20,6 +20,7 @@ import hashlib
 import importlib.util
 import logging
 import math
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -414,9 +415,9 @@ LOADERS = {"gguf_wheel": _load_gguf_wheel, "gguf_parts": _load_gguf_wheel, "hub"
 
 
 def subject_config(name: str) -> dict:
-    """The `conf/subject/<name>.yaml` config as a dict."""
+    """The `conf/subject/<name>.yaml` config as a dict; `name` is a plain name, never a path."""
     path = CONF_DIR / "subject" / f"{name}.yaml"
-    if not path.exists():
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", str(name)) or ".." in str(name) or not path.exists():
         known = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise ConfigError(f"unknown subject {name!r}; known: {known}")
     return OmegaConf.to_container(OmegaConf.load(path), resolve=True)

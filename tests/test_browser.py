@@ -96,9 +96,8 @@ def _wait(cdp: CDP, expression: str, timeout: float = 30):
 def test_leaderboard_page_in_headless_chromium(chromium, lb_sets, lb_cells, tmp_path):  # noqa: F811
     cfg = lb.load_config(entries_dir=tmp_path / "board" / "entries", sets_dir=lb_sets)
     for name, explainer in (("top-tokens", "baseline_top_tokens"), ("empty", "baseline_empty")):
-        path = lb.submit(lb_cells[explainer], name, "tests", cfg)
-        lb.record_verification(path, lb.verify(lb.read_entry(path, cfg), cfg), cfg)
-    _, page = lb.render(cfg)
+        lb.submit(lb_cells[explainer], name, "tests", cfg)
+    _, page = lb.render(cfg)  # verifies both (token_match entries are re-verified at every render)
     entry = json.loads((cfg["entries_dir"] / "top-tokens.json").read_text())
 
     cdp = chromium
@@ -113,7 +112,8 @@ def test_leaderboard_page_in_headless_chromium(chromium, lb_sets, lb_cells, tmp_
     assert cdp.js("document.querySelector('#board tbody tr .score').textContent") == \
         f"{entry['summary']['scores']['correlation']['mean']:.3f}"
     assert cdp.js("document.querySelectorAll('#layer-svg polyline').length") == 1  # empty has no finite scores
-    assert cdp.js("document.querySelectorAll('#cost-svg circle').length") == 1
+    assert cdp.js("document.querySelectorAll('#cost-svg circle').length") == 2  # empty scores 0 on every neuron
+    assert cdp.js("document.getElementById('unranked-box').hidden") is True  # both entries verified
 
     # Sort by entry name (ascending), then again (descending).
     cdp.js("document.querySelector('#board th[data-key=name]').click()")

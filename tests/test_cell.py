@@ -36,9 +36,34 @@ def test_cell_writes_rows_and_summary(tiny_set, tmp_path):
     assert saved["set_hash"] == json.loads((tiny_set / "manifest.json").read_text())["hash"]
     block = saved["scores"]["correlation"]
     assert block["metric"] == "ev_correlation_score"
-    finite = table["correlation.ev_correlation_score"].dropna()
-    assert block["mean"] == pytest.approx(finite.mean())
+    scores = table["correlation.ev_correlation_score"]
+    # The headline is over every neuron, an undefined correlation counting as 0 (no information);
+    # the mean over defined neurons and the coverage stand beside it.
+    assert block["mean"] == pytest.approx(scores.fillna(0.0).mean())
+    assert block["mean_defined"] == pytest.approx(scores.dropna().mean())
+    assert block["n"] == 5 and block["n_defined"] == scores.notna().sum() and block["coverage"] == block["n_defined"] / 5
     assert block["ci95"][0] <= block["mean"] <= block["ci95"][1]
+
+
+def test_undefined_scores_count_at_the_no_information_value(tiny_set, tmp_path):
+    """A cell whose explanations name nothing (constant predictions: every correlation undefined)
+    has headline 0 over all neurons and coverage 0; AUROC's no-information value is 0.5."""
+    summary = run_cell(cell_cfg(f"neuron_set.path={tiny_set}", "neuron_set.limit=4", "explainer=baseline_empty",
+                                "scorer=[correlation,threshold]"), tmp_path)
+    corr, thr = summary["scores"]["correlation"], summary["scores"]["threshold"]
+    assert corr["n_defined"] == 0 and corr["mean_defined"] is None
+    assert corr["mean"] == 0.0 and corr["ci95"] == [0.0, 0.0] and corr["coverage"] == 0.0
+    assert thr["metric"] == "auroc_max50" and thr["no_information"] == 0.5
+    assert thr["metrics"]["f1_max50"]["mean"] is None  # F1 has no fixed no-information value
+
+
+def test_floor_of_a_single_neuron_is_undefined(tiny_set, tmp_path):
+    """With one explained neuron there is no other explanation to borrow: no floor, not the neuron's own."""
+    summary = run_cell(cell_cfg(f"neuron_set.path={tiny_set}", "neuron_set.limit=1"), tmp_path)
+    table = pd.read_parquet(tmp_path / "neurons.parquet")
+    assert table["correlation.ev_correlation_score"].notna().all()
+    assert "floor.correlation.ev_correlation_score" not in table or table["floor.correlation.ev_correlation_score"].isna().all()
+    assert summary["floor"]["correlation"]["n_defined"] == 0
 
 
 def test_limit_takes_the_sets_fixed_order(tiny_set, tmp_path):

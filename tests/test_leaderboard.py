@@ -6,10 +6,15 @@ frozen set nor a network."""
 from __future__ import annotations
 
 import copy
+import hashlib
+import hmac
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -73,7 +78,10 @@ def test_submit_writes_a_complete_schema_valid_entry(board, lb_cells):
     assert len(entry["neurons"]) == 8 == len(table)
     assert entry["explainer"]["kind"] == "baseline_top_tokens" and entry["simulator"]["kind"] == "token_match"
     assert entry["scorers"] == {"correlation": {}}
-    assert entry["summary"]["scores"]["correlation"]["mean"] == pytest.approx(summary["scores"]["correlation"]["mean"])
+    assert entry["simulator"] == {"kind": "token_match", "backend": None, "model": None, "parameters": {"high": 10.0}}
+    headline = entry["summary"]["scores"]["correlation"]
+    assert headline["mean"] == pytest.approx(summary["scores"]["correlation"]["mean"])
+    assert headline["n"] == 8 and headline["coverage"] == headline["n_defined"] / 8 and headline["no_information"] == 0
     assert entry["summary"]["floor"] and entry["summary"]["ceiling"]
     assert entry["harness"]["version"] and "git_commit" in entry["harness"]
     first = entry["neurons"][0]
@@ -105,24 +113,25 @@ def test_submit_refuses_incomplete_cells_and_bad_names(lb_sets, lb_cells, tmp_pa
     lb.submit(lb_cells["baseline_top_tokens"], "ok", "t", cfg)
     with pytest.raises(lb.EntryError, match="already exists"):
         lb.submit(lb_cells["baseline_top_tokens"], "ok", "t", cfg)
+    with pytest.raises(lb.EntryError, match="already on the board as 'ok'"):  # the same cell under a second name
+        lb.submit(lb_cells["baseline_top_tokens"], "ok-again", "t", cfg)
 
 
 # --- verify -----------------------------------------------------------------------------------
 
-def test_honest_entries_verify_and_the_outcome_is_recorded(board):
+def test_honest_entries_verify_and_the_outcome_is_recorded_by_file(board):
     cfg = board["cfg"]
     for name, path in board["paths"].items():
-        result = lb.verify(lb.read_entry(path, cfg), cfg)
+        entry = lb.read_entry(path, cfg)
+        result = lb.verify(entry, cfg)
         assert result.status == "verified", result.report()
-        assert result.checked == 8
-        lb.record_verification(path, result, cfg)
-        assert lb.verification_status(name, path, cfg) == "verified"
-    # Editing the file afterwards voids the recorded verification.
-    path = board["paths"]["top-tokens"]
-    entry = _load(path)
-    entry["submitter"] = "someone else"
-    _write(path, entry)
-    assert lb.verification_status("top-tokens", path, cfg) == "unverified"
+        assert result.checked == 8 == result.of
+        lb.record_verification(path, result, entry, cfg)
+    records = _load(cfg["entries_dir"].parent / "verification.json")
+    assert set(records) == {"top-tokens", "empty"}
+    record = records["top-tokens"]
+    assert record["status"] == "verified" and record["entry_sha256"] == lb.file_sha256(board["paths"]["top-tokens"])
+    assert record["harness_version"] and len(record["components_digest"]) == 64
 
 
 def test_forged_scores_fail_with_a_clear_report(board):
@@ -154,15 +163,14 @@ def test_stale_scores_fail(board):
     assert any("stored test simulation differs" in p for p in result.problems)
 
 
-def test_api_simulator_without_key_is_unverified(board, monkeypatch):
+def test_api_simulator_without_the_verifiers_key_is_pending(board, monkeypatch):
+    """The key variable is the verifier's (conf/explainer/openai.yaml), never the entry's."""
     cfg = board["cfg"]
     entry = _load(board["paths"]["top-tokens"])
-    entry["simulator"] = {"kind": "llm_all_at_once", "backend": "openai", "model": "gpt-4o-mini",
-                          "parameters": {"llm": {"api_key_env": "NEURONBENCH_TEST_MISSING_KEY"}}}
-    monkeypatch.delenv("NEURONBENCH_TEST_MISSING_KEY", raising=False)
+    entry["simulator"] = {"kind": "json", "backend": "openai", "model": "gpt-4o-mini", "parameters": {}}
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     result = lb.verify(lb.validate_entry(entry), cfg)
-    assert result.status == "unverified"
-    assert "NEURONBENCH_TEST_MISSING_KEY" in result.report()
+    assert result.status == "pending" and "OPENAI_API_KEY" in result.report()
 
 
 def test_verify_cli_exit_codes(board):
@@ -174,10 +182,128 @@ def test_verify_cli_exit_codes(board):
     assert "top-tokens: VERIFIED" in ok.stdout
     assert _load(cfg["entries_dir"].parent / "verification.json")["top-tokens"]["status"] == "verified"
     forged = _load(board["paths"]["top-tokens"])
-    forged["neurons"][0]["scores"]["correlation.rsquared"] = 1.0
-    bad = _write(cfg["entries_dir"].parent / "forged.json", forged)
+    forged["neurons"][0]["scores"]["correlation.ev_correlation_score"] = 1.0
+    bad = _write(cfg["entries_dir"].parent / "top-tokens.json", forged)  # outside the entries dir: not recorded
     proc = subprocess.run([*base, "verify", str(bad)], cwd=REPO_ROOT, capture_output=True, text=True)
-    assert proc.returncode == 1 and "FAILED" in proc.stdout and "correlation.rsquared claimed 1" in proc.stdout
+    assert proc.returncode == 1 and "FAILED" in proc.stdout and "correlation.ev_correlation_score claimed 1" in proc.stdout
+    assert _load(cfg["entries_dir"].parent / "verification.json")["top-tokens"]["status"] == "verified"
+
+
+def test_a_misnamed_file_is_refused_and_cannot_overwrite_another_entrys_record(board):
+    """zz-evil.json whose internal name is another entry's: refused, and the genuine record stays."""
+    cfg = board["cfg"]
+    base = [sys.executable, "-m", "harness.leaderboard", "--entries-dir", str(cfg["entries_dir"]),
+            "--sets-dir", str(cfg["sets_dir"])]
+    assert subprocess.run([*base, "verify", "top-tokens"], cwd=REPO_ROOT, capture_output=True).returncode == 0
+    genuine = _load(cfg["entries_dir"].parent / "verification.json")["top-tokens"]
+    forged = _load(board["paths"]["top-tokens"])
+    forged["neurons"][0]["scores"]["correlation.ev_correlation_score"] = 1.0
+    evil = _write(cfg["entries_dir"] / "zz-evil.json", forged)
+    proc = subprocess.run([*base, "verify", str(evil)], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 1 and "does not match the entry's name 'top-tokens'" in proc.stdout
+    assert _load(cfg["entries_dir"].parent / "verification.json")["top-tokens"] == genuine
+
+
+# --- the verifier's own infrastructure --------------------------------------------------------
+
+class Listener:
+    """A loopback TCP listener that records every connection and the bytes it receives."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.received: list[bytes] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(1)
+                try:
+                    self.received.append(conn.recv(65536) or b"<connected>")
+                except OSError:
+                    self.received.append(b"<connected>")
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+
+HOSTILE = {
+    "base_url": lambda e, url: e["simulator"]["parameters"].update({"llm": {"base_url": url}}),
+    "api_key_env": lambda e, url: e["simulator"]["parameters"].update(
+        {"llm": {"base_url": url, "api_key_env": "NB_DEPLOY_TOKEN"}}),
+    "call_cache": lambda e, url: e["simulator"]["parameters"].update({"call_cache": "/tmp/nb-evil-cache.sqlite"}),
+    "subject": lambda e, url: e["simulator"]["parameters"].update({"llm": {"subject": "../../../../tmp/x"}}),
+    "backend": lambda e, url: e["simulator"].update({"backend": "openai_compatible", "model": "m"}),
+    "scorer": lambda e, url: e["scorers"]["correlation"].update({"device": "cuda"}),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(HOSTILE))
+def test_verify_and_render_never_use_entry_infrastructure(board, attack, monkeypatch):
+    """A hostile json-simulator entry that names its own server, key variable, cache or subject:
+    verify and render refuse it naming the field, and a listener at its address receives nothing
+    although the verifier holds secrets."""
+    cfg = board["cfg"]
+    listener = Listener()
+    try:
+        url = f"http://127.0.0.1:{listener.port}/v1"
+        entry = _load(board["paths"]["top-tokens"])
+        entry["name"] = "hostile"
+        entry["simulator"] = {"kind": "json", "backend": "openai", "model": "gpt-4o-mini", "parameters": {}}
+        HOSTILE[attack](entry, url)
+        path = _write(cfg["entries_dir"] / "hostile.json", entry)
+        env = {**os.environ, "OPENAI_API_KEY": "sk-verifier-secret-1", "NB_DEPLOY_TOKEN": "deploy-secret-2",
+               "NEURONBENCH_CACHE": str(cfg["entries_dir"].parent / "cache")}
+        base = [sys.executable, "-m", "harness.leaderboard", "--entries-dir", str(cfg["entries_dir"]),
+                "--sets-dir", str(cfg["sets_dir"])]
+        proc = subprocess.run([*base, "verify", str(path)], cwd=REPO_ROOT, capture_output=True, text=True, env=env)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "may not be set by an entry" in proc.stdout or "not allowed on the board" in proc.stdout, proc.stdout
+        render = subprocess.run([*base, "render"], cwd=REPO_ROOT, capture_output=True, text=True, env=env)
+        assert render.returncode == 0, render.stderr
+        board_md = (cfg["entries_dir"].parent / "README.md").read_text()
+        assert "hostile.json" in board_md.split("Rejected entry files")[1]
+        assert "| top-tokens |" in board_md  # the rest of the board renders
+        time.sleep(0.3)
+    finally:
+        listener.close()
+    assert listener.received == []
+    assert not Path("/tmp/nb-evil-cache.sqlite").exists()
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda e: e["simulator"].update({"kind": "oracle_quantized"}), "controls are not entries"),
+    (lambda e: e["simulator"].update({"kind": "no_such_simulator"}), "not allowed on the board"),
+    (lambda e: e["simulator"]["parameters"].update({"high": "1; rm -rf /"}), "not a plain number"),
+    (lambda e: e["simulator"].update({"backend": "openai", "model": "x"}), "uses no LLM"),
+    (lambda e: e["scorers"].update({"evil": {}}), "scorer 'evil' is not allowed"),
+])
+def test_components_outside_the_allow_list_are_refused(honest, mutate, match):
+    entry, cfg = honest
+    mutate(entry)
+    with pytest.raises(lb.EntryError, match=match):
+        lb.resolve_components(lb.validate_entry(entry), cfg)
+    assert lb.verify(entry, cfg).status == "failed"
+
+
+def test_allowed_parameters_reach_the_simulator(honest):
+    entry, cfg = honest
+    entry["simulator"]["parameters"] = {"high": 5.0}
+    simulator, scorers = lb.resolve_components(entry, cfg)
+    assert simulator == {"kind": "token_match", "high": 5.0} and scorers == {"correlation": {}}
+    entry["simulator"] = {"kind": "json", "backend": "anthropic", "model": "claude-3-5-haiku-latest", "parameters": {}}
+    simulator, _ = lb.resolve_components(entry, cfg)
+    assert simulator["llm"]["api_key_env"] == "ANTHROPIC_API_KEY" and simulator["llm"]["model"] == "claude-3-5-haiku-latest"
 
 
 # --- hostile entries --------------------------------------------------------------------------
@@ -246,6 +372,19 @@ def test_malformed_entries_are_refused(honest, mutate, match):
         lb.validate_entry(entry)
 
 
+@pytest.mark.parametrize("text, match", [
+    ("[" * 200_000 + "]" * 200_000, "nested too deeply"),           # 400 KB of nesting
+    ('{"a": ' * 50 + "1" + "}" * 50, "nested too deeply"),           # within the parser's limit, over ours
+    ('{"schema_version": ' + "9" * 5000 + "}", "integer of 5000 digits"),
+])
+def test_unbounded_json_is_an_entry_error(honest, tmp_path, text, match):
+    _, cfg = honest
+    path = tmp_path / "bomb.json"
+    path.write_text(text)
+    with pytest.raises(lb.EntryError, match=match):
+        lb.read_entry(path, cfg)
+
+
 def test_size_limit_symlinks_and_non_objects(honest, tmp_path):
     entry, cfg = honest
     path = _write(tmp_path / "big.json", entry)
@@ -268,50 +407,130 @@ def test_submit_never_writes_an_api_key(lb_cells, lb_sets, tmp_path, monkeypatch
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-never-in-entries-123")
     path = lb.submit(lb_cells["baseline_top_tokens"], "keyless", "t", cfg)
     assert b"sk-test-never-in-entries" not in path.read_bytes()
-    assert lb._clean_params({"llm": {"api_key": "x", "api_key_env": "OPENAI_API_KEY",
+    assert lb.clean_params({"llm": {"api_key": "x", "api_key_env": "OPENAI_API_KEY",
                                      "base_url": "https://user:pw@host/v1", "max_tokens": 5}}) == \
         {"llm": {"api_key_env": "OPENAI_API_KEY", "base_url": "https://host/v1", "max_tokens": 5}}
 
 
 # --- render -----------------------------------------------------------------------------------
 
-def test_render_ranks_escapes_and_rejects(board, tmp_path):
+def _entry_file(cfg, source: Path, name: str, mutate=lambda e: None) -> Path:
+    entry = _load(source)
+    entry["name"] = name
+    mutate(entry)
+    return _write(cfg["entries_dir"] / f"{name}.json", entry)
+
+
+def _forge_mean(value):
+    def mutate(entry):
+        entry["summary"]["scores"]["correlation"]["mean"] = value
+        for n in entry["neurons"]:  # a different cell, so not a duplicate
+            n["explanation"] = (n["explanation"] or "") + f" {value}"
+    return mutate
+
+
+def test_render_ranks_verified_entries_only_escapes_and_lists_the_rest(board, tmp_path):
     cfg = board["cfg"]
-    for path in board["paths"].values():
-        lb.record_verification(path, lb.verify(lb.read_entry(path, cfg), cfg), cfg)
-    # A hostile but schema-valid entry: markup in the explanation and submitter.
-    evil = _load(board["paths"]["empty"])
-    evil["name"] = "evil"
-    evil["submitter"] = "<img src=x onerror=alert(1)> | pipe"
-    for n in evil["neurons"]:
-        n["explanation"] = "</script><script>alert(1)</script> <!--"
-    _write(cfg["entries_dir"] / "evil.json", evil)
+    # Forged headlines (0.95, 1e308), a hand-written "verified" record for one of them, markup,
+    # a misnamed file, a duplicate under another name, garbage and a JSON bomb.
+    forged = _entry_file(cfg, board["paths"]["top-tokens"], "forged", _forge_mean(0.95))
+    _entry_file(cfg, board["paths"]["top-tokens"], "huge", _forge_mean(1e308))
+    (cfg["entries_dir"].parent / "verification.json").write_text(json.dumps({"forged": {
+        "status": "verified", "entry_sha256": lb.file_sha256(forged), "checked": 8, "of": 8, "problems": [],
+        "note": "", "name": "forged", "signature": "0" * 64}}))
+    def evil(e):
+        e["submitter"] = "<img src=x onerror=alert(1)> | pipe"
+        for n in e["neurons"]:  # quoted: token_match predicts 0 everywhere, as for the empty entry it copies
+            n["explanation"] = '"</script><script>alert(1)</script> <!--"'
+    _entry_file(cfg, board["paths"]["empty"], "evil", evil)
     _write(cfg["entries_dir"] / "misnamed.json", _load(board["paths"]["empty"]))  # name inside is "empty"
+    _entry_file(cfg, board["paths"]["top-tokens"], "copycat", lambda e: e.update(date="2099-01-01"))
     (cfg["entries_dir"] / "garbage.json").write_text("{not json")
+    (cfg["entries_dir"] / "bomb.json").write_text("[" * 100_000 + "]" * 100_000)
     md, page = lb.render(cfg)
     text = md.read_text()
-    assert "| 1 | top-tokens |" in text and "| verified |" in text
-    assert "## tiny (" in text and "ev_correlation_score" in text
+    ranked, unranked = text.split("## Not ranked")
+    assert "| 1 | top-tokens |" in ranked and "| evil |" in ranked and "| empty |" in ranked
+    for name in ("forged", "huge", "copycat"):
+        assert f"| {name} |" not in ranked
+    failed = unranked.split("### Failed verification")[1].split("###")[0]
+    assert "forged.json: summary scores.correlation headline mean claimed 0.95" in failed and "huge.json" in failed
+    rejected = unranked.split("### Rejected entry files")[1]
+    assert "copycat.json: a duplicate of top-tokens" in rejected
+    assert "misnamed.json" in rejected and "garbage.json" in rejected and "bomb.json: " in rejected
     assert "<img" not in text and "&lt;img" in text and "\\| pipe" in text
-    assert "misnamed.json" in text and "garbage.json" in text  # listed as rejected
+    assert "## How entries are trusted" in text
     html_text = page.read_text()
     assert "</script><script>alert(1)" not in html_text
     assert "<img src=x" not in html_text and "<!--" not in html_text.split('id="data">', 1)[1]
     assert "https://" not in html_text.replace("https://neuronbench", "")  # nothing fetched from a network
     data = json.loads(html_text.split('id="data">', 1)[1].split("</script>", 1)[0])
     assert {e["name"] for e in data["entries"]} == {"top-tokens", "empty", "evil"}
+    assert {u["name"]: u["status"] for u in data["unranked"]}["forged.json"] == "failed"
     assert data["entries"][0]["neurons"][0]["sim"] is not None
+
+
+def _sign(record: dict, key: str) -> str:
+    body = {k: v for k, v in record.items() if k != "signature"}
+    return hmac.new(key.encode(), json.dumps(body, sort_keys=True).encode(), hashlib.sha256).hexdigest()
+
+
+def test_api_entries_are_ranked_only_with_a_signed_record(board, monkeypatch):
+    """An entry whose simulator is behind an API is pending until verify, run with the
+    maintainers' key, records its outcome; an edited or unsigned record counts for nothing."""
+    cfg = board["cfg"]
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    path = _entry_file(cfg, board["paths"]["top-tokens"], "api", lambda e: e.update(
+        simulator={"kind": "json", "backend": "openai", "model": "gpt-4o-mini", "parameters": {}}))
+    entry = lb.read_entry(path, cfg)
+    status = lambda: {a.path.stem: a.status for a in lb.assess(cfg)}["api"]  # noqa: E731
+    monkeypatch.setenv("NEURONBENCH_VERIFY_KEY", "maintainers-secret")
+    assert status() == "pending"
+    # What verify in the maintainers' CI would record after re-scoring (here: stated, as no API is reachable).
+    lb.record_verification(path, lb.Verification("api", "verified", 30, 8), entry, cfg)
+    assert status() == "verified"
+    records_file = cfg["entries_dir"].parent / "verification.json"
+    records = _load(records_file)
+    records["api"]["checked"] = 8  # any edit breaks the signature
+    records_file.write_text(json.dumps(records))
+    assert status() == "pending"
+    records["api"]["signature"] = _sign(records["api"], "a-guessed-key")
+    records_file.write_text(json.dumps(records))
+    assert status() == "pending"
+    records["api"]["signature"] = _sign(records["api"], "maintainers-secret")
+    records_file.write_text(json.dumps(records))
+    assert status() == "verified"
+    monkeypatch.delenv("NEURONBENCH_VERIFY_KEY")  # a renderer without the key cannot check a record
+    assert status() == "pending"
+    monkeypatch.setenv("NEURONBENCH_VERIFY_KEY", "maintainers-secret")
+    _write(path, {**_load(path), "submitter": "someone else"})  # the entry changed since it was verified
+    assert status() == "pending"
+
+
+def test_llm_simulators_are_verified_on_a_keyed_subset(honest, monkeypatch):
+    entry, cfg = honest
+    cfg = {**cfg, "verify": {**cfg["verify"], "sample_neurons": 3}}
+    from harness.leaderboard.verify import _chosen
+    monkeypatch.setenv("NEURONBENCH_VERIFY_KEY", "k1")
+    a = _chosen("json", 8, "ab" * 32, cfg)
+    assert len(a) == 3 and a == _chosen("json", 8, "ab" * 32, cfg)
+    assert _chosen("token_match", 8, "ab" * 32, cfg) == list(range(8))
+    monkeypatch.setenv("NEURONBENCH_VERIFY_KEY", "k2")
+    draws = {tuple(_chosen("json", 8, "ab" * 32, cfg))}
+    for key in ("k3", "k4", "k5", "k6"):
+        monkeypatch.setenv("NEURONBENCH_VERIFY_KEY", key)
+        draws.add(tuple(_chosen("json", 8, "ab" * 32, cfg)))
+    assert len(draws) > 1  # the subset depends on the secret, not only on the file
 
 
 # --- the committed board ----------------------------------------------------------------------
 
 def test_committed_board_is_valid_verified_and_up_to_date(tmp_path):
-    """Every entry under leaderboard/entries/ passes the schema and set-hash checks, is recorded
-    as verified for its exact bytes, and the committed README.md/index.html are what render gives."""
+    """Every entry under leaderboard/entries/ passes every check and re-verifies now, and the
+    committed README.md/index.html are what render gives."""
     cfg = lb.load_config()
-    entries, rejected = lb.load_entries(cfg)
-    assert entries and not rejected
-    assert {lb.verification_status(entry["name"], path, cfg) for path, entry in entries} == {"verified"}
+    assessed = lb.assess(cfg)
+    assert assessed and {a.status for a in assessed} == {"verified"}, [(a.path.name, a.reason) for a in assessed]
     md, page = lb.render(cfg, out_dir=tmp_path)
     board_dir = cfg["entries_dir"].parent
     assert md.read_text() == (board_dir / "README.md").read_text(), "run: python -m harness.leaderboard render"

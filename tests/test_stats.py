@@ -12,7 +12,7 @@ import pytest
 from scipy import stats as sps
 
 from harness.errors import ConfigError
-from harness.scoring.stats import (benjamini_hochberg, bootstrap_ci, compare_cells, fdr_summary, main,
+from harness.scoring.stats import (benjamini_hochberg, bootstrap_ci, compare_cells, fdr_summary, main, metric_summary,
                                    paired_test, pearson_p_value)
 
 
@@ -59,6 +59,22 @@ def test_pearson_p_value_matches_scipy():
     assert pearson_p_value(x, y) == pytest.approx(sps.pearsonr(x, y).pvalue)
     assert math.isnan(pearson_p_value(x, np.ones(50)))  # constant prediction: undefined
     assert math.isnan(pearson_p_value([1.0, 2.0], [1.0, 3.0]))
+
+
+def test_metric_summary_ranks_on_every_neuron():
+    """Two cells with the same defined scores but different coverage: the mean over defined
+    neurons ties them; the mean over every neuron (undefined at 0) ranks the better-covered first."""
+    full = metric_summary([0.4, 0.4, 0.4, 0.4], 0.0, 500, 0)
+    sparse = metric_summary([0.4, np.nan, np.nan, np.nan], 0.0, 500, 0)
+    assert full["mean_defined"] == sparse["mean_defined"] == pytest.approx(0.4)
+    assert full["mean"] == pytest.approx(0.4) and sparse["mean"] == pytest.approx(0.1)
+    assert sparse["coverage"] == 0.25 and sparse["n"] == 4 and sparse["n_defined"] == 1 and sparse["n_failed"] == 3
+    assert sparse["ci95"][0] <= sparse["mean"] <= sparse["ci95"][1]
+    # No no-information value: no mean over every neuron, only over the defined ones.
+    kl = metric_summary([0.1, np.nan], None, 500, 0)
+    assert kl["mean"] is None and kl["ci95"] == [None, None] and kl["mean_defined"] == pytest.approx(0.1)
+    empty = metric_summary([], 0.5, 500, 0)
+    assert empty["mean"] is None and empty["coverage"] is None
 
 
 def test_bootstrap_ci_counts_failures():

@@ -114,14 +114,22 @@ def test_joblib_sweep_collect_submit_verify_render(lb_sets, tmp_path):  # noqa: 
     assert len(pd.read_csv(tmp_path / "tables" / "paired.csv")) == 6 * n_scorers
 
     cfg = lb.load_config(entries_dir=tmp_path / "board" / "entries", sets_dir=lb_sets)
+    submitted = []
     for cell in cells:
-        path = lb.submit(cell, f"cell-{cell.name}", "tests", cfg)
+        try:
+            path = lb.submit(cell, f"cell-{cell.name}", "tests", cfg)
+        except lb.EntryError as exc:
+            # A baseline ignores the prompt, and the fake server answers every prompt alike: the
+            # second prompt's cell repeats the first one's explanations, so it is one submission.
+            assert "already on the board" in str(exc)
+            continue
         result = lb.verify(lb.read_entry(path, cfg), cfg)
         assert result.status == "verified", result.report()
-        lb.record_verification(path, result, cfg)
         assert FAKE_KEY.encode() not in path.read_bytes()
+        submitted.append(path)
+    assert len(submitted) == 2
     md, page = lb.render(cfg)
-    assert md.read_text().count("| verified | tests |") == 4 * n_scorers
+    assert md.read_text().split("## How entries")[0].count("| tests |") == 2 * n_scorers
     assert page.stat().st_size > 10_000
 
 

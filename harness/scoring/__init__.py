@@ -12,6 +12,7 @@ prediction) and counts as a failure, never as 0. Parameters come from `conf/scor
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import Any, Callable
 
 from harness.errors import ConfigError
@@ -29,12 +30,33 @@ class Simulated:
 
 
 @dataclass(frozen=True)
+class Metric:
+    """What a family of a scorer's metrics (names matching `pattern`, fnmatch-style) means on a board.
+
+    `no_information` is the value an uninformative simulation gets (correlation 0, AUROC 0.5): a
+    neuron whose metric is undefined (a constant prediction, a failed explanation) counts at this
+    value in the mean over every neuron, so coverage cannot be traded for score. None: the metric
+    has no such value (e.g. a KL in nats) and is averaged over the neurons where it is defined only."""
+
+    pattern: str
+    no_information: float | None
+    higher_is_better: bool = True
+
+
+@dataclass(frozen=True)
 class Scorer:
     name: str
     score: Callable[..., list[dict[str, float]]]  # (list[Simulated], **params) → one dict per neuron
     headline: str  # the metric reported as `scores.<name>.mean`
+    metrics: tuple[Metric, ...]  # every metric it reports, first match wins
     needs_context: bool = False  # score(batch, context=..., **params): gets the set's manifest
     needs_calibration: bool = False  # reads the simulation of the calibration split
+
+    def metric(self, name: str) -> Metric:
+        for m in self.metrics:
+            if fnmatchcase(name, m.pattern):
+                return m
+        raise ConfigError(f"scorer {self.name} declares no metric {name!r}")
 
 
 def per_neuron(fn: Callable[[Simulated], dict[str, float]]) -> Callable[..., list[dict[str, float]]]:
@@ -45,12 +67,19 @@ def per_neuron(fn: Callable[[Simulated], dict[str, float]]) -> Callable[..., lis
 SCORERS: dict[str, Scorer] = {
     "correlation": Scorer("correlation", per_neuron(lambda s: correlation_scores(s.neuron.test, s.test,
                                                                                  s.neuron.calibration, s.calibration)),
-                          headline="ev_correlation_score", needs_calibration=True),
+                          headline="ev_correlation_score", needs_calibration=True,
+                          # no prediction counts as predicting 0 everywhere: rsquared = absolute_dev_explained = 0
+                          metrics=(Metric("ev_correlation_*", 0.0), Metric("rsquared*", 0.0),
+                                   Metric("absolute_dev_explained*", 0.0))),
     "threshold": Scorer("threshold", per_neuron(lambda s, **params: threshold_scores(s.neuron, s.test, s.calibration,
                                                                                      **params)),
-                        headline=THRESHOLD_HEADLINE, needs_calibration=True),
+                        headline=THRESHOLD_HEADLINE, needs_calibration=True,
+                        # F1 of an uninformative rule depends on the share of positives: no fixed value
+                        metrics=(Metric("auroc_*", 0.5), Metric("balacc_*", 0.5), Metric("f1_*", None))),
     "ablation": Scorer("ablation", ablation_scores, headline=ABLATION_HEADLINE, needs_context=True,
-                       needs_calibration=True),
+                       needs_calibration=True,
+                       # score 0 = no better than mean-ablation; KLs are nats/token, lower is better
+                       metrics=(Metric("score*", 0.0), Metric("kl_*", None, higher_is_better=False))),
 }
 
 

@@ -35,6 +35,22 @@ def bootstrap_ci(values, n_resamples: int = 2000, seed: int = 0, level: float = 
     return {"mean": float(ok.mean()), "ci95": [float(lo), float(hi)], **out}
 
 
+def metric_summary(values, no_information: float | None, n_resamples: int = 2000, seed: int = 0) -> dict:
+    """One metric over every neuron of a cell, on a common basis: `mean`/`ci95` over all neurons,
+    an undefined value (NaN) counting as the metric's `no_information` value (None when it has
+    none), beside `mean_defined`/`ci95_defined` over the neurons where it is defined and the
+    `coverage` (n_defined / n). Equal seeds draw the same resamples for both means."""
+    x = np.asarray(values, dtype=np.float64)
+    defined = bootstrap_ci(x, n_resamples, seed)
+    out = {"mean": None, "ci95": [None, None], "n": int(len(x)), "n_defined": defined["n"],
+           "n_failed": defined["n_failed"], "coverage": defined["n"] / len(x) if len(x) else None,
+           "mean_defined": defined["mean"], "ci95_defined": defined["ci95"], "no_information": no_information}
+    if no_information is not None and len(x):
+        every = bootstrap_ci(np.where(np.isfinite(x), x, no_information), n_resamples, seed)
+        out.update(mean=every["mean"], ci95=every["ci95"])
+    return out
+
+
 # --- Paired comparison of two cells -----------------------------------------------------------
 
 def paired_test(a, b, n_resamples: int = 10000, seed: int = 0, level: float = 0.95) -> dict:

@@ -1,0 +1,113 @@
+"""`python -m harness.leaderboard {submit,submit-sweep,verify,render,schema}`: the NeuronBench leaderboard.
+
+- `submit CELL_DIR --name NAME [--submitter WHO]` turns a finished cell (summary.json +
+  neurons.parquet) on a full frozen set into one entry, `leaderboard/entries/<NAME>.json`,
+  after checking it is complete: every neuron of the set present once, explained or failed.
+- `verify ENTRY...` re-simulates and re-scores the entry's explanations with a simulator and
+  scorers rebuilt from this repository's conf/ (the entry names them; it may set only allowed
+  parameters) and compares every per-neuron score, the controls, the stored test simulations and
+  the summary with what the entry claims. The outcome is recorded in
+  `leaderboard/verification.json` under the entry's file name, signed with $NEURONBENCH_VERIFY_KEY
+  when it is set. Exit code: 0 verified, 1 failed, 3 pending (an API key is missing).
+- `render` writes `leaderboard/README.md` and a self-contained `leaderboard/index.html`, ranking
+  verified entries only (it re-verifies every entry whose simulator runs locally).
+- `schema` prints the entry JSON Schema.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from harness.cli import exit_on_harness_error
+from harness.errors import HarnessError
+from harness.leaderboard.board import render
+from harness.leaderboard.entry import cell_entry_name, submit
+from harness.leaderboard.schema import ENTRY_SCHEMA, entry_path, read_entry, safe_name
+from harness.leaderboard.verify import Verification, file_sha256, record_verification, verify
+
+EXIT_CODES = {"verified": 0, "failed": 1, "pending": 3}
+SEVERITY = ("verified", "pending", "failed")  # the exit code is the worst outcome's
+
+
+def verify_files(paths: list[Path], cfg: dict, record: bool) -> int:
+    """Verify each entry file (a name means a file under the entries directory), print the report,
+    record it for files in the entries directory; the exit code of the worst outcome."""
+    worst = "verified"
+    for path in paths:
+        if not path.exists() and safe_name(str(path)):
+            path = entry_path(str(path), cfg["entries_dir"])
+        try:
+            entry = read_entry(path, cfg)
+            result = verify(entry, cfg, entry_sha256=file_sha256(path))
+        except HarnessError as exc:
+            result, entry = Verification(path.name, "failed", problems=[str(exc)]), None
+        print(result.report())
+        if record and entry is not None and path.resolve().parent == cfg["entries_dir"].resolve():
+            record_verification(path, result, entry, cfg)
+        worst = max(worst, result.status, key=SEVERITY.index)
+    return EXIT_CODES[worst]
+
+
+@exit_on_harness_error
+def main(argv: list[str] | None = None) -> int:
+    from harness.leaderboard.schema import load_config
+
+    parser = argparse.ArgumentParser(prog="python -m harness.leaderboard", description=__doc__.splitlines()[0])
+    parser.add_argument("--entries-dir", type=Path, default=None, help="default: leaderboard/entries")
+    parser.add_argument("--sets-dir", type=Path, default=None, help="default: leaderboard/sets")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("submit", help="write an entry from a finished cell directory")
+    p.add_argument("cell_dir", type=Path)
+    p.add_argument("--name", required=True)
+    p.add_argument("--submitter", default=os.environ.get("USER", "anonymous"))
+    p.add_argument("--description", default=None)
+    p.add_argument("--force", action="store_true", help="replace an entry of the same name")
+    p.add_argument("--verify", action="store_true", help="verify the new entry right away")
+    w = sub.add_parser("submit-sweep", help="submit every finished cell of a multirun directory, named after "
+                                            "its explainer (and prompt)")
+    w.add_argument("multirun_dir", type=Path)
+    w.add_argument("--prefix", default="", help="prepended to every entry name")
+    w.add_argument("--submitter", default=os.environ.get("USER", "anonymous"))
+    w.add_argument("--force", action="store_true")
+    w.add_argument("--verify", action="store_true", help="verify each new entry right away")
+    v = sub.add_parser("verify", help="re-score entries and compare with their claims")
+    v.add_argument("entries", nargs="+", type=Path, help="entry files (or names under the entries directory)")
+    v.add_argument("--no-record", action="store_true", help="do not record the outcome in verification.json")
+    r = sub.add_parser("render", help="write leaderboard/README.md and leaderboard/index.html")
+    r.add_argument("--out", type=Path, default=None)
+    sub.add_parser("schema", help="print the entry JSON Schema")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    cfg = load_config(entries_dir=args.entries_dir, sets_dir=args.sets_dir)
+
+    if args.command == "schema":
+        print(json.dumps(ENTRY_SCHEMA, indent=1))
+        return 0
+    if args.command == "submit":
+        path = submit(args.cell_dir, args.name, args.submitter, cfg, args.force, args.description)
+        print(f"wrote {path}")
+        return verify_files([path], cfg, True) if args.verify else 0
+    if args.command == "submit-sweep":
+        from harness.collect import find_cells
+        written = []
+        for cell in find_cells(args.multirun_dir):
+            name = args.prefix + cell_entry_name(json.loads((cell / "summary.json").read_text())["config"])
+            written.append(submit(cell, name, args.submitter, cfg, args.force))
+            print(f"wrote {written[-1]}")
+        return verify_files(written, cfg, True) if args.verify else 0
+    if args.command == "verify":
+        return verify_files(args.entries, cfg, not args.no_record)
+    if args.command == "render":
+        md, page = render(cfg, args.out)
+        print(f"wrote {md} and {page}")
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,361 @@
+"""Verification: re-score an entry's explanations with the verifier's own simulator and scorers.
+
+The simulator and scorers are rebuilt by name from this repository's conf/ (`resolve_components`),
+with only the parameters `conf/leaderboard.yaml` allows taken from the entry: an entry never
+chooses an endpoint, a key variable, a file path, a cache or a config to load. Re-scoring goes
+through the cell's own scoring core (`harness.cell.score_neurons`, `summarise`).
+
+Simulators cheap enough (`verify.full`, e.g. token_match) are re-run on every neuron; the others
+on a seeded random subset of `verify.sample_neurons` neurons, drawn from the entry file's sha256
+keyed with the maintainers' secret ($NEURONBENCH_VERIFY_KEY), so a submitter cannot tune a file to
+the subset. A simulator behind an API whose key the verifier lacks leaves the entry `pending`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
+
+from harness import __version__
+from harness.errors import HarnessError
+from harness.leaderboard.entry import allowed_key, flatten
+from harness.leaderboard.schema import EntryError, known_set
+from harness.paths import CONF_DIR
+
+MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,99}$")
+STATUSES = ("verified", "failed", "pending")
+
+
+@dataclass
+class Verification:
+    name: str
+    status: str = "verified"        # verified | failed | pending
+    checked: int = 0                 # neurons re-scored
+    of: int = 0                      # neurons in the set
+    problems: list[str] = field(default_factory=list)
+    note: str = ""
+
+    def report(self) -> str:
+        scope = f"{self.checked} of {self.of} neurons re-scored" if self.of else f"{self.checked} neurons re-scored"
+        head = f"{self.name}: {self.status.upper()} ({scope})"
+        if self.note:
+            head += f" — {self.note}"
+        lines = [head] + [f"  - {p}" for p in self.problems[:50]]
+        if len(self.problems) > 50:
+            lines.append(f"  - … and {len(self.problems) - 50} more")
+        return "\n".join(lines)
+
+
+# --- Rebuilding the simulator and scorers from conf/ ------------------------------------------
+
+def _conf(group: str, name: str) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{name}.yaml"), resolve=True)
+
+
+def _plain_value(value: Any) -> bool:
+    """A value an entry may give a parameter: a number, a boolean, a short plain string, or a short
+    list of numbers."""
+    if isinstance(value, (bool, int, float)):
+        return True
+    if isinstance(value, str):
+        return MODEL_RE.fullmatch(value) is not None
+    if isinstance(value, list):
+        return len(value) <= 16 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    return False
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for p in parents:
+        tree = tree.setdefault(p, {})
+    tree[last] = value
+
+
+def _take_allowed(where: str, params: dict[str, Any], allowed: list[str], base: dict[str, Any]) -> None:
+    """Copy the entry's `params` into `base`, refusing any key not on the allow-list, naming it."""
+    for key, value in flatten(params).items():
+        if not allowed_key(key, allowed):
+            raise EntryError(f"{where}.{key} may not be set by an entry (allowed: {allowed or 'none'}); endpoints, "
+                             "key variables, paths and caches come from the verifier's conf/ and environment")
+        if not _plain_value(value):
+            raise EntryError(f"{where}.{key}: {str(value)[:60]!r} is not a plain number, list of numbers or name")
+        _set(base, key, value)
+
+
+def resolve_components(entry: dict[str, Any], cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict]]:
+    """The simulator config and the scorer parameters verification runs, from conf/ and the allow-list."""
+    from harness.simulate import SIMULATORS
+
+    allowed = cfg["entry_allowed"]
+    sim = entry["simulator"]
+    kind = sim["kind"]
+    if kind in SIMULATORS and not getattr(SIMULATORS[kind], "reads_explanation", True):
+        raise EntryError(f"simulator {kind!r} does not read the explanation: controls are not entries (it belongs "
+                         "in the ceiling column)")
+    if kind not in allowed["simulators"]:
+        raise EntryError(f"simulator {kind!r} is not allowed on the board; allowed: {sorted(allowed['simulators'])}")
+    simulator = _conf("simulator", kind)
+    _take_allowed("simulator.parameters", sim["parameters"], allowed["simulators"][kind], simulator)
+    backend, model = sim.get("backend"), sim.get("model")
+    if "llm" not in simulator:
+        if backend is not None or model is not None:
+            raise EntryError(f"simulator {kind!r} uses no LLM; the entry may not name a backend or model")
+    else:
+        models = allowed["models"]
+        if backend not in models:
+            raise EntryError(f"simulator.backend {backend!r} is not allowed on the board; allowed: {sorted(models)}")
+        if models[backend] == "*" and not (isinstance(model, str) and MODEL_RE.fullmatch(model)):
+            raise EntryError(f"simulator.model {str(model)[:60]!r} is not a plain model name")
+        if models[backend] != "*" and model not in models[backend]:
+            raise EntryError(f"simulator.model {str(model)[:60]!r} is not allowed for backend {backend!r}; "
+                             f"allowed: {models[backend]}")
+        llm = simulator["llm"] if simulator["llm"]["backend"] == backend else _conf("explainer", backend)["llm"]
+        simulator["llm"] = {**llm, "model": model}
+    scorers = {}
+    for name, params in entry["scorers"].items():
+        if name not in allowed["scorers"]:
+            raise EntryError(f"scorer {name!r} is not allowed on the board; allowed: {sorted(allowed['scorers'])}")
+        base = _conf("scorer", name)[name] or {}
+        _take_allowed(f"scorers.{name}", params, allowed["scorers"][name], base)
+        scorers[name] = base
+    return simulator, scorers
+
+
+def uses_api(simulator: dict[str, Any]) -> bool:
+    return (simulator.get("llm") or {}).get("backend", "hf_local") != "hf_local"
+
+
+def components_digest(simulator: dict[str, Any], scorers: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps({"simulator": simulator, "scorers": scorers}, sort_keys=True).encode()).hexdigest()
+
+
+def _missing_key(simulator: dict[str, Any]) -> str | None:
+    """The environment variable (named by conf/, never by the entry) an API simulator needs and lacks."""
+    llm = simulator.get("llm") or {}
+    var = llm.get("api_key_env")
+    if uses_api(simulator) and var and llm.get("api_key_required", True) and not os.environ.get(var):
+        return var
+    return None
+
+
+# --- Which neurons, and the secret that picks them --------------------------------------------
+
+def verify_key(cfg: dict[str, Any]) -> bytes | None:
+    value = os.environ.get(cfg["verify"]["key_env"])
+    return value.encode() if value else None
+
+
+def subset_seed(entry_sha256: str, cfg: dict[str, Any]) -> int:
+    """Seed of the re-scored subset: the entry file's sha256 keyed with the maintainers' secret
+    (unkeyed where it is not set, e.g. on a submitter's machine)."""
+    digest = hmac.new(verify_key(cfg) or b"", entry_sha256.encode(), hashlib.sha256).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def _chosen(kind: str, n: int, entry_sha256: str, cfg: dict[str, Any]) -> list[int]:
+    k = cfg["verify"]["sample_neurons"]
+    if kind in cfg["verify"]["full"] or k >= n:
+        return list(range(n))
+    return sorted(np.random.default_rng(subset_seed(entry_sha256, cfg)).choice(n, size=k, replace=False).tolist())
+
+
+# --- Re-scoring ------------------------------------------------------------------------------
+
+def _close(claimed, actual, tol: float) -> bool:
+    a = None if actual is None or (isinstance(actual, float) and math.isnan(actual)) else float(actual)
+    if claimed is None or a is None:
+        return claimed is None and a is None
+    return abs(float(claimed) - a) <= tol
+
+
+def _show(x) -> str:
+    return "null" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{float(x):.6g}"
+
+
+def _claimed_table(entry: dict[str, Any], neurons) -> pd.DataFrame:
+    """The entry's per-neuron claims as the cell's table (NaN for null), in the set's order."""
+    by_key = {(n["layer"], n["neuron"]): n for n in entry["neurons"]}
+    rows = []
+    for record in neurons:
+        n = by_key[(record.layer, record.neuron)]
+        row = {"failure": n["failure"]}
+        for part, prefix in (("scores", ""), ("floor", "floor."), ("ceiling", "ceiling.")):
+            row.update({prefix + k: math.nan if v is None else v for k, v in (n.get(part) or {}).items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def verify(entry: dict[str, Any], cfg: dict[str, Any], entry_sha256: str | None = None) -> Verification:
+    """Re-score `entry` (or the seeded subset of its neurons) and compare with every claim."""
+    from harness.cell import floor_partners, score_neurons, simulate, summarise
+    from harness.scoring import Simulated, get_scorer
+    from harness.simulate import make_simulator
+
+    name = entry["name"]
+    try:
+        sim_cfg, scorer_params = resolve_components(entry, cfg)
+        neuron_set = known_set(entry, cfg["sets_dir"])
+    except HarnessError as exc:
+        return Verification(name, "failed", problems=[str(exc)])
+    neurons = neuron_set.neurons
+    want = {(n.layer, n.neuron) for n in neurons}
+    have = {(n["layer"], n["neuron"]) for n in entry["neurons"]}
+    if want != have:
+        return Verification(name, "failed", problems=[
+            f"the entry's neurons are not the set's: {len(want - have)} missing, {len(have - want)} not in the set"])
+    missing_key = _missing_key(sim_cfg)
+    if missing_key:
+        return Verification(name, "pending", of=len(neurons),
+                            note=f"simulator {entry['simulator']['kind']} needs ${missing_key}, which is not set")
+    entry_sha256 = entry_sha256 or hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()
+    chosen = _chosen(sim_cfg["kind"], len(neurons), entry_sha256, cfg)
+    result = Verification(name, of=len(neurons))
+    if len(chosen) < len(neurons):
+        result.note = f"a seeded random subset of {len(chosen)} of {len(neurons)} neurons"
+    tol = cfg["tolerance"]["api" if uses_api(sim_cfg) else "local"]
+    scorers = [(get_scorer(s), params) for s, params in scorer_params.items()]
+    by_key = {(n["layer"], n["neuron"]): n for n in entry["neurons"]}
+    claims = [by_key[(r.layer, r.neuron)] for r in neurons]
+    rows: list[dict[str, Any]] = [{"explanation": c["explanation"], "failure": c["failure"]} for c in claims]
+    simulated: dict[int, Simulated] = {}
+    try:
+        simulator = make_simulator(OmegaConf.create(sim_cfg))
+        for i in chosen:
+            rows[i]["failure"] = claims[i]["failure"] if claims[i]["explanation"] is None else None
+            if claims[i]["explanation"] is None:
+                continue
+            try:
+                simulated[i] = simulate(simulator, neurons[i], claims[i]["explanation"], scorers)
+            except HarnessError as exc:
+                rows[i]["failure"] = f"{type(exc).__name__}: {exc}"
+        explained = [i for i, c in enumerate(claims) if c["failure"] is None]
+        score_neurons(neurons, rows, simulated, simulator, scorers, entry["controls"],
+                      floor_partners(explained, entry["stats"]["seed"]), chosen, {"manifest": neuron_set.manifest})
+    except HarnessError as exc:
+        return Verification(name, "failed", of=len(neurons), problems=[f"re-scoring failed: {exc}"])
+
+    for i in chosen:
+        record, claimed, row = neurons[i], claims[i], rows[i]
+        where = f"layer {record.layer} neuron {record.neuron}"
+        result.checked += 1
+        if (row["failure"] is None) != (claimed["failure"] is None):
+            result.problems.append(f"{where}: claimed failure {claimed['failure']!r}, re-run failure {row['failure']!r}")
+        for part, prefix in (("scores", ""), ("floor", "floor."), ("ceiling", "ceiling.")):
+            if part != "scores" and not entry["controls"][part]:
+                continue
+            recomputed = {k[len(prefix):]: v for k, v in row.items()
+                          if k.startswith(prefix) and k[len(prefix):].split(".")[0] in scorer_params
+                          and k.count(".") == prefix.count(".") + 1}
+            claimed_scores = claimed.get(part) or {}
+            for metric in sorted(set(recomputed) | set(claimed_scores)):
+                c, a = claimed_scores.get(metric), recomputed.get(metric)
+                if not _close(c, a, tol):
+                    label = metric if part == "scores" else f"{part} {metric}"
+                    result.problems.append(f"{where}: {label} claimed {_show(c)}, re-scored {_show(a)}")
+        sim = claimed.get("test_simulation")
+        if sim is not None and i in simulated:
+            actual = simulated[i].test
+            if len(sim) != len(actual) or any(
+                    (s is None) != (a is None) or (s is not None and (len(s) != len(a) or np.max(
+                        np.abs(np.asarray(s, float) - np.asarray(a, float)), initial=0) > max(tol, 10 ** -cfg["simulation_decimals"])))
+                    for s, a in zip(sim, actual)):
+                result.problems.append(f"{where}: the stored test simulation differs from the re-run simulation")
+
+    # The summary must follow from the per-neuron claims (checked above on the re-scored neurons).
+    table = _claimed_table(entry, neurons)
+    for block_name, prefix in (("scores", ""), ("floor", "floor."), ("ceiling", "ceiling.")):
+        if block_name != "scores" and not entry["controls"][block_name]:
+            continue
+        expected = summarise(table, scorers, prefix, entry["stats"])
+        claimed_block = entry["summary"].get(block_name) or {}
+        for scorer, block in expected.items():
+            c = claimed_block.get(scorer)
+            if c is None:
+                result.problems.append(f"summary {block_name}.{scorer} is missing")
+                continue
+            for metric, s in {None: block, **block["metrics"]}.items():
+                cs = c if metric is None else c["metrics"].get(metric)
+                label = f"summary {block_name}.{scorer}" + (f".{metric}" if metric else " headline")
+                if cs is None:
+                    result.problems.append(f"{label} is missing")
+                    continue
+                for key in ("mean", "mean_defined", "coverage", "ci95", "ci95_defined", "n", "n_defined"):
+                    want_v, have_v = (s[key], cs[key]) if isinstance(s[key], list) else ([s[key]], [cs[key]])
+                    if not all(_close(h, w, cfg["tolerance"]["summary"]) for h, w in zip(have_v, want_v)):
+                        result.problems.append(f"{label} {key} claimed {cs[key]}, recomputed {s[key]}")
+    n_failed = int(table["failure"].notna().sum())
+    if entry["summary"]["n_failed"] != n_failed or entry["summary"]["n_neurons"] != len(neurons):
+        result.problems.append(f"summary counts claimed {entry['summary']['n_neurons']} neurons, "
+                               f"{entry['summary']['n_failed']} failed; the entry lists {len(neurons)}, {n_failed} failed")
+    if result.problems:
+        result.status = "failed"
+    return result
+
+
+# --- Records ----------------------------------------------------------------------------------
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def records_path(cfg: dict[str, Any]) -> Path:
+    return cfg["entries_dir"].parent / "verification.json"
+
+
+def _signature(record: dict[str, Any], key: bytes) -> str:
+    body = {k: v for k, v in record.items() if k != "signature"}
+    return hmac.new(key, json.dumps(body, sort_keys=True).encode(), hashlib.sha256).hexdigest()
+
+
+def record_verification(path: Path, result: Verification, entry: dict[str, Any], cfg: dict[str, Any]) -> None:
+    """Record the outcome in verification.json under the entry's file name, with what was run
+    (harness version, components digest, entry sha256), signed with the maintainers' key when set."""
+    try:
+        digest = components_digest(*resolve_components(entry, cfg))
+    except EntryError:  # refused components: the record says so in its problems
+        digest = None
+    record = {**{k: v for k, v in asdict(result).items() if k != "problems"}, "problems": result.problems[:20],
+              "entry_sha256": file_sha256(path), "components_digest": digest,
+              "harness_version": __version__,
+              "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()}
+    key = verify_key(cfg)
+    record["signature"] = _signature(record, key) if key else None
+    store = records_path(cfg)
+    records = json.loads(store.read_text()) if store.is_file() else {}
+    records[Path(path).stem] = record
+    store.write_text(json.dumps(dict(sorted(records.items())), indent=1) + "\n")
+
+
+def trusted_record(path: Path, entry: dict[str, Any], cfg: dict[str, Any]) -> Verification | None:
+    """The recorded verification of an API-simulated entry, if it can be trusted: signed with the
+    maintainers' key (which this process must hold to check it), for this file's exact bytes, this
+    harness version and these components. None otherwise: the entry is then pending."""
+    key, store = verify_key(cfg), records_path(cfg)
+    if key is None or not store.is_file():
+        return None
+    try:
+        record = json.loads(store.read_text()).get(Path(path).stem)
+        simulator, scorers = resolve_components(entry, cfg)
+        ok = (isinstance(record, dict) and isinstance(record.get("signature"), str)
+              and hmac.compare_digest(record["signature"], _signature(record, key))
+              and record.get("entry_sha256") == file_sha256(path) and record.get("harness_version") == __version__
+              and record.get("components_digest") == components_digest(simulator, scorers)
+              and record.get("status") in STATUSES)
+    except (ValueError, AttributeError, TypeError):
+        return None
+    if not ok:
+        return None
+    return Verification(record["name"], record["status"], record["checked"], record["of"], record["problems"],
+                        record["note"])
