@@ -523,6 +523,23 @@ def test_llm_simulators_are_verified_on_a_keyed_subset(honest, monkeypatch):
     assert len(draws) > 1  # the subset depends on the secret, not only on the file
 
 
+def test_subset_verification_checks_the_drawn_neurons_and_the_whole_summary(honest, monkeypatch):
+    """Verification of a subset (as for LLM simulators; token_match made to take that path here):
+    the drawn neurons are re-scored, the seed is reported, a forged drawn neuron fails."""
+    entry, cfg = honest
+    cfg = {**cfg, "verify": {**cfg["verify"], "full": [], "sample_neurons": 3}}
+    monkeypatch.setenv("NEURONBENCH_VERIFY_KEY", "k")
+    from harness.leaderboard.verify import _chosen
+    sha = "cd" * 32
+    result = lb.verify(entry, cfg, entry_sha256=sha)
+    assert result.status == "verified", result.report()
+    assert (result.checked, result.of) == (3, 8) and result.subset_seed is not None and "subset of 3 of 8" in result.note
+    drawn = _chosen("token_match", 8, sha, cfg)
+    forged = copy.deepcopy(entry)
+    forged["neurons"][drawn[0]]["scores"]["correlation.ev_correlation_score"] = 0.99
+    assert lb.verify(forged, cfg, entry_sha256=sha).status == "failed"
+
+
 # --- the committed board ----------------------------------------------------------------------
 
 def test_committed_board_is_valid_verified_and_up_to_date(tmp_path):

@@ -46,6 +46,7 @@ class Verification:
     of: int = 0                      # neurons in the set
     problems: list[str] = field(default_factory=list)
     note: str = ""
+    subset_seed: int | None = None   # the seed of the re-scored subset, when not every neuron was re-scored
 
     def report(self) -> str:
         scope = f"{self.checked} of {self.of} neurons re-scored" if self.of else f"{self.checked} neurons re-scored"
@@ -165,6 +166,7 @@ def subset_seed(entry_sha256: str, cfg: dict[str, Any]) -> int:
 
 
 def _chosen(kind: str, n: int, entry_sha256: str, cfg: dict[str, Any]) -> list[int]:
+    """Indices of the neurons to re-score: all for a cheap simulator, else a keyed seeded subset."""
     k = cfg["verify"]["sample_neurons"]
     if kind in cfg["verify"]["full"] or k >= n:
         return list(range(n))
@@ -224,6 +226,7 @@ def verify(entry: dict[str, Any], cfg: dict[str, Any], entry_sha256: str | None 
     result = Verification(name, of=len(neurons))
     if len(chosen) < len(neurons):
         result.note = f"a seeded random subset of {len(chosen)} of {len(neurons)} neurons"
+        result.subset_seed = subset_seed(entry_sha256, cfg)
     tol = cfg["tolerance"]["api" if uses_api(sim_cfg) else "local"]
     scorers = [(get_scorer(s), params) for s, params in scorer_params.items()]
     by_key = {(n["layer"], n["neuron"]): n for n in entry["neurons"]}
@@ -358,4 +361,4 @@ def trusted_record(path: Path, entry: dict[str, Any], cfg: dict[str, Any]) -> Ve
     if not ok:
         return None
     return Verification(record["name"], record["status"], record["checked"], record["of"], record["problems"],
-                        record["note"])
+                        record["note"], record.get("subset_seed"))
