@@ -15,6 +15,7 @@ from the first, calibration and test records from the second, so no document is 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from harness.cli import exit_on_harness_error
 from harness.corpus import Corpus, load_corpus
 from harness.errors import ConfigError, CorpusError, HarnessError
 from harness.paths import SETS_DIR
-from harness.records import write_set
+from harness.records import check_replaceable, write_set
 from harness.subject import Subject, fidelity_check, load_subject
 
 log = logging.getLogger(__name__)
@@ -127,8 +128,23 @@ def forward_batches(subject: Subject, ids: np.ndarray, layers: list[int], batch_
             bar.update(batch.numel())
 
 
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def output_path(cfg: DictConfig) -> Path:
+    """Where the set goes (`output_dir`, else leaderboard/sets/<name>); refuses an unsafe name or a
+    directory the build may not replace, before any work is done."""
+    if cfg.name is None or not PLAIN_NAME.fullmatch(str(cfg.name)):
+        raise ConfigError(f"name={cfg.name!r} is not a plain name (letters, digits, '.', '_', '-'; not starting "
+                          "with '.'); put the set elsewhere with output_dir=DIR.")
+    out = SETS_DIR / cfg.name if cfg.output_dir is None else Path(hydra.utils.to_absolute_path(cfg.output_dir))
+    check_replaceable(out, cfg.overwrite)
+    return out
+
+
 def build(cfg: DictConfig) -> str:
     t0 = time.time()
+    out = output_path(cfg)
     subject = load_subject(cfg.subject)
     layers = list(cfg.layers) if cfg.layers is not None else list(range(subject.neurons.n_layers))
     subject.check_layers(layers)
@@ -303,9 +319,8 @@ def build(cfg: DictConfig) -> str:
         },
         "build": {"torch": torch.__version__, "device": str(subject.device)},
     }
-    out = SETS_DIR / cfg.name if cfg.output_dir is None else hydra.utils.to_absolute_path(cfg.output_dir)
-    digest = write_set(Path(out), manifest, {
-        "windows": windows_tab, "records": records_tab, "neurons": neurons_tab})
+    digest = write_set(out, manifest, {"windows": windows_tab, "records": records_tab, "neurons": neurons_tab},
+                       overwrite=cfg.overwrite)
     log.info("wrote %s (%d neurons, hash %s) in %.0f s", out, len(chosen), digest, time.time() - t0)
     return digest
 

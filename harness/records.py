@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harness.errors import SetIntegrityError
+from harness.errors import ConfigError, SetIntegrityError
 from harness.paths import SETS_DIR
 
 FORMAT_VERSION = 1
@@ -117,19 +118,46 @@ def resolve_set_path(name_or_path: str | Path) -> Path:
     return path
 
 
-def write_set(path: Path, manifest: dict[str, Any], tables: dict[str, pa.Table]) -> str:
-    """Write atomically (into `<path>.partial`, then rename) so a killed build never looks
-    complete; returns the content hash, which is also stored in the manifest."""
+SET_FILES = frozenset({"manifest.json", *(f"{name}.parquet" for name in TABLES)})
+
+
+def check_replaceable(path: Path, overwrite: bool) -> None:
+    """Refuse to write a set to `path` unless nothing is lost: `path` does not exist, is an empty
+    directory, or (with `overwrite`) holds a neuron set and nothing but a set's files."""
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return
+    if not path.is_dir() or not (path / "manifest.json").is_file():
+        raise ConfigError(f"{path} exists and is not a neuron set (no manifest.json); refusing to replace it. "
+                          "Choose another output_dir or name.")
+    foreign = sorted(p.name for p in path.iterdir() if p.name not in SET_FILES)
+    if foreign:
+        raise ConfigError(f"{path} holds a neuron set but also {', '.join(foreign)}; refusing to replace it. "
+                          "Move those files away or choose another output_dir or name.")
+    if not overwrite:
+        raise ConfigError(f"{path} already holds a neuron set; pass overwrite=true to replace it, or choose "
+                          "another output_dir or name.")
+
+
+def write_set(path: Path, manifest: dict[str, Any], tables: dict[str, pa.Table], overwrite: bool = False) -> str:
+    """Write a set to `path` (see `check_replaceable`) and return its content hash, which is also
+    stored in the manifest. Writes into a temporary sibling directory, then renames it into place,
+    so an interrupted write leaves any previous set at `path` intact."""
+    check_replaceable(path, overwrite)
     manifest = dict(manifest, format_version=FORMAT_VERSION)
     manifest["hash"] = content_hash(manifest, tables)
-    partial = path.with_name(path.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    for name in TABLES:
-        pq.write_table(tables[name], partial / f"{name}.parquet", compression="zstd", compression_level=19)
-    (partial / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    shutil.rmtree(path, ignore_errors=True)
-    partial.rename(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial, old = (path.with_name(f".{path.name}.{what}-{uuid.uuid4().hex[:8]}") for what in ("partial", "old"))
+    partial.mkdir()
+    try:
+        for name in TABLES:
+            pq.write_table(tables[name], partial / f"{name}.parquet", compression="zstd", compression_level=19)
+        (partial / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        if path.exists():
+            path.rename(old)
+        partial.rename(path)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)  # only there after a failure
+    shutil.rmtree(old, ignore_errors=True)
     return manifest["hash"]
 
 

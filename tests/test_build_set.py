@@ -325,7 +325,7 @@ def test_unreadable_message_names_the_path_to_restore(copy_of_set):
 
 def _assert_nothing_written(out: Path):
     assert not out.exists()
-    assert not out.with_name(out.name + ".partial").exists()
+    assert not list(out.parent.glob(f".{out.name}.*"))  # no temporary directory left
 
 
 def test_empty_corpus_is_a_corpus_error(tmp_path):
@@ -434,3 +434,66 @@ def test_cli_reports_a_config_error_without_traceback(tmp_path):
     assert "0..1" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     _assert_nothing_written(out)
+
+
+# --- Never deleting what is not a set it may replace --------------------------------------------
+
+@pytest.mark.parametrize("name", ["../entries", "a/b", "..", ".", "", "x/../y", ".hidden"])
+def test_name_must_be_a_plain_name(tmp_path, monkeypatch, name):
+    sets = tmp_path / "leaderboard" / "sets"
+    sets.mkdir(parents=True)
+    (tmp_path / "leaderboard" / "entries").mkdir()
+    (tmp_path / "leaderboard" / "entries" / "entry.json").write_text("{}")
+    monkeypatch.setattr(build_set_mod, "SETS_DIR", sets)  # with the defect, the real board is not at risk
+    with pytest.raises(ConfigError, match="plain name"):
+        build(compose_cfg(BASE + [f"name='{name}'"]))
+    assert (tmp_path / "leaderboard" / "entries" / "entry.json").is_file()
+    assert list(sets.iterdir()) == []
+
+
+def test_existing_directory_that_is_not_a_set_is_never_replaced(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    with pytest.raises(ConfigError, match="not a neuron set"):
+        build(compose_cfg(BASE + [f"output_dir={out}", "overwrite=true"]))
+    assert (out / "notes.txt").read_text() == "precious"
+
+
+def test_existing_set_is_replaced_only_with_overwrite(copy_of_set, built):
+    with pytest.raises(ConfigError, match="overwrite=true"):
+        build(compose_cfg(BASE + [f"output_dir={copy_of_set}"]))
+    assert load_set(copy_of_set).hash == built.hash
+
+
+def test_set_directory_with_foreign_files_is_not_replaced(copy_of_set, built):
+    (copy_of_set / "analysis.ipynb").write_text("{}")
+    with pytest.raises(ConfigError, match="analysis.ipynb"):
+        build(compose_cfg(BASE + [f"output_dir={copy_of_set}", "overwrite=true"]))
+    assert (copy_of_set / "analysis.ipynb").is_file() and load_set(copy_of_set).hash == built.hash
+
+
+def test_overwrite_replaces_a_set(small_corpus, copy_of_set, built):
+    digest = build(_small(small_corpus, copy_of_set, "overwrite=true"))
+    assert digest != built.hash and load_set(copy_of_set).hash == digest
+    assert sorted(p.name for p in copy_of_set.parent.iterdir()) == ["copy"]  # no temporary left behind
+
+
+def test_interrupted_write_leaves_the_old_set_intact(copy_of_set, built, monkeypatch):
+    from harness import records
+
+    manifest, tables = records.read_tables(copy_of_set)
+    real = records.pq.write_table
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(records.pq, "write_table", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        records.write_set(copy_of_set, {**manifest, "name": "changed"}, tables, overwrite=True)
+    assert load_set(copy_of_set).hash == built.hash
+    assert sorted(p.name for p in copy_of_set.parent.iterdir()) == ["copy"]
