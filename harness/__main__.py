@@ -6,6 +6,9 @@ the same neuron set hash and the same configuration) is skipped, so re-running a
 sweep with the same `hydra.sweep.dir` finishes only the missing cells; those re-use the LLM call
 cache, so no paid call is repeated. `+resume=false` re-runs every cell. A single run (no `-m`)
 always runs its cell (with the same call cache, so a repeat pays nothing).
+
+An output directory holding a finished cell of a *different* configuration is refused (single runs
+and sweeps alike) unless `+overwrite=true` (or, in a sweep, `+resume=false`) says to replace it.
 """
 
 import json
@@ -33,6 +36,8 @@ log = logging.getLogger("harness")
 
 # Keys that change how a cell runs but not what it computes: a finished cell is kept across them.
 RUNTIME_ONLY = ("call_cache", "batch_neurons")
+# Options of `python -m harness` itself, not of the cell: `+resume=false`, `+overwrite=true`.
+RUN_OPTIONS = ("resume", "overwrite")
 
 
 def git_commit() -> dict[str, Any]:
@@ -72,7 +77,7 @@ def finished_cell(output_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
     if _comparable(summary.get("config", {})) != _comparable(current):
         raise ConfigError(
             f"{output_dir} already holds a finished cell with a different configuration; choose another "
-            "output directory (hydra.run.dir / hydra.sweep.dir) or pass +resume=false to overwrite it.")
+            "output directory (hydra.run.dir / hydra.sweep.dir) or pass +overwrite=true to replace it.")
     try:
         manifest = json.loads((resolve_set_path(cfg.neuron_set.path) / "manifest.json").read_text())
     except (OSError, ValueError):
@@ -90,13 +95,13 @@ def finished_cell(output_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
 def main(cfg: DictConfig) -> None:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     hydra_cfg = HydraConfig.get()
-    resume = bool(cfg.get("resume", True)) and hydra_cfg.mode == RunMode.MULTIRUN
+    overwrite = bool(cfg.get("overwrite", False)) or not bool(cfg.get("resume", True))
     cell_cfg = cfg.copy()
-    if "resume" in cell_cfg:
-        with open_dict(cell_cfg):
-            del cell_cfg["resume"]
-    summary = finished_cell(output_dir, cell_cfg) if resume else None
-    if summary is not None:
+    with open_dict(cell_cfg):
+        for option in RUN_OPTIONS:
+            cell_cfg.pop(option, None)
+    summary = None if overwrite else finished_cell(output_dir, cell_cfg)  # refuses another configuration's cell
+    if summary is not None and hydra_cfg.mode == RunMode.MULTIRUN:
         log.info("skipping %s: already complete (%d neurons, set %s)", output_dir, summary["n_neurons"],
                  summary["set_hash"][:12])
         print(f"skipped (already complete): {output_dir}")

@@ -113,3 +113,22 @@ def test_default_cell_runs_on_the_frozen_set(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["n_neurons"] == 20
     assert summary["scores"]["correlation"]["mean"] is not None
+
+
+def test_single_run_refuses_a_finished_cell_of_another_configuration(tiny_set, tmp_path):
+    run = tmp_path / "run"
+    first = _harness(f"neuron_set.path={tiny_set}", "explainer=baseline_top_tokens", f"hydra.run.dir={run}")
+    assert first.returncode == 0, first.stderr
+    before = (run / "summary.json").read_bytes()
+    same = _harness(f"neuron_set.path={tiny_set}", "explainer=baseline_top_tokens", f"hydra.run.dir={run}")
+    assert same.returncode == 0, same.stderr  # the same configuration: a repeat is fine
+    other = _harness(f"neuron_set.path={tiny_set}", "explainer=baseline_empty", f"hydra.run.dir={run}")
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert "ConfigError" in other.stderr and str(run) in other.stderr and "+overwrite=true" in other.stderr
+    assert json.loads((run / "summary.json").read_text())["config"]["explainer"]["kind"] == "baseline_top_tokens"
+    assert json.loads(before)["config"] == json.loads((run / "summary.json").read_text())["config"]
+    forced = _harness(f"neuron_set.path={tiny_set}", "explainer=baseline_empty", f"hydra.run.dir={run}",
+                      "+overwrite=true")
+    assert forced.returncode == 0, forced.stderr
+    saved = json.loads((run / "summary.json").read_text())
+    assert saved["config"]["explainer"]["kind"] == "baseline_empty" and "overwrite" not in saved["config"]
