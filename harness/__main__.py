@@ -26,7 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from harness import __version__
-from harness.cell import results_table, run_cell
+from harness.cell import lock_output_dir, results_table, run_cell
 from harness.cli import exit_on_harness_error
 from harness.errors import ConfigError
 from harness.paths import REPO_ROOT
@@ -90,6 +90,17 @@ def finished_cell(output_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
     return summary
 
 
+def save_hydra_config(output_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig) -> None:
+    """What Hydra would write to `.hydra/` (conf/config.yaml turns that off, `hydra.output_subdir:
+    null`): written here instead, under the output directory's lock, so that a run refused for a
+    busy or finished directory leaves no trace of its own configuration there."""
+    saved = output_dir / ".hydra"
+    saved.mkdir(exist_ok=True)
+    (saved / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (saved / "hydra.yaml").write_text(OmegaConf.to_yaml({"hydra": hydra_cfg}))
+    (saved / "overrides.yaml").write_text(OmegaConf.to_yaml(list(hydra_cfg.overrides.task)))
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 @exit_on_harness_error
 def main(cfg: DictConfig) -> None:
@@ -100,18 +111,19 @@ def main(cfg: DictConfig) -> None:
     with open_dict(cell_cfg):
         for option in RUN_OPTIONS:
             cell_cfg.pop(option, None)
-    summary = None if overwrite else finished_cell(output_dir, cell_cfg)  # refuses another configuration's cell
-    if summary is not None and hydra_cfg.mode == RunMode.MULTIRUN:
-        log.info("skipping %s: already complete (%d neurons, set %s)", output_dir, summary["n_neurons"],
-                 summary["set_hash"][:12])
-        print(f"skipped (already complete): {output_dir}")
-        print(results_table(summary))
-        return
-    output_dir.mkdir(parents=True, exist_ok=True)
-    provenance = {"harness_version": __version__, **git_commit(), "argv": sys.argv[1:],
-                  "overrides": list(hydra_cfg.overrides.task), "pid": os.getpid()}
-    (output_dir / "provenance.json").write_text(json.dumps(provenance, indent=1) + "\n")
-    summary = run_cell(cell_cfg, output_dir)
+    with lock_output_dir(output_dir):
+        summary = None if overwrite else finished_cell(output_dir, cell_cfg)  # refuses another configuration's cell
+        if summary is not None and hydra_cfg.mode == RunMode.MULTIRUN:
+            log.info("skipping %s: already complete (%d neurons, set %s)", output_dir, summary["n_neurons"],
+                     summary["set_hash"][:12])
+            print(f"skipped (already complete): {output_dir}")
+            print(results_table(summary))
+            return
+        save_hydra_config(output_dir, cfg, hydra_cfg)
+        provenance = {"harness_version": __version__, **git_commit(), "argv": sys.argv[1:],
+                      "overrides": list(hydra_cfg.overrides.task), "pid": os.getpid()}
+        (output_dir / "provenance.json").write_text(json.dumps(provenance, indent=1) + "\n")
+        summary = run_cell(cell_cfg, output_dir)
     print(results_table(summary))
     print(f"\nwrote {output_dir / 'neurons.parquet'} and {output_dir / 'summary.json'}")
 

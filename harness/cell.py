@@ -10,6 +10,8 @@ simulator's 0–10 scale). A neuron that fails gets its error in its row; the ce
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import math
@@ -24,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from harness import __version__
-from harness.errors import HarnessError
+from harness.errors import HarnessError, OutputBusyError
 from harness.explain import make_explainer
 from harness.llm.cache import CallCache, Ledger
 from harness.records import NeuronRecord, load_set
@@ -60,6 +62,21 @@ def derangement(n: int, seed: int) -> np.ndarray:
         perm = rng.permutation(n)
         if not (perm == np.arange(n)).any():
             return perm
+
+
+@contextlib.contextmanager
+def lock_output_dir(output_dir: Path):
+    """Hold an exclusive lock on `output_dir` (flock on its `.lock` file, released when the process
+    ends, however it ends) so that two runs never write the same cell at once."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / ".lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise OutputBusyError(f"another run is writing {output_dir} (it holds {output_dir / '.lock'}); wait "
+                                  "for it to end or choose another output directory (hydra.run.dir / "
+                                  "hydra.sweep.dir).") from exc
+        yield
 
 
 def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:

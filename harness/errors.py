@@ -25,6 +25,10 @@ class FidelityError(HarnessError):
     """Hooked activations do not match a recomputation from the layer's own weights."""
 
 
+class OutputBusyError(HarnessError):
+    """Another run is writing the same output directory."""
+
+
 class LLMError(HarnessError):
     """A model call failed for good (after retries), or its backend is misconfigured."""
 

@@ -132,3 +132,29 @@ def test_single_run_refuses_a_finished_cell_of_another_configuration(tiny_set, t
     assert forced.returncode == 0, forced.stderr
     saved = json.loads((run / "summary.json").read_text())
     assert saved["config"]["explainer"]["kind"] == "baseline_empty" and "overwrite" not in saved["config"]
+
+
+def test_output_directory_lock_is_exclusive(tmp_path):
+    from harness.cell import lock_output_dir
+    from harness.errors import OutputBusyError
+
+    with lock_output_dir(tmp_path):
+        with pytest.raises(OutputBusyError, match=str(tmp_path)):
+            with lock_output_dir(tmp_path):
+                pass
+    with lock_output_dir(tmp_path):  # released at the end of the first
+        pass
+
+
+def test_second_run_on_a_busy_output_directory_fails_clearly(tiny_set, tmp_path):
+    import fcntl
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / ".lock", "w") as held:  # another run holds the directory
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        proc = _harness(f"neuron_set.path={tiny_set}", f"hydra.run.dir={run}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "OutputBusyError" in proc.stderr and str(run) in proc.stderr
+    written = {p.name for p in run.iterdir()}
+    assert not written & {".hydra", "provenance.json", "summary.json", "neurons.parquet"}, written
