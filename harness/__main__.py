@@ -22,6 +22,8 @@ from typing import Any
 import hydra
 import pyarrow.parquet as pq
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -29,8 +31,9 @@ from harness import __version__
 from harness.cell import lock_output_dir, results_table, run_cell
 from harness.cli import exit_on_harness_error
 from harness.errors import ConfigError
-from harness.paths import REPO_ROOT
+from harness.paths import CONF_DIR, REPO_ROOT
 from harness.records import resolve_set_path
+from harness.validation import validate_cell_config
 
 log = logging.getLogger("harness")
 
@@ -101,6 +104,27 @@ def save_hydra_config(output_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig) 
     (saved / "overrides.yaml").write_text(OmegaConf.to_yaml(list(hydra_cfg.overrides.task)))
 
 
+@exit_on_harness_error
+def check_group_lists(argv: list[str]) -> None:
+    """Hydra lists a config group's options for `scorer=nope` but not for the list form
+    `scorer=[nope]` (a cell's scorers): check list-valued group overrides against conf/ first."""
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in argv if "=" in a and not a.startswith("-")])
+    except HydraException:
+        return  # Hydra reports its own syntax errors
+    for override in overrides:
+        group = CONF_DIR / override.key_or_group
+        if override.key_or_group.startswith("hydra") or not group.is_dir():
+            continue
+        values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+        names = [n for v in values if isinstance(v, list) for n in v]
+        available = sorted(p.stem for p in group.glob("*.yaml"))
+        unknown = sorted({str(n) for n in names} - set(available))
+        if unknown:
+            raise ConfigError(f"unknown {override.key_or_group} {', '.join(map(repr, unknown))} in "
+                              f"{override.input_line}; available: {', '.join(available)}")
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 @exit_on_harness_error
 def main(cfg: DictConfig) -> None:
@@ -111,6 +135,7 @@ def main(cfg: DictConfig) -> None:
     with open_dict(cell_cfg):
         for option in RUN_OPTIONS:
             cell_cfg.pop(option, None)
+    validate_cell_config(cell_cfg)
     with lock_output_dir(output_dir):
         summary = None if overwrite else finished_cell(output_dir, cell_cfg)  # refuses another configuration's cell
         if summary is not None and hydra_cfg.mode == RunMode.MULTIRUN:
@@ -129,4 +154,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_group_lists(sys.argv[1:])
     main()

@@ -34,6 +34,7 @@ from harness.scoring import Scorer, Simulated, get_scorer, run_scorers, score_ba
 from harness.scoring.correlation import pooled
 from harness.scoring.stats import fdr_summary, metric_summary, pearson_p_value
 from harness.simulate import OracleQuantizedSimulator, Simulator, make_simulator
+from harness.validation import validate_cell_config
 
 log = logging.getLogger(__name__)
 CONTROLS = ("floor", "ceiling")
@@ -81,6 +82,7 @@ def lock_output_dir(output_dir: Path):
 
 def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     t0 = time.time()
+    validate_cell_config(cfg)
     neuron_set = load_set(cfg.neuron_set.path, limit=cfg.neuron_set.limit)
     neurons = neuron_set.neurons
     simulator = make_simulator(cfg.simulator)

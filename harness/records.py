@@ -162,6 +162,9 @@ def write_set(path: Path, manifest: dict[str, Any], tables: dict[str, pa.Table],
 
 
 def read_tables(path: Path) -> tuple[dict[str, Any], dict[str, pa.Table]]:
+    if not path.exists():
+        raise SetIntegrityError(f"neuron set {path} does not exist; give the name of a set under {SETS_DIR} "
+                                "or the path of a set's directory.")
     if not (path / "manifest.json").is_file():
         raise SetIntegrityError(f"{path} is not a neuron set (no manifest.json); build one with "
                                 "`python -m harness.build_set` or pick one under leaderboard/sets/.")

@@ -302,8 +302,11 @@ def test_edited_manifest_fails_the_hash(copy_of_set, edit):
 
 
 def test_missing_or_unreadable_parts(copy_of_set, tmp_path):
-    with pytest.raises(SetIntegrityError, match="not a neuron set"):
+    with pytest.raises(SetIntegrityError, match="does not exist"):
         load_set(tmp_path / "nothing-here")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SetIntegrityError, match="not a neuron set"):
+        load_set(tmp_path / "empty")
     (copy_of_set / "neurons.parquet").write_bytes(b"truncated")
     with pytest.raises(SetIntegrityError, match="unreadable"):
         load_set(copy_of_set)

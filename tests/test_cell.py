@@ -1,6 +1,7 @@
 """The benchmark cell end to end: `python -m harness` on a tiny built set and on the frozen set."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -9,8 +10,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from omegaconf import OmegaConf
+
 from harness.cell import run_cell
-from harness.paths import REPO_ROOT
+from harness.errors import ConfigError, SetIntegrityError
+from harness.paths import CONF_DIR, REPO_ROOT
+from harness.validation import leaves, rule_for, validate_cell_config
 from tests.cells import build_tiny_set, cell_cfg
 from harness.set_info import set_info
 
@@ -158,3 +163,68 @@ def test_second_run_on_a_busy_output_directory_fails_clearly(tiny_set, tmp_path)
     assert "OutputBusyError" in proc.stderr and str(run) in proc.stderr
     written = {p.name for p in run.iterdir()}
     assert not written & {".hydra", "provenance.json", "summary.json", "neurons.parquet"}, written
+
+
+# --- Validating a cell's configuration ----------------------------------------------------------
+
+@pytest.mark.parametrize("override, option", [
+    ("neuron_set.limit=-1", "neuron_set.limit"), ("neuron_set.limit=true", "neuron_set.limit"),
+    ("neuron_set.limit=abc", "neuron_set.limit"), ("neuron_set.limit=1.5", "neuron_set.limit"),
+    ("neuron_set.limit=0", "neuron_set.limit"), ("batch_neurons=0", "batch_neurons"),
+    ("stats.bootstrap_resamples=-5", "stats.bootstrap_resamples"), ("controls.floor=2", "controls.floor"),
+    ("explainer=openai", None), ("explainer=openai explainer.llm.timeout=0", "explainer.llm.timeout"),
+    ("explainer=openai explainer.sampling.n=0", "explainer.sampling.n"),
+    ("scorer=[threshold] scorer.threshold.quantiles=[0.9,1.5]", "scorer.threshold.quantiles.1"),
+])
+def test_numeric_options_are_checked_at_load(tiny_set, tmp_path, override, option):
+    cfg = cell_cfg(f"neuron_set.path={tiny_set}", *override.split())
+    if option is None:
+        validate_cell_config(cfg)  # the shipped defaults pass
+        return
+    with pytest.raises(ConfigError, match=re.escape(option) + "=") as err:
+        run_cell(cfg, tmp_path)
+    assert "must be" in str(err.value)
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_limit_null_and_a_positive_limit_pass(tiny_set):
+    validate_cell_config(cell_cfg(f"neuron_set.path={tiny_set}", "neuron_set.limit=null"))
+    validate_cell_config(cell_cfg(f"neuron_set.path={tiny_set}", "neuron_set.limit=3"))
+
+
+def test_every_numeric_option_of_every_config_has_a_rule():
+    """A new numeric option in conf/ must get a rule in harness.validation.RULES."""
+    groups = {g: sorted(p.stem for p in (CONF_DIR / g).glob("*.yaml"))
+              for g in ("explainer", "prompt", "simulator", "scorer", "pricing", "neuron_set")}
+    for group, names in groups.items():
+        for name in names:
+            override = f"scorer=[{name}]" if group == "scorer" else f"{group}={name}"
+            values = leaves(OmegaConf.to_container(cell_cfg(override), resolve=True))
+            for path, value in values.items():
+                if isinstance(value, (bool, int, float)):
+                    assert rule_for(path) is not None, f"{group}={name}: no rule for {'.'.join(path)}"
+
+
+def test_unknown_scorer_in_a_list_lists_the_available_ones(tmp_path):
+    proc = _harness("scorer=[correlation,nope]", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "nope" in proc.stderr and "ablation, correlation, threshold" in proc.stderr
+    proc = _harness("-m", "scorer=[correlation],[nope]", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode != 0 and "ablation, correlation, threshold" in proc.stderr
+
+
+def test_scorer_unknown_to_the_registry_is_named(tiny_set):
+    with pytest.raises(ConfigError, match="unknown scorer 'nope'; available: ablation, correlation, threshold"):
+        validate_cell_config(cell_cfg(f"neuron_set.path={tiny_set}", "+scorer.nope={}"))
+
+
+def test_cli_bad_limit_is_one_line_without_traceback(tmp_path):
+    proc = _harness("neuron_set.limit=abc", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2
+    assert "ConfigError" in proc.stderr and "neuron_set.limit='abc'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_set_path_says_it_does_not_exist(tmp_path):
+    with pytest.raises(SetIntegrityError, match="does not exist"):
+        run_cell(cell_cfg(f"neuron_set.path={tmp_path / 'nowhere'}"), tmp_path / "run")
