@@ -33,6 +33,7 @@ from harness.cli import exit_on_harness_error
 from harness.errors import ConfigError
 from harness.paths import CONF_DIR, REPO_ROOT
 from harness.records import resolve_set_path
+from harness.redact import redact, redact_file
 from harness.validation import validate_cell_config
 
 log = logging.getLogger("harness")
@@ -76,7 +77,7 @@ def finished_cell(output_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
     except (OSError, ValueError) as exc:
         log.warning("re-running %s: its previous result is unreadable (%s)", output_dir, exc)
         return None
-    current = OmegaConf.to_container(cfg, resolve=True)
+    current = redact(OmegaConf.to_container(cfg, resolve=True))  # as run_cell saves it
     if _comparable(summary.get("config", {})) != _comparable(current):
         raise ConfigError(
             f"{output_dir} already holds a finished cell with a different configuration; choose another "
@@ -96,12 +97,13 @@ def finished_cell(output_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
 def save_hydra_config(output_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig) -> None:
     """What Hydra would write to `.hydra/` (conf/config.yaml turns that off, `hydra.output_subdir:
     null`): written here instead, under the output directory's lock, so that a run refused for a
-    busy or finished directory leaves no trace of its own configuration there."""
+    busy or finished directory leaves no trace of its own configuration there; and without the
+    credentials of any URL (Hydra's own copy would keep them)."""
     saved = output_dir / ".hydra"
     saved.mkdir(exist_ok=True)
-    (saved / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    (saved / "hydra.yaml").write_text(OmegaConf.to_yaml({"hydra": hydra_cfg}))
-    (saved / "overrides.yaml").write_text(OmegaConf.to_yaml(list(hydra_cfg.overrides.task)))
+    (saved / "config.yaml").write_text(redact(OmegaConf.to_yaml(cfg)))
+    (saved / "hydra.yaml").write_text(redact(OmegaConf.to_yaml({"hydra": hydra_cfg})))
+    (saved / "overrides.yaml").write_text(redact(OmegaConf.to_yaml(list(hydra_cfg.overrides.task))))
 
 
 @exit_on_harness_error
@@ -130,6 +132,8 @@ def check_group_lists(argv: list[str]) -> None:
 def main(cfg: DictConfig) -> None:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN and (Path(hydra_cfg.sweep.dir) / "multirun.yaml").is_file():
+        redact_file(Path(hydra_cfg.sweep.dir) / "multirun.yaml")  # Hydra's copy of the sweep's config
     overwrite = bool(cfg.get("overwrite", False)) or not bool(cfg.get("resume", True))
     cell_cfg = cfg.copy()
     with open_dict(cell_cfg):
@@ -145,8 +149,8 @@ def main(cfg: DictConfig) -> None:
             print(results_table(summary))
             return
         save_hydra_config(output_dir, cfg, hydra_cfg)
-        provenance = {"harness_version": __version__, **git_commit(), "argv": sys.argv[1:],
-                      "overrides": list(hydra_cfg.overrides.task), "pid": os.getpid()}
+        provenance = {"harness_version": __version__, **git_commit(), "argv": redact(sys.argv[1:]),
+                      "overrides": redact(list(hydra_cfg.overrides.task)), "pid": os.getpid()}
         (output_dir / "provenance.json").write_text(json.dumps(provenance, indent=1) + "\n")
         summary = run_cell(cell_cfg, output_dir)
     print(results_table(summary))

@@ -30,6 +30,7 @@ from harness.errors import HarnessError, OutputBusyError
 from harness.explain import make_explainer
 from harness.llm.cache import CallCache, Ledger
 from harness.records import NeuronRecord, load_set
+from harness.redact import redact
 from harness.scoring import Scorer, Simulated, get_scorer, run_scorers, score_batch
 from harness.scoring.correlation import pooled
 from harness.scoring.stats import fdr_summary, metric_summary, pearson_p_value
@@ -147,7 +148,7 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         **({"significance": significance} if significance is not None else {}),
         "cost": ledger.summary(),
         "wall_seconds": round(time.time() - t0, 2),
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": redact(OmegaConf.to_container(cfg, resolve=True)),
     }
     output_dir.mkdir(parents=True, exist_ok=True)
     _write_atomic(output_dir / "neurons.parquet", lambda p: table.to_parquet(p, index=False))

@@ -4,6 +4,7 @@ import functools
 import sys
 
 from harness.errors import HarnessError
+from harness.redact import redact
 
 
 def exit_on_harness_error(task):
@@ -14,7 +15,7 @@ def exit_on_harness_error(task):
         try:
             return task(*args, **kwargs)
         except HarnessError as exc:
-            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(f"error: {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)
             raise SystemExit(2) from exc
 
     return wrapper

@@ -260,3 +260,42 @@ def test_hf_local_explainer_on_the_frozen_set(tmp_path):
                                {"kind": "openai_tokens"}, cache=CallCache(tmp_path / "c.sqlite"))
     results = explainer.explain_batch(neurons)
     assert all(not isinstance(r, Exception) and r.text for r in results), results
+
+
+SECRET = "s3cr3t-in-the-url-0123456789"
+
+
+def _with_credentials(url: str) -> str:
+    return url.replace("http://", f"http://user:{SECRET}@")
+
+
+def test_credentials_in_base_url_reach_neither_cache_nor_errors(server, cache):
+    llm = openai_llm(server, cache, base_url=_with_credentials(server.url) + "/v1", timeout=0.5, max_retries=0)
+    assert llm.chat(MESSAGES).texts
+    server.faults = ["hang"]
+    with pytest.raises(LLMError) as err:
+        llm.chat(MESSAGES, temperature=0.3)
+    assert SECRET not in str(err.value) and "127.0.0.1" in str(err.value)
+    assert SECRET.encode() not in cache.path.read_bytes()
+    import sqlite3
+
+    with sqlite3.connect(cache.path) as db:
+        assert all(SECRET not in request for (request,) in db.execute("SELECT request FROM calls"))
+
+
+def test_sweep_never_writes_credentials_from_base_url(server, tmp_path):
+    env = {**__import__("os").environ, "OPENAI_API_KEY": FAKE_KEY}
+    args = [sys.executable, "-m", "harness", "-m", "explainer=openai",
+            f"explainer.llm.base_url={_with_credentials(server.url)}/v1", "neuron_set.limit=2",
+            f"call_cache={tmp_path / 'calls.sqlite'}", f"hydra.sweep.dir={tmp_path / 'sweep'}", "prompt=top_tokens"]
+    proc = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert len(server.requests) == 2
+    assert SECRET not in proc.stdout + proc.stderr
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert {"multirun.yaml", "config.yaml", "hydra.yaml", "overrides.yaml", "provenance.json",
+            "summary.json"} <= {p.name for p in written}
+    for path in written:
+        assert SECRET.encode() not in path.read_bytes(), path
+    summary = json.loads((tmp_path / "sweep" / "0" / "summary.json").read_text())
+    assert summary["config"]["explainer"]["llm"]["base_url"].startswith("http://***@127.0.0.1")

@@ -12,6 +12,7 @@ import time
 from typing import Any, Iterator
 
 from harness.errors import ConfigError, LLMError
+from harness.redact import redact
 
 
 class RateLimiter:
@@ -49,7 +50,7 @@ class APIBackend:
         self.api_key = key or "not-needed"  # local servers accept any key
 
     def identity(self) -> dict[str, Any]:
-        return {"base_url": self.base_url}
+        return {"base_url": redact(self.base_url)}
 
     @contextlib.contextmanager
     def sdk_errors(self, sdk) -> Iterator[None]:
@@ -57,11 +58,12 @@ class APIBackend:
         try:
             yield
         except sdk.APITimeoutError as exc:
-            raise LLMError(f"{self.name} ({self.base_url or 'default endpoint'}) did not answer within "
-                           f"{self.timeout:g} s, also after {self.max_retries} retries") from exc
+            raise LLMError(redact(f"{self.name} ({self.base_url or 'default endpoint'}) did not answer within "
+                                  f"{self.timeout:g} s, also after {self.max_retries} retries")) from exc
         except sdk.NotFoundError as exc:
-            raise LLMError(f"{self.name}: model {self.model!r} is unknown to the server: {exc}") from exc
+            raise LLMError(redact(f"{self.name}: model {self.model!r} is unknown to the server: {exc}")) from exc
         except sdk.APIStatusError as exc:
-            raise LLMError(f"{self.name}: HTTP {exc.status_code} after {self.max_retries} retries: {exc.message}") from exc
+            raise LLMError(redact(f"{self.name}: HTTP {exc.status_code} after {self.max_retries} retries: "
+                                  f"{exc.message}")) from exc
         except (sdk.APIError, ValueError) as exc:  # connection errors, malformed or truncated JSON
-            raise LLMError(f"{self.name}: request failed: {type(exc).__name__}: {exc}") from exc
+            raise LLMError(redact(f"{self.name}: request failed: {type(exc).__name__}: {exc}")) from exc
