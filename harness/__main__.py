@@ -39,7 +39,7 @@ from harness.validation import validate_cell_config
 log = logging.getLogger("harness")
 
 # Keys that change how a cell runs but not what it computes: a finished cell is kept across them.
-RUNTIME_ONLY = ("call_cache", "batch_neurons")
+RUNTIME_ONLY = ("call_cache", "batch_neurons", "max_failed_fraction")
 # Options of `python -m harness` itself, not of the cell: `+resume=false`, `+overwrite=true`.
 RUN_OPTIONS = ("resume", "overwrite")
 

@@ -4,8 +4,11 @@ Every neuron is explained from its `explain` split, simulated on `test` (and on 
 scorer reads it), and scored on `test`. Beside each score the cell reports two controls computed with the same
 simulator and scorers: the *floor* (each neuron scored with another neuron's explanation, a
 seeded derangement) and the *ceiling* (the test activations themselves quantised to the
-simulator's 0–10 scale). A neuron that fails gets its error in its row; the cell goes on.
-`summary.json` is written last, so its presence marks a complete cell.
+simulator's 0–10 scale). A neuron that fails for good (a malformed answer twice, a refused request)
+gets its error in its row and the cell goes on; more than `max_failed_fraction` of them fail the
+cell. A model call that fails for a reason that may pass (TransientLLMError: no connection,
+timeouts, 429/5xx after the SDK's retries) stops the cell incomplete: an outage is not a result.
+`summary.json` is written last, and only for a complete cell, so its presence marks one.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from harness import __version__
-from harness.errors import HarnessError, OutputBusyError
+from harness.errors import CellFailedError, HarnessError, OutputBusyError, TransientLLMError
 from harness.explain import make_explainer
 from harness.llm.cache import CallCache, Ledger
 from harness.records import NeuronRecord, load_set
@@ -106,6 +109,7 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 
     rows: list[dict[str, Any]] = []
     simulated: dict[int, Simulated] = {}
+    outage: list[str] = []  # transient failures: the cell stops after the batch that met them
     with tqdm(total=len(neurons), desc="explain + simulate", unit="neuron") as bar:
         for lo in range(0, len(neurons), cfg.batch_neurons):
             chunk = neurons[lo:lo + cfg.batch_neurons]
@@ -122,12 +126,19 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
                 except HarnessError as exc:  # recorded for this neuron; the cell goes on
                     row["failure"] = f"{type(exc).__name__}: {exc}"
                     log.warning("layer %d neuron %d failed: %s", neuron.layer, neuron.neuron, exc)
+                    if isinstance(exc, TransientLLMError):
+                        outage.append(f"layer {neuron.layer} neuron {neuron.neuron}: {exc}")
                 rows.append(row)
             bar.update(len(chunk))
+            if outage:
+                raise _incomplete(outage)
 
     done = sorted(simulated)
-    floor = score_neurons(neurons, rows, simulated, simulator, scorers, cfg.controls,
-                          floor_partners(done, cfg.stats.seed), range(len(neurons)), context)
+    try:
+        floor = score_neurons(neurons, rows, simulated, simulator, scorers, cfg.controls,
+                              floor_partners(done, cfg.stats.seed), range(len(neurons)), context)
+    except TransientLLMError as exc:
+        raise _incomplete([f"a floor simulation: {exc}"]) from exc
     significance = None
     if "correlation" in cfg.scorer:
         significance = _significance(rows, simulated, cfg.stats)
@@ -135,13 +146,23 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             significance["floor"] = fdr_summary([_correlation_p(floor[i]) for i in sorted(floor)],
                                                 cfg.stats.get("fdr_q", 0.05))
     table = pd.DataFrame(rows)
+    n_failed = int(table["failure"].notna().sum())
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(output_dir / "neurons.parquet", lambda p: table.to_parquet(p, index=False))
+    if n_failed > cfg.max_failed_fraction * len(rows):
+        common = table["failure"].dropna().str.split(":").str[0].value_counts()
+        raise CellFailedError(
+            f"{n_failed} of {len(rows)} neurons failed ({', '.join(f'{n} {kind}' for kind, n in common.items())}), "
+            f"more than max_failed_fraction={cfg.max_failed_fraction} allows: the cell failed and wrote no "
+            f"summary.json; {output_dir / 'neurons.parquet'} has each neuron's failure. Fix the cause, or raise "
+            "max_failed_fraction to accept the result.")
 
     summary = {
         "harness_version": __version__,
         "set_name": neuron_set.name,
         "set_hash": neuron_set.hash,
         "n_neurons": len(rows),
-        "n_failed": int(table["failure"].notna().sum()),
+        "n_failed": n_failed,
         "scores": summarise(table, scorers, "", cfg.stats),
         **{control: summarise(table, scorers, control + ".", cfg.stats) for control in CONTROLS
            if cfg.controls[control]},
@@ -150,8 +171,6 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         "wall_seconds": round(time.time() - t0, 2),
         "config": redact(OmegaConf.to_container(cfg, resolve=True)),
     }
-    output_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(output_dir / "neurons.parquet", lambda p: table.to_parquet(p, index=False))
     _write_atomic(output_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=1) + "\n"))
     return summary
 
@@ -179,6 +198,8 @@ def score_neurons(neurons: list[NeuronRecord], rows: list[dict[str, Any]], simul
             if i in simulated and i in partners:
                 try:
                     floor[i] = simulate(simulator, neurons[i], rows[partners[i]]["explanation"], scorers)
+                except TransientLLMError:
+                    raise  # an outage is not a result
                 except HarnessError as exc:
                     log.warning("floor for layer %d neuron %d failed: %s", neurons[i].layer, neurons[i].neuron, exc)
         _add_scores(rows, "floor.", scorers, floor, context)
@@ -186,6 +207,13 @@ def score_neurons(neurons: list[NeuronRecord], rows: list[dict[str, Any]], simul
         oracle = OracleQuantizedSimulator()
         _add_scores(rows, "ceiling.", scorers, {i: simulate(oracle, neurons[i], "", scorers) for i in indices}, context)
     return floor
+
+
+def _incomplete(outage: list[str]) -> CellFailedError:
+    return CellFailedError(
+        f"{len(outage)} model call(s) failed for a reason that may pass ({outage[0]}): an outage is not a result, "
+        "so the cell stopped incomplete and wrote no summary.json. Re-run the same command (a sweep with the "
+        "same hydra.sweep.dir) when the API answers again; every answer already received is cached.")
 
 
 def _correlation_p(s: Simulated) -> float:

@@ -1,6 +1,8 @@
 """`python -m harness.collect MULTIRUN_DIR [--out DIR]`: a sweep as one table.
 
-Every complete cell under the directory (a folder with `summary.json`) becomes a row: its
+Every complete cell under the directory (a folder with `summary.json`) becomes a row (cells that
+started but have no summary.json, and cells `multirun.yaml` asked for that never started, are named
+on stderr and below the tables, not left out silently): its
 overrides, neuron set, explainer/prompt/simulator, every score's mean and 95% CI, the floor and
 ceiling controls, cost and wall time. Cells that ran on the same neuron set (same hash) are then
 compared pairwise on each scorer's headline metric over the neurons both scored: the mean
@@ -22,6 +24,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from harness.cli import exit_on_harness_error
 from harness.errors import HarnessError
@@ -58,10 +64,36 @@ def benjamini_hochberg(p_values: list[float | None]) -> list[float | None]:
 def find_cells(root: Path) -> list[Path]:
     """Cell directories (holding summary.json) under root, in job order where names are numbers."""
     cells = [p.parent for p in root.rglob("summary.json") if ".submitit" not in p.parts]
-    def key(p: Path):
-        rel = p.relative_to(root).parts
-        return [(0, int(x), "") if x.isdigit() else (1, 0, x) for x in rel]
-    return sorted(cells, key=key)
+    return sorted(cells, key=lambda p: _job_order(p.relative_to(root)))
+
+
+def _job_order(rel: Path) -> list[tuple[int, int, str]]:
+    return [(0, int(x), "") if x.isdigit() else (1, 0, x) for x in rel.parts]
+
+
+RUN_FILES = (".hydra", "provenance.json", ".lock", "neurons.parquet")  # a cell that started leaves these
+
+
+def incomplete_cells(root: Path) -> dict[str, list[str]]:
+    """Cells of the sweep under `root` that have no result: `incomplete` ones started (a run's files
+    are there) but wrote no summary.json (interrupted, an outage, too many failed neurons);
+    `missing` ones never started: of the N jobs in `multirun.yaml` (the product of the sweep's
+    override lists), numbered directories 0..N-1 that do not exist."""
+    started = {p.parent for name in RUN_FILES for p in root.rglob(name) if ".submitit" not in p.parts}
+    incomplete = [c for c in started if c != root and not (c / "summary.json").is_file()]
+    missing: list[str] = []
+    config = root / "multirun.yaml"
+    if config.is_file():
+        try:
+            task = list(OmegaConf.load(config).hydra.overrides.task)
+            overrides = OverridesParser.create().parse_overrides(task)
+        except (HydraException, OmegaConfBaseException, ValueError) as exc:
+            log.warning("cannot tell which cells %s asked for: %s", config, exc)
+        else:
+            n_jobs = math.prod(len(list(o.sweep_iterator())) if o.is_sweep_override() else 1 for o in overrides)
+            missing = [str(i) for i in range(n_jobs) if not (root / str(i)).is_dir()]
+    names = [str(c) for c in sorted((c.relative_to(root) for c in incomplete), key=_job_order)]
+    return {"incomplete": names, "missing": missing}
 
 
 def _overrides(cell: Path) -> str:
@@ -119,6 +151,10 @@ def collect(root: Path, n_resamples: int = 2000, seed: int = 0) -> tuple[pd.Data
         raise CollectError(f"no complete cell (summary.json) under {root}; did the sweep finish? Re-run it with "
                            "the same hydra.sweep.dir to complete it.")
     table = pd.DataFrame([cell_row(c, root) for c in cells])
+    absent = incomplete_cells(root)
+    for kind, names in absent.items():
+        if names:
+            log.warning("%s: %d %s cell(s) left out of the table: %s", root, len(names), kind, ", ".join(names))
 
     pairs = []
     by_set: dict[str, list[Path]] = {}
@@ -199,6 +235,11 @@ def main(argv: list[str] | None = None) -> None:
     paired.to_csv(out / "paired.csv", index=False)
     paired.to_parquet(out / "paired.parquet", index=False)
     print(markdown(table, paired))
+    absent = incomplete_cells(args.multirun_dir)
+    if any(absent.values()):
+        print(f"\nNot in the table: incomplete (no summary.json): {', '.join(absent['incomplete']) or 'none'}; "
+              f"missing: {', '.join(absent['missing']) or 'none'}. Re-run the sweep with the same hydra.sweep.dir "
+              "to finish them.")
     print(f"\nwrote {out / 'cells.csv'}, {out / 'cells.parquet'}, {out / 'paired.csv'}, {out / 'paired.parquet'}")
 
 

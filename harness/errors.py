@@ -33,5 +33,15 @@ class LLMError(HarnessError):
     """A model call failed for good (after retries), or its backend is misconfigured."""
 
 
+class TransientLLMError(LLMError):
+    """A model call failed, also after retries, for a reason that may pass: no connection, a timeout,
+    HTTP 408/409/429 or 5xx. Not a property of the neuron: the cell stops incomplete."""
+
+
+class CellFailedError(HarnessError):
+    """A cell did not produce a result (an API outage, too many failed neurons); it wrote no
+    summary.json, so a re-run or a resumed sweep runs it again."""
+
+
 class ExplanationError(HarnessError):
     """An explainer's output was empty or malformed, also after one retry."""

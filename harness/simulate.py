@@ -17,7 +17,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import DynamicCache
 
-from harness.errors import ConfigError, HarnessError
+from harness.errors import ConfigError, HarnessError, TransientLLMError
 from harness.explain import normalized
 from harness.records import ActivationRecord
 
@@ -456,6 +456,8 @@ class JsonSimulator:
                                           **self.sampling, extra=extra)
             still = []
             for i, result in zip(pending, results):
+                if isinstance(result, TransientLLMError):
+                    raise result  # an outage: the cell stops incomplete (harness/cell.py)
                 if isinstance(result, HarnessError):
                     log.warning("json simulator: window %d failed: %s", i, result)
                     continue  # the request failed for good (after the SDK's retries): no second ask

@@ -38,6 +38,7 @@ BOOL: Rule = (lambda x: isinstance(x, bool), "true or false")
 RULES: dict[str, Rule] = {
     "neuron_set.limit": COUNT_OR_NULL,
     "batch_neurons": COUNT,
+    "max_failed_fraction": (lambda x: _number(x) and 0 <= x <= 1, "a number in [0, 1]"),
     "controls.*": BOOL,
     "stats.seed": NON_NEGATIVE_INT,
     "stats.bootstrap_resamples": COUNT,

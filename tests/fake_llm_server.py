@@ -1,6 +1,6 @@
 """A loopback HTTP server speaking the OpenAI Chat Completions and Anthropic Messages wire
 formats, for testing the real SDKs without a network. Faults can be scripted per request:
-429 with retry-after, 500, a hang past the client timeout, truncated and malformed JSON."""
+400, 429 with retry-after, 500, a hang past the client timeout, truncated and malformed JSON."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Callable
 class FakeLLMServer:
     def __init__(self, reply: Callable[[dict], str] | None = None):
         self.reply = reply or (lambda request: 'the main thing this neuron does is find the token "the".')
-        self.faults: list[str] = []  # consumed one per request: "429", "500", "hang", "truncated", "malformed", "empty"
+        self.faults: list[str] = []  # consumed one per request: "400", "429", "500", "hang", "truncated", "malformed", "empty"
         self.requests: list[dict] = []  # every request body received (also faulted ones)
         self.headers: list[dict] = []
         self._lock = threading.Lock()
@@ -33,6 +33,8 @@ class FakeLLMServer:
                 if fault == "429":
                     return self._send(429, {"error": {"message": "slow down", "type": "rate_limit"}},
                                       {"retry-after": "1"})
+                if fault == "400":
+                    return self._send(400, {"error": {"message": "bad request", "type": "invalid_request_error"}})
                 if fault == "500":
                     return self._send(500, {"error": {"message": "boom", "type": "server_error"}})
                 if fault == "hang":

@@ -215,20 +215,62 @@ def test_sweep_cell_never_leaks_the_key_and_reruns_free(server, tmp_path):
             assert FAKE_KEY.encode() not in path.read_bytes(), path
 
 
-def test_failed_requests_are_recorded_per_neuron(server, tmp_path):
+def _cell(server, tmp_path, *extra):
     env = {**__import__("os").environ, "OPENAI_API_KEY": FAKE_KEY}
-    server.faults = ["500"] * 3  # the first neuron's request fails for good; the others succeed
     args = [sys.executable, "-m", "harness", "explainer=openai", f"explainer.llm.base_url={server.url}/v1",
             "explainer.llm.max_retries=2", "explainer.llm.concurrency=1", "neuron_set.limit=3",
-            f"call_cache={tmp_path / 'calls.sqlite'}", f"hydra.run.dir={tmp_path / 'run'}"]
-    proc = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+            f"call_cache={tmp_path / 'calls.sqlite'}", f"hydra.run.dir={tmp_path / 'run'}", *extra]
+    return subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+
+
+def test_transient_failure_leaves_the_cell_incomplete_and_a_rerun_reuses_the_cache(server, tmp_path):
+    server.faults = ["500"] * 3  # the first neuron's request fails for good; the others succeed
+    proc = _cell(server, tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "CellFailedError" in proc.stderr and "HTTP 500" in proc.stderr and "Re-run the same command" in proc.stderr
+    assert not (tmp_path / "run" / "summary.json").exists()  # an outage is not a result
+    assert len(server.requests) == 3 + 2
+    again = _cell(server, tmp_path)
+    assert again.returncode == 0, again.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["n_failed"] == 0 and summary["cost"]["cache_hits"] == 2 and summary["cost"]["calls"] == 1
+    assert len(server.requests) == 3 + 2 + 1
+
+
+def test_permanent_failure_is_recorded_per_neuron(server, tmp_path):
+    server.faults = ["400"]  # refused for good (not retried): that neuron fails, the cell completes
+    proc = _cell(server, tmp_path)
     assert proc.returncode == 0, proc.stderr
     import pandas as pd
 
     table = pd.read_parquet(tmp_path / "run" / "neurons.parquet")
     assert table["failure"].notna().sum() == 1
-    assert "HTTP 500" in table["failure"].dropna().iloc[0]
+    assert "HTTP 400" in table["failure"].dropna().iloc[0]
     assert table["explanation"].notna().sum() == 2
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["n_failed"] == 1
+
+
+def test_too_many_failed_neurons_fail_the_cell(server, tmp_path):
+    server.faults = ["400", "400"]
+    proc = _cell(server, tmp_path, "max_failed_fraction=0.5")
+    assert proc.returncode == 2 and "max_failed_fraction=0.5" in proc.stderr and "2 of 3" in proc.stderr
+    assert not (tmp_path / "run" / "summary.json").exists()
+    assert (tmp_path / "run" / "neurons.parquet").is_file()  # kept to show why
+
+
+def test_failures_are_classified(server, cache):
+    from harness.errors import TransientLLMError
+
+    server.faults = ["429"] * 3
+    with pytest.raises(TransientLLMError, match="HTTP 429"):
+        openai_llm(server, cache).chat(MESSAGES)
+    server.faults = ["hang"] * 2
+    with pytest.raises(TransientLLMError, match="did not answer"):
+        openai_llm(server, cache, timeout=0.5, max_retries=1).chat(MESSAGES, temperature=0.1)
+    server.faults = ["400"]
+    with pytest.raises(LLMError, match="HTTP 400") as err:
+        openai_llm(server, cache).chat(MESSAGES, temperature=0.2)
+    assert not isinstance(err.value, TransientLLMError)
 
 
 @pytest.mark.slow

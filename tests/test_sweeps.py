@@ -224,3 +224,25 @@ def test_a_finished_cell_of_another_configuration_is_not_overwritten(lb_sets, tm
     again = _sweep(f"hydra.sweep.dir={out}", f"neuron_set.path={lb_sets / 'tiny'}", "explainer=baseline_empty")
     assert again.returncode == 0 and "inconsistent" in again.stdout + again.stderr
     assert json.loads((out / "0" / "summary.json").read_text())["n_neurons"] == 8
+
+
+def test_collect_names_missing_and_incomplete_cells(lb_sets, tmp_path):  # noqa: F811
+    from harness.cell import run_cell
+    from harness.collect import incomplete_cells
+    from tests.cells import cell_cfg
+
+    out = tmp_path / "sweep"
+    run_cell(cell_cfg(f"neuron_set.path={lb_sets / 'tiny'}"), out / "0")
+    (out / "1").mkdir()
+    (out / "1" / "provenance.json").write_text("{}")  # started, never finished (e.g. an outage)
+    (out / "multirun.yaml").write_text(  # what Hydra writes: three cells were asked for
+        "hydra:\n  overrides:\n    task:\n    - explainer=baseline_top_tokens,baseline_empty,baseline_weight_in\n"
+        "    - neuron_set.limit=4\n")
+    assert incomplete_cells(out) == {"incomplete": ["1"], "missing": ["2"]}
+    table, _ = collect(out)
+    assert list(table["cell"]) == ["0"]
+    cli = subprocess.run([sys.executable, "-m", "harness.collect", str(out)], cwd=REPO_ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr
+    assert "incomplete (no summary.json): 1" in cli.stdout + cli.stderr
+    assert "missing: 2" in cli.stdout + cli.stderr

@@ -1,7 +1,8 @@
 """What the OpenAI and Anthropic backends share: settings, the key from the environment,
 client-side rate limiting and the mapping of SDK errors to LLMError. Retries with exponential
 backoff and jitter on 408/409/429/5xx and timeouts, honouring `retry-after`, are the official
-SDKs' own (`max_retries`); what still fails becomes an LLMError."""
+SDKs' own (`max_retries`); what still fails becomes an LLMError, a TransientLLMError where it
+may pass (an outage is not a property of a neuron)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import threading
 import time
 from typing import Any, Iterator
 
-from harness.errors import ConfigError, LLMError
+from harness.errors import ConfigError, LLMError, TransientLLMError
 from harness.redact import redact
 
 
@@ -54,16 +55,22 @@ class APIBackend:
 
     @contextlib.contextmanager
     def sdk_errors(self, sdk) -> Iterator[None]:
-        """Map the `openai` / `anthropic` SDK's exceptions (same names in both) to LLMError."""
+        """Map the `openai` / `anthropic` SDK's exceptions (same names in both) to LLMError: a
+        TransientLLMError for what the SDK itself retries (no connection, timeouts, 408/409/429/5xx),
+        a plain LLMError for what a retry would not change (other 4xx, an unparseable body)."""
         try:
             yield
         except sdk.APITimeoutError as exc:
-            raise LLMError(redact(f"{self.name} ({self.base_url or 'default endpoint'}) did not answer within "
-                                  f"{self.timeout:g} s, also after {self.max_retries} retries")) from exc
+            raise TransientLLMError(redact(f"{self.name} ({self.base_url or 'default endpoint'}) did not answer "
+                                           f"within {self.timeout:g} s, also after {self.max_retries} retries")) from exc
+        except sdk.APIConnectionError as exc:  # also a body cut short
+            raise TransientLLMError(redact(f"{self.name}: no answer from {self.base_url or 'default endpoint'} "
+                                           f"after {self.max_retries} retries: {exc}")) from exc
         except sdk.NotFoundError as exc:
             raise LLMError(redact(f"{self.name}: model {self.model!r} is unknown to the server: {exc}")) from exc
         except sdk.APIStatusError as exc:
-            raise LLMError(redact(f"{self.name}: HTTP {exc.status_code} after {self.max_retries} retries: "
-                                  f"{exc.message}")) from exc
-        except (sdk.APIError, ValueError) as exc:  # connection errors, malformed or truncated JSON
+            error = TransientLLMError if exc.status_code in (408, 409, 429) or exc.status_code >= 500 else LLMError
+            raise error(redact(f"{self.name}: HTTP {exc.status_code} after {self.max_retries} retries: "
+                               f"{exc.message}")) from exc
+        except (sdk.APIError, ValueError) as exc:  # malformed JSON
             raise LLMError(redact(f"{self.name}: request failed: {type(exc).__name__}: {exc}")) from exc
