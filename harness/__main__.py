@@ -148,6 +148,8 @@ def main(cfg: DictConfig) -> None:
             print(f"skipped (already complete): {output_dir}")
             print(results_table(summary))
             return
+        if overwrite:  # the replaced cell's result must not outlive a failure of this run
+            (output_dir / "summary.json").unlink(missing_ok=True)
         save_hydra_config(output_dir, cfg, hydra_cfg)
         provenance = {"harness_version": __version__, **git_commit(), "argv": redact(sys.argv[1:]),
                       "overrides": redact(list(hydra_cfg.overrides.task)), "pid": os.getpid()}

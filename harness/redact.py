@@ -5,6 +5,7 @@ one helper wherever the harness writes or logs: saved configs (`summary.json`, `
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,6 @@ def redact_file(path: Path) -> None:
     text = path.read_text()
     clean = redact(text)
     if clean != text:
-        tmp = path.with_name(f".{path.name}.redacted")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")  # parallel jobs of a sweep may do this at once
         tmp.write_text(clean)
         tmp.replace(path)

@@ -228,3 +228,11 @@ def test_cli_bad_limit_is_one_line_without_traceback(tmp_path):
 def test_missing_set_path_says_it_does_not_exist(tmp_path):
     with pytest.raises(SetIntegrityError, match="does not exist"):
         run_cell(cell_cfg(f"neuron_set.path={tmp_path / 'nowhere'}"), tmp_path / "run")
+
+
+def test_a_failed_overwrite_leaves_no_result_of_the_replaced_cell(tiny_set, tmp_path):
+    run = tmp_path / "run"
+    assert _harness(f"neuron_set.path={tiny_set}", f"hydra.run.dir={run}").returncode == 0
+    failed = _harness(f"neuron_set.path={tmp_path / 'missing'}", f"hydra.run.dir={run}", "+overwrite=true")
+    assert failed.returncode == 2 and "does not exist" in failed.stderr
+    assert not (run / "summary.json").exists()  # else the old result would sit beside the new .hydra/
