@@ -24,6 +24,7 @@ from harness import leaderboard as lb
 from harness.cell import run_cell
 from harness.paths import REPO_ROOT
 from tests.cells import build_tiny_set, cell_cfg
+from tests.fake_llm_server import FakeLLMServer
 
 
 @pytest.fixture(scope="session")
@@ -171,6 +172,22 @@ def test_api_simulator_without_the_verifiers_key_is_pending(board, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     result = lb.verify(lb.validate_entry(entry), cfg)
     assert result.status == "pending" and "OPENAI_API_KEY" in result.report()
+
+
+def test_an_api_outage_leaves_the_entry_pending_not_failed(board, monkeypatch):
+    """The verifier's own endpoint (here: the SDK's OPENAI_BASE_URL in the verifier's environment)
+    answers 500 to everything: an outage is not a verdict."""
+    cfg = board["cfg"]
+    entry = _load(board["paths"]["top-tokens"])
+    entry["simulator"] = {"kind": "json", "backend": "openai", "model": "gpt-4o-mini", "parameters": {}}
+    with FakeLLMServer() as server:
+        server.faults = ["500"] * 1000
+        monkeypatch.setenv("OPENAI_BASE_URL", f"{server.url}/v1")
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-verifier")
+        monkeypatch.setenv("NEURONBENCH_CACHE", str(cfg["entries_dir"].parent / "cache"))
+        result = lb.verify(lb.validate_entry(entry), cfg)
+    assert server.requests, "the verifier's own endpoint was asked"
+    assert result.status == "pending" and "did not answer" in result.note, result.report()
 
 
 def test_verify_cli_exit_codes(board):

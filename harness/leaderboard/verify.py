@@ -29,7 +29,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from harness import __version__
-from harness.errors import HarnessError
+from harness.errors import HarnessError, TransientLLMError
 from harness.leaderboard.entry import allowed_key, flatten
 from harness.leaderboard.schema import EntryError, known_set
 from harness.paths import CONF_DIR
@@ -241,11 +241,16 @@ def verify(entry: dict[str, Any], cfg: dict[str, Any], entry_sha256: str | None 
                 continue
             try:
                 simulated[i] = simulate(simulator, neurons[i], claims[i]["explanation"], scorers)
+            except TransientLLMError:
+                raise
             except HarnessError as exc:
                 rows[i]["failure"] = f"{type(exc).__name__}: {exc}"
         explained = [i for i, c in enumerate(claims) if c["failure"] is None]
         score_neurons(neurons, rows, simulated, simulator, scorers, entry["controls"],
                       floor_partners(explained, entry["stats"]["seed"]), chosen, {"manifest": neuron_set.manifest})
+    except TransientLLMError as exc:  # an outage is not a verdict
+        return Verification(name, "pending", of=len(neurons), note=f"the simulator's API did not answer ({exc}); "
+                                                                   "verify again later")
     except HarnessError as exc:
         return Verification(name, "failed", of=len(neurons), problems=[f"re-scoring failed: {exc}"])
 
