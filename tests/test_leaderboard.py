@@ -378,6 +378,7 @@ def test_unknown_set_hash_and_set_names_are_refused(honest):
     (lambda e: e["explainer"]["parameters"].update({"api_key": "sk-live-123"}), "secrets"),
     (lambda e: e["neurons"][0]["scores"].update({"correlation.score": "0.5"}), "scores"),
     (lambda e: e.update({"submitter": "a\u0000b"}), "submitter"),
+    (lambda e: e["stats"].update({"bootstrap_resamples": 100_000}), "bootstrap_resamples"),
     (lambda e: e["neurons"][0]["test_simulation"][0].__setitem__(1, "7"), "not a number"),
     (lambda e: e["neurons"][0]["test_simulation"][0].__setitem__(1, True), "not a number"),
     (lambda e: e["neurons"][0]["test_simulation"].__setitem__(0, {"x": 1}), "test_simulation"),

@@ -95,9 +95,10 @@ ENTRY_SCHEMA: dict[str, Any] = {
         "simulator": _COMPONENT,
         "scorers": {"type": "object", "minProperties": 1, "maxProperties": 32,
                     "propertyNames": {"pattern": r"^[A-Za-z0-9_]{1,64}$"}, "additionalProperties": _PARAMS},
+        # every render re-verifies local entries, so an entry may not ask for unbounded work
         "stats": {"type": "object", "required": ["seed", "bootstrap_resamples"],
                   "properties": {"seed": {"type": "integer"},
-                                 "bootstrap_resamples": {"type": "integer", "minimum": 1, "maximum": 100000}},
+                                 "bootstrap_resamples": {"type": "integer", "minimum": 1, "maximum": 10000}},
                   "additionalProperties": False},
         "controls": {"type": "object", "required": ["floor", "ceiling"],
                      "properties": {"floor": {"type": "boolean"}, "ceiling": {"type": "boolean"}},
