@@ -9,7 +9,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from harness.errors import ConfigError
+from harness.errors import ConfigError, TransientLLMError
 from harness.paths import REPO_ROOT
 from harness.records import ActivationRecord
 from harness.simulate import (AllAtOnceSimulator, JsonSimulator, OneAtATimeSimulator, ValueTokens, expected_values,
@@ -232,11 +232,15 @@ def test_json_simulator_retries_once_then_fails_the_window(tmp_path):
         sim = make_simulator(cfg)
         assert sim.simulate("never right", records + [ActivationRecord(tokens=[], activations=[])]) == [None, []]
         assert sim.failures == 1 and not script
-        # the request itself fails for good (HTTP 500, no SDK retries): None, without a second ask
-        server.faults[:] = ["500"]
+        # the request itself is refused for good (HTTP 400): None, without a second ask
+        server.faults[:] = ["400"]
         before = len(server.requests)
-        assert make_simulator(cfg).simulate("server down", records) == [None]
+        assert make_simulator(cfg).simulate("refused", records) == [None]
         assert len(server.requests) == before + 1
+        # an outage (HTTP 500 after the SDK's retries) is not a failed window: it is raised
+        server.faults[:] = ["500"]
+        with pytest.raises(TransientLLMError):
+            make_simulator(cfg).simulate("server down", records)
         # answers are cached: the good retry is replayed without calls
         before = len(server.requests)
         assert make_simulator(cfg).simulate("retry after bad", records) == [[0.0, 9.0, 0.0]]

@@ -43,7 +43,7 @@ def test_score_300_neurons(benchmark):
     once = time.perf_counter() - t0
     rows = benchmark(run_scorers, scorers, batch)
     n_metrics = len(rows[0])
-    assert len(rows) == N_NEURONS and n_metrics == 4 + 15
+    assert len(rows) == N_NEURONS and n_metrics == 6 + 15
     assert all(np.isfinite(r["threshold.auroc_max50"]) and np.isfinite(r["correlation.ev_correlation_score"])
                for r in rows)
     benchmark.extra_info.update({"neurons": N_NEURONS, "tokens_per_neuron": N_TEST * T, "metrics": n_metrics,
