@@ -1,6 +1,7 @@
 """A loopback HTTP server speaking the OpenAI Chat Completions and Anthropic Messages wire
 formats, for testing the real SDKs without a network. Faults can be scripted per request:
-400, 429 with retry-after, 500, a hang past the client timeout, truncated and malformed JSON."""
+400, 429 with retry-after, 500, a hang past the client timeout, truncated and malformed JSON.
+`GatedServer` answers a first few requests and holds the rest until released."""
 
 from __future__ import annotations
 
@@ -82,7 +83,10 @@ class FakeLLMServer:
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
                 self.end_headers()
-                self.wfile.write(raw)
+                try:
+                    self.wfile.write(raw)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up on this request
+                    self.close_connection = True
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -96,3 +100,33 @@ class FakeLLMServer:
     def __exit__(self, *exc):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class GatedServer(FakeLLMServer):
+    """Answers the first `open_for` requests, then holds every further one until released."""
+
+    def __init__(self, open_for: int):
+        self.gate = threading.Event()
+        self.answered: list[str] = []
+        self.held = 0
+        lock = threading.Lock()
+
+        def reply(body):
+            with lock:
+                if len(self.answered) >= open_for and not self.gate.is_set():
+                    self.held += 1
+                    hold = True
+                else:
+                    hold = False
+            if hold:
+                self.gate.wait(120)
+                return 'the main thing this neuron does is find the token "the".'
+            with lock:
+                self.answered.append(json.dumps(body, sort_keys=True))
+            return 'the main thing this neuron does is find the token "the".'
+
+        super().__init__(reply)
+
+    def __exit__(self, *exc):
+        self.gate.set()  # let held handlers end
+        super().__exit__(*exc)

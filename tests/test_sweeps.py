@@ -10,7 +10,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import pytest
 from harness import leaderboard as lb
 from harness.collect import benjamini_hochberg, collect, paired_test
 from harness.paths import CONF_DIR, REPO_ROOT
-from tests.fake_llm_server import FakeLLMServer
+from tests.fake_llm_server import FakeLLMServer, GatedServer
 from tests.test_leaderboard import lb_sets  # noqa: F401  (session fixture)
 
 FAKE_KEY = "sk-test-sweeps-0123456789"
@@ -134,32 +133,6 @@ def test_joblib_sweep_collect_submit_verify_render(lb_sets, tmp_path):  # noqa: 
 
 
 # --- Resume after SIGKILL ---------------------------------------------------------------------
-
-class GatedServer(FakeLLMServer):
-    """Answers the first `open_for` requests, then holds every further one until released."""
-
-    def __init__(self, open_for: int):
-        self.gate = threading.Event()
-        self.answered: list[str] = []
-        self.held = 0
-        lock = threading.Lock()
-
-        def reply(body):
-            with lock:
-                if len(self.answered) >= open_for and not self.gate.is_set():
-                    self.held += 1
-                    hold = True
-                else:
-                    hold = False
-            if hold:
-                self.gate.wait(120)
-                return 'the main thing this neuron does is find the token "the".'
-            with lock:
-                self.answered.append(json.dumps(body, sort_keys=True))
-            return 'the main thing this neuron does is find the token "the".'
-
-        super().__init__(reply)
-
 
 def _cached_calls(path: Path) -> int:
     try:
