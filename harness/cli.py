@@ -8,7 +8,8 @@ from harness.redact import redact
 
 
 def exit_on_harness_error(task):
-    """Turn a HarnessError into one clear line on stderr and exit code 2 (no traceback)."""
+    """Turn a HarnessError into one clear line on stderr and exit code 2, and Ctrl-C
+    (KeyboardInterrupt) into one line and exit code 130: no traceback."""
 
     @functools.wraps(task)
     def wrapper(*args, **kwargs):
@@ -17,5 +18,9 @@ def exit_on_harness_error(task):
         except HarnessError as exc:
             print(f"error: {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)
             raise SystemExit(2) from exc
+        except KeyboardInterrupt:
+            print("interrupted (Ctrl-C): stopped; every LLM answer already received is kept in the call cache",
+                  file=sys.stderr)
+            raise SystemExit(130) from None
 
     return wrapper

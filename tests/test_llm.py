@@ -10,7 +10,7 @@ import pytest
 
 from harness.errors import ConfigError, ExplanationError, LLMError
 from harness.explain import PROMPTS, LLMExplainer, make_explainer, normalized
-from harness.llm import LLM, make_backend
+from harness.llm import LLM, ChatResult, make_backend
 from harness.llm.cache import CallCache, Ledger
 from harness.paths import REPO_ROOT
 from harness.records import ActivationRecord, NeuronRecord
@@ -127,6 +127,33 @@ def test_server_that_never_answers_times_out_clearly(server, cache):
     with pytest.raises(LLMError, match=r"did not answer within 0.5 s"):
         llm.chat(MESSAGES)
     assert time.monotonic() - t0 < 3
+
+
+class EchoBackend:
+    """Answers each conversation with its last message, a few at a time; "refused" fails for good
+    and "bug" raises what no backend should."""
+    name, model, paid, concurrency = "echo", "echo-1", False, 3
+
+    def identity(self):
+        return {}
+
+    def chat(self, messages, params):
+        text = messages[-1]["content"]
+        if text == "refused":
+            raise LLMError("refused")
+        if text == "bug":
+            raise TypeError("a bug in a backend")
+        return ChatResult(texts=[text])
+
+
+def test_concurrent_requests_keep_order_failures_and_raise_bugs(cache):
+    llm = LLM(EchoBackend(), cache=cache)
+    texts = [str(i) for i in range(10)] + ["refused"]
+    results = llm.chat_batch([[{"role": "user", "content": t}] for t in texts])
+    assert [r.texts[0] for r in results[:10]] == texts[:10]
+    assert isinstance(results[10], LLMError)
+    with pytest.raises(TypeError, match="a bug"):
+        llm.chat_batch([[{"role": "user", "content": t}] for t in ["a", "bug", "b"]])
 
 
 def test_missing_key_names_the_variable(monkeypatch, server, cache):

@@ -10,7 +10,7 @@ persistent cache and the cell's ledger. Backends (`conf/explainer/`, reusable in
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -107,14 +107,42 @@ class LLM:
                 store(i, result)
             return
 
-        def call(i, messages):
-            try:
-                store(i, self.backend.chat(messages, params))
-            except LLMError as exc:
-                store(i, exc)
+        # Daemon threads, not a ThreadPoolExecutor: the interpreter joins an executor's threads at exit,
+        # so Ctrl-C would wait out every hung request's timeout. Here the main thread's KeyboardInterrupt
+        # stops the run at once; a request in flight is dropped with the process (answers that
+        # arrived are already cached) and, in a process that goes on, no queued request starts.
+        pending = list(zip(ids, conversations))
+        lock = threading.Lock()
+        errors: list[BaseException] = []  # a bug in a backend, re-raised here
 
-        with ThreadPoolExecutor(max_workers=max(1, self.backend.concurrency)) as pool:
-            list(pool.map(call, ids, conversations))
+        def work() -> None:
+            while True:
+                with lock:
+                    if errors or not pending:
+                        return
+                    job = pending.pop(0)
+                try:
+                    store(job[0], self.backend.chat(job[1], params))
+                except LLMError as exc:
+                    store(job[0], exc)
+                except BaseException as exc:  # noqa: BLE001  (re-raised in the calling thread)
+                    with lock:
+                        errors.append(exc)
+                    return
+
+        workers = [threading.Thread(target=work, daemon=True, name=f"llm-{n}")
+                   for n in range(min(len(ids), max(1, self.backend.concurrency)))]
+        for worker in workers:
+            worker.start()
+        try:
+            for worker in workers:
+                worker.join()
+        except BaseException:  # KeyboardInterrupt: start no further request
+            with lock:
+                pending.clear()
+            raise
+        if errors:
+            raise errors[0]
 
 
 def make_backend(cfg: Any) -> Backend:
