@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.explain import Explanation
 from harness.records import NeuronRecord
+from harness.types import Explanation
 
 
 @dataclass

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from baselines.connection_weights import ConnectionWeights, Top
-from harness.explain import Explanation
 from harness.records import NeuronRecord
 from harness.subject import Subject, load_subject, subject_config
+from harness.types import Explanation
 
 
 @dataclass

@@ -36,7 +36,7 @@ from harness.records import NeuronRecord, load_set
 from harness.redact import redact
 from harness.scoring import Scorer, Simulated, get_scorer, run_scorers, score_batch
 from harness.scoring.correlation import pooled
-from harness.scoring.stats import fdr_summary, metric_summary, pearson_p_value
+from harness.scoring.stats import derangement, fdr_summary, metric_summary, pearson_p_value
 from harness.simulate import OracleQuantizedSimulator, Simulator, make_simulator
 from harness.validation import validate_cell_config
 
@@ -56,17 +56,6 @@ def simulate(simulator: Simulator, neuron: NeuronRecord, text: str,
     calibration = any(scorer.needs_calibration for scorer, _ in scorers)
     return Simulated(neuron, test=simulator.simulate(text, neuron.test),
                      calibration=simulator.simulate(text, neuron.calibration) if calibration else [])
-
-
-def derangement(n: int, seed: int) -> np.ndarray:
-    """A seeded permutation with no fixed point: neuron i borrows from perm[i] != i."""
-    if n < 2:
-        return np.arange(n)
-    rng = np.random.default_rng(seed)
-    while True:
-        perm = rng.permutation(n)
-        if not (perm == np.arange(n)).any():
-            return perm
 
 
 @contextlib.contextmanager

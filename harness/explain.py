@@ -4,7 +4,9 @@ An explainer sees only a neuron's `explain` split. `calibration` may be used to 
 candidate explanations (n samples, hypothesis_loop); `test` is never seen.
 
 LLM explainers combine an LLM backend (`conf/explainer/`) with a prompt variant (`conf/prompt/`):
-a prompt variant is one small class here with `messages(neuron)` and `parse(text)`.
+a prompt variant is one small class here with `messages(neuron)` and `parse(text)`, or (like
+hypothesis_loop) an explainer of its own that holds its conversation with the LLM. The shared
+types (`Explanation`, `Explainer`, `Judge`) live in the leaf module `harness.types`.
 """
 
 from __future__ import annotations
@@ -13,28 +15,17 @@ import logging
 import math
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from harness.errors import ConfigError, ExplanationError, HarnessError
+from harness.llm import LLM, make_backend
 from harness.records import ActivationRecord, NeuronRecord
+from harness.registry import Registry
+from harness.types import Explainer, Explanation, Judge  # re-exported: callers import them from here
 
 log = logging.getLogger(__name__)
-
-# judge(neuron, explanation text) → score on the neuron's calibration split (NaN if undefined)
-Judge = Callable[[NeuronRecord, str], float]
-
-
-@dataclass
-class Explanation:
-    text: str
-    raw: str = ""  # the explainer's full output, where it differs from `text`
-    cost_usd: float = 0.0
-    details: dict[str, Any] = field(default_factory=dict)  # e.g. every hypothesis and its score
-
-
-class Explainer(Protocol):
-    def explain(self, neuron: NeuronRecord) -> Explanation: ...
 
 
 # --- Formatting records -----------------------------------------------------------------------
@@ -189,10 +180,6 @@ class ChainOfThought:
         return _clean_sentence(found[-1]) if found else None
 
 
-PROMPTS: dict[str, type] = {"openai_tokens": OpenAITokens, "top_tokens": TopTokens,
-                            "contrastive": Contrastive, "cot": ChainOfThought}
-
-
 # --- LLM explainers ---------------------------------------------------------------------------
 
 class LLMExplainer:
@@ -291,35 +278,42 @@ class HypothesisLoop:
         return Explanation(text=best["text"], cost_usd=cost, details={"hypotheses": tried})
 
 
-# --- Registry ---------------------------------------------------------------------------------
+# --- Registries ------------------------------------------------------------------------------
 
-def _registry() -> dict[str, type]:
-    from baselines.borrowed import BorrowedExplainer
-    from baselines.empty import EmptyExplainer
-    from baselines.top_tokens import TopTokensExplainer
-    from baselines.weight_tokens import WeightInExplainer, WeightOutExplainer
+# A prompt variant (`messages`, `parse`) runs inside LLMExplainer; an entry that is an explainer
+# itself (`explain`: hypothesis_loop) holds its own conversation and is built with the LLM.
+PROMPTS = Registry("prompt variant", {"openai_tokens": OpenAITokens, "top_tokens": TopTokens,
+                                      "contrastive": Contrastive, "cot": ChainOfThought,
+                                      "hypothesis_loop": HypothesisLoop})
 
-    return {"baseline_top_tokens": TopTokensExplainer, "baseline_weight_in": WeightInExplainer,
-            "baseline_weight_out": WeightOutExplainer, "baseline_empty": EmptyExplainer,
-            "baseline_borrowed": BorrowedExplainer}
+EXPLAINERS = Registry("explainer kind", {
+    "llm": LLMExplainer,
+    "baseline_top_tokens": "baselines.top_tokens:TopTokensExplainer",
+    "baseline_weight_in": "baselines.weight_tokens:WeightInExplainer",
+    "baseline_weight_out": "baselines.weight_tokens:WeightOutExplainer",
+    "baseline_empty": "baselines.empty:EmptyExplainer",
+    "baseline_borrowed": "baselines.borrowed:BorrowedExplainer",
+})
 
 
 def make_explainer(cfg: Any, prompt_cfg: Any = None, ledger=None, judge: Judge | None = None,
                    cache=None) -> Explainer:
+    """An explainer from its `conf/explainer/` config; `kind: llm` also takes the `conf/prompt/`
+    variant and the cell's ledger, judge and call cache."""
     params = dict(cfg)
     kind = params.pop("kind")
+    explainer = EXPLAINERS[kind]
     if kind == "llm":
-        from harness.llm import LLM, make_backend
-
         llm = LLM(make_backend(params["llm"]), ledger=ledger, cache=cache)
         prompt = dict(prompt_cfg or {})
-        variant = prompt.pop("kind", None)
-        if variant == "hypothesis_loop":
-            return HypothesisLoop(llm, params.get("sampling", {}), judge, **prompt)
-        if variant not in PROMPTS:
-            raise ConfigError(f"unknown prompt variant {variant!r}; known: {sorted(PROMPTS) + ['hypothesis_loop']}")
-        return LLMExplainer(llm, PROMPTS[variant](**prompt), params.get("sampling", {}), judge)
-    registry = _registry()
-    if kind not in registry:
-        raise ConfigError(f"unknown explainer kind {kind!r}; known: {sorted(registry) + ['llm']}")
-    return registry[kind](**params)
+        variant = PROMPTS[prompt.pop("kind", None)]
+        if hasattr(variant, "explain"):
+            return variant(llm, params.get("sampling", {}), judge, **prompt)
+        return explainer(llm, variant(**prompt), params.get("sampling", {}), judge)
+    if isinstance(params.get("source"), Mapping):  # built on another explainer (baseline_borrowed)
+        source = dict(params["source"])
+        if source.get("kind") == "llm":
+            raise ConfigError("baseline_borrowed borrows from a no-LLM explainer; for LLM explainers "
+                              "use the cell's own floor control (summary.json → floor)")
+        params["source"] = make_explainer(source)
+    return explainer(**params)

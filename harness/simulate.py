@@ -20,6 +20,7 @@ from transformers import DynamicCache
 from harness.errors import ConfigError, HarnessError, TransientLLMError
 from harness.explain import normalized
 from harness.records import ActivationRecord
+from harness.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -473,14 +474,12 @@ class JsonSimulator:
         return out
 
 
-SIMULATORS: dict[str, type] = {"token_match": TokenMatchSimulator, "oracle_quantized": OracleQuantizedSimulator,
-                               "all_at_once": AllAtOnceSimulator, "one_at_a_time": OneAtATimeSimulator,
-                               "json": JsonSimulator}
+SIMULATORS = Registry("simulator kind", {"token_match": TokenMatchSimulator,
+                                         "oracle_quantized": OracleQuantizedSimulator,
+                                         "all_at_once": AllAtOnceSimulator, "one_at_a_time": OneAtATimeSimulator,
+                                         "json": JsonSimulator})
 
 
 def make_simulator(cfg: Any) -> Simulator:
     params = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
-    kind = params.pop("kind")
-    if kind not in SIMULATORS:
-        raise ConfigError(f"unknown simulator kind {kind!r}; known: {sorted(SIMULATORS)}")
-    return SIMULATORS[kind](**params)
+    return SIMULATORS[params.pop("kind")](**params)

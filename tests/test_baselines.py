@@ -6,6 +6,7 @@ from baselines.borrowed import BorrowedExplainer
 from baselines.top_tokens import TopTokensExplainer
 from harness.cell import derangement
 from harness.errors import ConfigError
+from harness.explain import make_explainer
 from harness.records import ActivationRecord, NeuronRecord
 from harness.scoring.correlation import correlation_scores
 from harness.simulate import OracleQuantizedSimulator, TokenMatchSimulator
@@ -44,8 +45,16 @@ def test_borrowed_gives_each_neuron_another_neurons_explanation():
         donor = explanation.details["borrowed_from"]["layer_index"]
         assert donor != layer and explanation.text == own[donor]
     assert sorted(e.details["borrowed_from"]["layer_index"] for e in got.values()) == [0, 1, 2, 3]
-    with pytest.raises(ConfigError):
-        BorrowedExplainer(source={"kind": "llm"}).prepare(neurons)
+    assert BorrowedExplainer(TopTokensExplainer(n_tokens=1), seed=0).source.n_tokens == 1
+    with pytest.raises(ConfigError, match="no-LLM explainer"):
+        make_explainer({"kind": "baseline_borrowed", "source": {"kind": "llm"}})
+
+
+def test_borrowed_from_config_gets_its_source_built():
+    explainer = make_explainer({"kind": "baseline_borrowed", "source": {"kind": "baseline_top_tokens", "n_tokens": 2},
+                                "seed": 3})
+    assert isinstance(explainer, BorrowedExplainer) and explainer.seed == 3
+    assert isinstance(explainer.source, TopTokensExplainer) and explainer.source.n_tokens == 2
 
 
 def test_oracle_ceiling_is_the_quantised_truth():

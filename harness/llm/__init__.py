@@ -14,8 +14,9 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from harness.errors import ConfigError, LLMError
+from harness.errors import LLMError
 from harness.llm.cache import CallCache, Ledger, request_key
+from harness.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -145,16 +146,14 @@ class LLM:
             raise errors[0]
 
 
+BACKENDS = Registry("LLM backend", {"openai": "harness.llm.openai_backend:OpenAIBackend",
+                                     "openai_compatible": "harness.llm.openai_backend:OpenAIBackend",
+                                     "anthropic": "harness.llm.anthropic_backend:AnthropicBackend",
+                                     "hf_local": "harness.llm.hf_local:HFLocalBackend"})
+
+
 def make_backend(cfg: Any) -> Backend:
     """A backend from a `conf/explainer/` (or `conf/simulator/`) config's `llm` block."""
-    from harness.llm.anthropic_backend import AnthropicBackend
-    from harness.llm.hf_local import HFLocalBackend
-    from harness.llm.openai_backend import OpenAIBackend
-
-    backends = {"openai": OpenAIBackend, "openai_compatible": OpenAIBackend,
-                "anthropic": AnthropicBackend, "hf_local": HFLocalBackend}
     params = dict(cfg)
     name = params.pop("backend", None)
-    if name not in backends:
-        raise ConfigError(f"unknown LLM backend {name!r}; known: {sorted(backends)}")
-    return backends[name](name=name, **params)
+    return BACKENDS[name](name=name, **params)

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from harness.errors import ConfigError
 from harness.records import NeuronRecord
+from harness.registry import Registry
 from harness.scoring.ablation import HEADLINE as ABLATION_HEADLINE, ablation_scores
 from harness.scoring.correlation import correlation_scores
 from harness.scoring.threshold import HEADLINE as THRESHOLD_HEADLINE, threshold_scores
@@ -64,7 +65,7 @@ def per_neuron(fn: Callable[[Simulated], dict[str, float]]) -> Callable[..., lis
     return lambda batch, **params: [fn(s, **params) for s in batch]
 
 
-SCORERS: dict[str, Scorer] = {
+SCORERS = Registry("scorer", {
     "correlation": Scorer("correlation", per_neuron(lambda s: correlation_scores(s.neuron.test, s.test,
                                                                                  s.neuron.calibration, s.calibration)),
                           headline="ev_correlation_score", needs_calibration=True,
@@ -80,12 +81,10 @@ SCORERS: dict[str, Scorer] = {
                        needs_calibration=True,
                        # score 0 = no better than mean-ablation; KLs are nats/token, lower is better
                        metrics=(Metric("score*", 0.0), Metric("kl_*", None, higher_is_better=False))),
-}
+})
 
 
 def get_scorer(name: str) -> Scorer:
-    if name not in SCORERS:
-        raise ConfigError(f"unknown scorer {name!r}; known: {sorted(SCORERS)}")
     return SCORERS[name]
 
 

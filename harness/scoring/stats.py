@@ -129,6 +129,17 @@ def pearson_p_value(real, pred) -> float:
         return float(sps.pearsonr(real, pred).pvalue)
 
 
+def derangement(n: int, seed: int) -> np.ndarray:
+    """A seeded permutation with no fixed point: neuron i borrows from perm[i] != i."""
+    if n < 2:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    while True:
+        perm = rng.permutation(n)
+        if not (perm == np.arange(n)).any():
+            return perm
+
+
 def benjamini_hochberg(p_values) -> np.ndarray:
     """BH-adjusted q-values (scipy.stats.false_discovery_control); NaN p-values stay NaN and are
     not counted among the tests."""
