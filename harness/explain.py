@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.errors import ConfigError, ExplanationError, HarnessError
+from harness.formatting import EXPLAINER_SHOTS, highlighted_text, token_lines
 from harness.llm import LLM, make_backend
 from harness.records import ActivationRecord, NeuronRecord
 from harness.registry import Registry
@@ -28,28 +29,7 @@ from harness.types import Explainer, Explanation, Judge  # re-exported: callers 
 log = logging.getLogger(__name__)
 
 
-# --- Formatting records -----------------------------------------------------------------------
-
-def normalized(records: list[ActivationRecord]) -> list[list[int]]:
-    """Bills et al.'s prompt scale: min(10, floor(10 * relu(a) / max_a)), max over the records shown."""
-    max_a = max((max(r.activations) for r in records), default=0.0)
-    if max_a <= 0:
-        return [[0] * len(r.activations) for r in records]
-    return [[min(10, math.floor(10 * max(a, 0.0) / max_a)) for a in r.activations] for r in records]
-
-
-def token_lines(records: list[ActivationRecord]) -> str:
-    blocks = []
-    for record, acts in zip(records, normalized(records)):
-        lines = "\n".join(f"{tok}\t{a}" for tok, a in zip(record.tokens, acts))
-        blocks.append(f"<start>\n{lines}\n<end>")
-    return "\n\n".join(blocks)
-
-
-def highlighted_text(record: ActivationRecord, threshold: float) -> str:
-    """The window as text with tokens at or above `threshold` in [[double brackets]]."""
-    return "".join(f"[[{t}]]" if a >= threshold and t.strip() else t for t, a in zip(record.tokens, record.activations))
-
+# --- Choosing and formatting records (harness.formatting writes them) --------------------------
 
 def _tops(neuron: NeuronRecord, n: int) -> list[ActivationRecord]:
     return [r for r in neuron.explain if r.kind == "top"][:n]
@@ -72,15 +52,6 @@ SYSTEM = ("You are helping to interpret neurons of a language model. A neuron re
           "short, precise description of what makes it fire: which tokens, in which contexts. Be concrete; "
           "do not list every example.")
 
-# Few-shot examples written for NeuronBench (not from any other project).
-_FEW_SHOT = [
-    (ActivationRecord(tokens=["We", " met", " on", " Tuesday", " and", " again", " on", " Friday", "."],
-                      activations=[0, 0, 0.4, 6.1, 0, 0, 0.3, 5.2, 0]),
-     "names of weekdays, especially after \"on\""),
-    (ActivationRecord(tokens=["The", " result", " (", "see", " Table", " 2", ")", " was", " clear", "."],
-                      activations=[0, 0, 0.2, 0, 0, 0.5, 3.9, 0, 0, 0]),
-     "closing parentheses, particularly ones that end a citation or cross-reference"),
-]
 ENDING = "the main thing this neuron does is find"
 
 
@@ -101,11 +72,11 @@ class OpenAITokens:
 
     def messages(self, neuron: NeuronRecord) -> list[dict[str, str]]:
         shots = []
-        for i, (record, answer) in enumerate(_FEW_SHOT, 1):
+        for i, (record, answer) in enumerate(EXPLAINER_SHOTS, 1):
             shots.append({"role": "user", "content": f"Neuron {i}\nActivations:\n{token_lines([record])}\n\n"
                                                      f"Complete: {ENDING} ..."})
             shots.append({"role": "assistant", "content": f"{ENDING} {answer}."})
-        ask = (f"Neuron {len(_FEW_SHOT) + 1}\nActivations:\n{token_lines(_tops(neuron, self.max_records))}\n\n"
+        ask = (f"Neuron {len(EXPLAINER_SHOTS) + 1}\nActivations:\n{token_lines(_tops(neuron, self.max_records))}\n\n"
                f"Complete: {ENDING} ...")
         return [{"role": "system", "content": SYSTEM}, *shots, {"role": "user", "content": ask}]
 

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from transformers import DynamicCache
 
 from harness.errors import ConfigError, HarnessError, TransientLLMError
-from harness.explain import normalized
+from harness.formatting import FEW_SHOT_NEURONS, escaped, normalized
 from harness.records import ActivationRecord
 from harness.registry import Registry
 
@@ -91,20 +91,7 @@ _INSTRUCTION = (
     "is a description of what it responds to, then a text written one token per line as token<TAB>activation. "
     "Most tokens have activation 0. Where the activation is written as unknown, it follows from the "
     "description.")
-# Few-shot neurons written for NeuronBench (the first two are harness.explain's explainer examples).
-_SIM_SHOTS = [
-    (["We", " met", " on", " Tuesday", " and", " again", " on", " Friday", "."],
-     [0, 0, 0.4, 6.1, 0, 0, 0.3, 5.2, 0], "names of weekdays, especially after \"on\""),
-    (["The", " result", " (", "see", " Table", " 2", ")", " was", " clear", "."],
-     [0, 0, 0.2, 0, 0, 0.5, 3.9, 0, 0, 0], "closing parentheses, particularly ones that end a citation or cross-reference"),
-    (["She", " poured", " the", " coffee", " into", " a", " mug", " and", " sipped", " the", " hot", " tea", "."],
-     [0, 0.3, 0, 9.0, 0, 0, 2.1, 0, 2.8, 0, 1.2, 7.5, 0], "hot drinks such as coffee and tea, weakly on words about drinking"),
-]
-
-
-def _show(token: str) -> str:
-    """A token as it appears on its prompt line: newlines and tabs escaped so lines stay lines."""
-    return token.replace("\n", "\\n").replace("\t", "\\t")
+# The few-shot neurons (values revealed) are harness.formatting.FEW_SHOT_NEURONS.
 
 
 def expected_values(masses: np.ndarray) -> np.ndarray:
@@ -210,17 +197,17 @@ class _LogprobSimulator:
     def prefix_ids(self, explanation: str) -> list[int]:
         """Instruction, few-shot neurons with revealed values, then the explanation: shared by every
         window of a neuron."""
-        return self.shots_ids() + self._enc(f"Neuron {len(_SIM_SHOTS) + 1}\nDescription: {explanation.strip()}\n<start>\n")
+        return self.shots_ids() + self._enc(f"Neuron {len(FEW_SHOT_NEURONS) + 1}\nDescription: "
+                                            f"{explanation.strip()}\n<start>\n")
 
     def shots_ids(self) -> list[int]:
         """The instruction and few-shot neurons: the same for every explanation."""
         vt = self._values
         ids = list(self._enc(_INSTRUCTION + "\n\n"))
-        shots = [(ActivationRecord(tokens=t, activations=a), e) for t, a, e in _SIM_SHOTS]
-        for k, (record, expl) in enumerate(shots):
+        for k, (record, expl) in enumerate(FEW_SHOT_NEURONS):
             ids += self._enc(f"Neuron {k + 1}\nDescription: {expl.strip()}\n<start>\n")
             for tok, value in zip(record.tokens, normalized([record])[0]):
-                ids += self._enc(_show(tok)) + [vt.tab] + self._enc(str(value)) + [vt.newline]
+                ids += self._enc(escaped(tok)) + [vt.tab] + self._enc(str(value)) + [vt.newline]
             ids += self._enc("<end>\n\n")
         return ids
 
@@ -229,7 +216,7 @@ class _LogprobSimulator:
         vt, ids, tabs = self._values, [], []
         unknown = self._enc("unknown")
         for tok in record.tokens:
-            ids += self._enc(_show(tok))
+            ids += self._enc(escaped(tok))
             tabs.append(len(ids))
             ids += [vt.tab] + unknown + [vt.newline]
         return ids + self._enc("<end>"), tabs

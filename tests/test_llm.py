@@ -9,7 +9,8 @@ import time
 import pytest
 
 from harness.errors import ConfigError, ExplanationError, LLMError
-from harness.explain import PROMPTS, LLMExplainer, make_explainer, normalized
+from harness.explain import PROMPTS, LLMExplainer, make_explainer
+from harness.formatting import normalized
 from harness.llm import LLM, ChatResult, make_backend
 from harness.llm.cache import CallCache, Ledger
 from harness.paths import REPO_ROOT
