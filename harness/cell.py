@@ -17,7 +17,6 @@ import contextlib
 import fcntl
 import json
 import logging
-import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +30,7 @@ from tqdm import tqdm
 from harness import __version__
 from harness.errors import CellFailedError, HarnessError, OutputBusyError, TransientLLMError
 from harness.explain import make_explainer
+from harness.formatting import fmt
 from harness.llm.cache import CallCache, Ledger
 from harness.records import NeuronRecord, load_set
 from harness.redact import redact
@@ -38,10 +38,10 @@ from harness.scoring import Scorer, Simulated, get_scorer, run_scorers, score_ba
 from harness.scoring.correlation import pooled
 from harness.scoring.stats import derangement, fdr_summary, metric_summary, pearson_p_value
 from harness.simulate import OracleQuantizedSimulator, Simulator, make_simulator
+from harness.types import CONTROLS
 from harness.validation import validate_cell_config
 
 log = logging.getLogger(__name__)
-CONTROLS = ("floor", "ceiling")
 
 
 def scorers_from(cfg: DictConfig) -> list[tuple[Scorer, dict[str, Any]]]:
@@ -269,11 +269,11 @@ def results_table(summary: dict[str, Any]) -> str:
     for name, block in summary["scores"].items():
         for metric, s in block["metrics"].items():
             mark = " (headline)" if metric == block["metric"] else ""
-            controls = [_fmt(summary.get(c, {}).get(name, {}).get("metrics", {}).get(metric, {}).get("mean"))
+            controls = [fmt(summary.get(c, {}).get(name, {}).get("metrics", {}).get(metric, {}).get("mean"))
                         for c in CONTROLS]
             lo, hi = s["ci95"]
-            lines.append(f"| {name} | {metric}{mark} | {_fmt(s['mean'])} | [{_fmt(lo)}, {_fmt(hi)}] | "
-                         f"{_fmt(s['mean_defined'])} | {s['n_defined']}/{s['n']} | {controls[0]} | {controls[1]} |")
+            lines.append(f"| {name} | {metric}{mark} | {fmt(s['mean'])} | [{fmt(lo)}, {fmt(hi)}] | "
+                         f"{fmt(s['mean_defined'])} | {s['n_defined']}/{s['n']} | {controls[0]} | {controls[1]} |")
     sig = summary.get("significance")
     if sig:
         floor = sig.get("floor")
@@ -282,6 +282,3 @@ def results_table(summary: dict[str, Any]) -> str:
                                                        if floor else "")]
     return "\n".join(lines)
 
-
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"

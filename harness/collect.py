@@ -31,10 +31,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 from harness.cli import exit_on_harness_error
 from harness.errors import HarnessError
+from harness.formatting import fmt, undefined
 from harness.scoring.stats import paired_test
+from harness.types import CONTROLS
 
 log = logging.getLogger(__name__)
-CONTROLS = ("floor", "ceiling")
 
 
 class CollectError(HarnessError):
@@ -186,10 +187,8 @@ def collect(root: Path, n_resamples: int = 2000, seed: int = 0) -> tuple[pd.Data
 # --- Output -----------------------------------------------------------------------------------
 
 def _fmt(x) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    if isinstance(x, (float, np.floating)):
-        return f"{x:.3g}" if abs(x) >= 1000 or (x != 0 and abs(x) < 0.001) else f"{x:.3f}"
+    if undefined(x) or isinstance(x, (float, np.floating)):
+        return fmt(x, lambda v: ".3g" if abs(v) >= 1000 or (v != 0 and abs(v) < 0.001) else ".3f")
     return str(x).replace("|", "\\|")
 
 

@@ -1,11 +1,13 @@
 """How activation records are written into prompts: Bills et al.'s 0–10 scale, `token<TAB>value`
 lines, text with the strongest tokens in [[double brackets]], token escaping, and the few-shot
 neurons that explainer and simulator prompts share. Explainers (harness/explain.py) and simulators
-(harness/simulate.py) both read from here."""
+(harness/simulate.py) both read from here. Also the one number formatter of every table ("n/a"
+for an undefined value)."""
 
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 
 from harness.records import ActivationRecord
 
@@ -51,3 +53,18 @@ FEW_SHOT_NEURONS: list[tuple[ActivationRecord, str]] = [
      "hot drinks such as coffee and tea, weakly on words about drinking"),
 ]
 EXPLAINER_SHOTS = FEW_SHOT_NEURONS[:2]
+
+
+# --- Numbers in tables ------------------------------------------------------------------------
+
+def undefined(x: Any) -> bool:
+    """None or NaN: a value no score exists for."""
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def fmt(x: Any, spec: str | Callable[[Any], str] = ".3f") -> str:
+    """A number for a table: "n/a" if it is undefined, else formatted by `spec`, a format spec or a
+    function of the number that gives one."""
+    if undefined(x):
+        return "n/a"
+    return format(x, spec(x) if callable(spec) else spec)

@@ -57,6 +57,7 @@ from harness.cli import exit_on_harness_error
 from harness.corpus import load_corpus
 from harness.errors import ConfigError, HarnessError
 from harness.explain import make_explainer
+from harness.formatting import fmt
 from harness.records import ActivationRecord, NeuronRecord
 from harness.scoring import Simulated, get_scorer, score_batch
 from harness.simulate import make_simulator
@@ -460,9 +461,7 @@ def _compare(metric: str, base: list[float], var: list[float]) -> dict[str, Any]
 # --- Report -----------------------------------------------------------------------------------
 
 def _f(x: float) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return "0" if x == 0 else f"{x:.3g}" if abs(x) >= 1e-3 else f"{x:.2e}"
+    return "0" if x == 0 else fmt(x, lambda v: ".3g" if abs(v) >= 1e-3 else ".2e")
 
 
 def overall_table(results: dict[str, Any]) -> str:
@@ -492,7 +491,7 @@ def stability_table(results: dict[str, Any]) -> str:
         for s in score_names:
             sc = v["score"][s]
             cells += [_f(sc["mean_abs_delta"]), _f(sc["max_abs_delta"]),
-                      "n/a" if math.isnan(sc["spearman"]) else f"{sc['spearman']:.4f}"]
+                      fmt(sc["spearman"], ".4f")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

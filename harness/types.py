@@ -1,5 +1,5 @@
-"""Types shared by the harness and its plug-ins (baselines/): a leaf module, so that a plug-in can
-import them without importing the registry that names it."""
+"""Types and names shared by the harness and its plug-ins (baselines/): a leaf module, so that a
+plug-in can import them without importing the registry that names it."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from harness.records import NeuronRecord
+
+# The controls a cell reports beside every score (summary.json keys, column prefixes "floor." and
+# "ceiling."): columns, never leaderboard entries.
+CONTROLS = ("floor", "ceiling")
 
 # judge(neuron, explanation text) → score on the neuron's calibration split (NaN if undefined)
 Judge = Callable[[NeuronRecord, str], float]

@@ -21,6 +21,7 @@ import pandas as pd
 from harness import __version__
 from harness.leaderboard.schema import (SAFE_SECRET_KEYS, SCHEMA_VERSION, SECRET_KEY_RE, EntryError, entry_path,
                                         known_set, parse_entry_text, validate_entry)
+from harness.types import CONTROLS
 
 
 def clean_params(obj: Any) -> Any:
@@ -175,7 +176,7 @@ def build_entry(cell_dir: Path, name: str, submitter: str, cfg: dict[str, Any],
         "neurons": neurons,
         "summary": {"n_neurons": int(summary["n_neurons"]), "n_failed": int(summary["n_failed"]),
                     "scores": _summary_block(summary["scores"]),
-                    **{c: _summary_block(summary[c]) for c in ("floor", "ceiling") if c in summary}},
+                    **{c: _summary_block(summary[c]) for c in CONTROLS if c in summary}},
         "cost": {"usd": float(cost.get("usd", 0.0)), "input_tokens": int(cost.get("input_tokens", 0)),
                  "output_tokens": int(cost.get("output_tokens", 0)),
                  "cached_input_tokens": int(cost.get("cached_input_tokens", 0)),
