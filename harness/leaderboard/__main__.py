@@ -11,6 +11,12 @@
   when it is set. Exit code: 0 verified, 1 failed, 3 pending (an API key is missing).
 - `render` writes `leaderboard/README.md` and a self-contained `leaderboard/index.html`, ranking
   verified entries only (it re-verifies every entry whose simulator runs locally).
+- `check-pr BASE [--head REF]` checks a submission pull request (what
+  `.github/workflows/leaderboard.yml` runs): it may only add entries (and the re-rendered board),
+  every new entry must pass the board's checks and verify (or be pending on an API key), and the
+  pull request's files are read from git as data, never run. Exit code 0 accepted, 1 refused.
+- `export [--out FILE]` writes the ranked entries' per-neuron explanations and scores as one
+  parquet table.
 - `schema` prints the entry JSON Schema.
 """
 
@@ -80,6 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--no-record", action="store_true", help="do not record the outcome in verification.json")
     r = sub.add_parser("render", help="write leaderboard/README.md and leaderboard/index.html")
     r.add_argument("--out", type=Path, default=None)
+    c = sub.add_parser("check-pr", help="check a submission pull request: only new entries, each verified")
+    c.add_argument("base", help="the base ref (e.g. origin/main); this checkout's code does the checking")
+    c.add_argument("--head", default="HEAD", help="the pull request's commit (read as data only)")
+    x = sub.add_parser("export", help="write the ranked entries' per-neuron explanations and scores as parquet")
+    x.add_argument("--out", type=Path, default=Path("leaderboard-export.parquet"))
+    x.add_argument("--include-unverified", action="store_true", help="also failed and pending entries "
+                                                                     "(see the status column)")
     sub.add_parser("schema", help="print the entry JSON Schema")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -102,6 +115,16 @@ def main(argv: list[str] | None = None) -> int:
         return verify_files(written, cfg, True) if args.verify else 0
     if args.command == "verify":
         return verify_files(args.entries, cfg, not args.no_record)
+    if args.command == "check-pr":
+        from harness.leaderboard.check_pr import check_pr
+        result = check_pr(args.base, args.head, cfg)
+        print(result.report())
+        return 0 if result.ok else 1
+    if args.command == "export":
+        from harness.leaderboard.export import export
+        out, n = export(cfg, args.out, args.include_unverified)
+        print(f"wrote {out} ({n} rows)")
+        return 0
     if args.command == "render":
         md, page = render(cfg, args.out)
         print(f"wrote {md} and {page}")

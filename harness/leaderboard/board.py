@@ -111,7 +111,7 @@ def assess(cfg: dict[str, Any]) -> list[Assessed]:
 
 # --- Rows ---------------------------------------------------------------------------------------
 
-def _explainer_label(entry) -> str:
+def explainer_label(entry) -> str:
     e = entry["explainer"]
     return f"{e['backend']}:{e['model']}" if e["kind"] == "llm" else e["kind"]
 
@@ -137,7 +137,7 @@ def board_rows(assessed: list[Assessed]) -> dict[tuple[str, str, str], list[dict
             key = (e["neuron_set"]["name"], e["neuron_set"]["hash"], scorer)
             groups.setdefault(key, []).append({
                 "name": e["name"], "submitter": e["submitter"], "date": e["date"][:10],
-                "explainer": _explainer_label(e), "prompt": (e["prompt"] or {}).get("variant") or "—",
+                "explainer": explainer_label(e), "prompt": (e["prompt"] or {}).get("variant") or "—",
                 "simulator": e["simulator"]["kind"], "metric": block["metric"], "mean": block["mean"],
                 "ci95": block["ci95"], "mean_defined": block["mean_defined"], "coverage": block["coverage"],
                 "floor": _control(e, "floor", scorer), "ceiling": _control(e, "ceiling", scorer),
@@ -249,7 +249,7 @@ def page_data(assessed: list[Assessed], cfg) -> dict[str, Any]:
                                for i in shown_test[h][k]]})
         out_entries.append({
             "name": e["name"], "submitter": e["submitter"], "date": e["date"][:10], "set": h,
-            "explainer": _explainer_label(e), "prompt": (e["prompt"] or {}).get("variant") or "—",
+            "explainer": explainer_label(e), "prompt": (e["prompt"] or {}).get("variant") or "—",
             "simulator": e["simulator"]["kind"], "verified": "verified",
             "cost_per_neuron": _cost_per_neuron(e), "cost_usd": e["cost"]["usd"],
             "tokens": e["cost"]["input_tokens"] + e["cost"]["output_tokens"],
@@ -275,10 +275,11 @@ def render_html(assessed: list[Assessed], cfg) -> str:
     return TEMPLATE.read_text().replace("/*__DATA__*/null", _script_json(page_data(assessed, cfg)))
 
 
-def render(cfg: dict[str, Any], out_dir: Path | None = None) -> tuple[Path, Path]:
-    """Assess every entry file and write README.md and index.html."""
+def render(cfg: dict[str, Any], out_dir: Path | None = None,
+           assessed: list[Assessed] | None = None) -> tuple[Path, Path]:
+    """Write README.md and index.html from the entries as `assess` finds them (done here unless given)."""
     out_dir = Path(out_dir) if out_dir else cfg["entries_dir"].parent
-    assessed = assess(cfg)
+    assessed = assess(cfg) if assessed is None else assessed
     out_dir.mkdir(parents=True, exist_ok=True)
     md, page = out_dir / "README.md", out_dir / "index.html"
     md.write_text(render_markdown(assessed) + "\n")

@@ -1,0 +1,164 @@
+"""`check-pr`: what the leaderboard's pull-request workflow runs on a submission.
+
+A submission is a pull request that adds entry files under `leaderboard/entries/` and, if the
+submitter rendered the board, the re-rendered `leaderboard/README.md`, `index.html` and new records
+in `verification.json`. This check runs **this checkout's code** (the base branch's, in CI) and reads
+the pull request's files as data from git (`git show HEAD:path`): a pull request that changes code
+or configuration is never run by it, it is refused and left to a maintainer's review.
+
+Refused: a change to any other path, a changed or deleted entry, a file that is not a regular file,
+an entry that fails the board's checks (schema, name, set, allow-list, duplicate) or fails
+verification, a change to another entry's verification record, and a rendered board that does not
+match what `render` gives with the new entries. Entries whose simulator is behind an API pass as
+pending: the maintainers' CI verifies them, with its key, after the merge.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from harness.errors import HarnessError
+from harness.leaderboard.board import assess, render
+from harness.leaderboard.schema import safe_name
+
+log = logging.getLogger(__name__)
+RENDERED = ("README.md", "index.html")
+RECORDS = "verification.json"
+
+
+class CheckPRError(HarnessError):
+    """The repository or the refs given to check-pr cannot be read."""
+
+
+@dataclass
+class PRCheck:
+    added: list[str] = field(default_factory=list)      # entry names the pull request adds
+    problems: list[str] = field(default_factory=list)   # each one refuses the pull request
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def report(self) -> str:
+        lines = [f"check-pr: {'ACCEPTED' if self.ok else 'REFUSED'} ({len(self.added)} new "
+                 f"entr{'y' if len(self.added) == 1 else 'ies'}: {', '.join(self.added) or 'none'})"]
+        lines += [f"  refused: {p}" for p in self.problems] + [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _git(repo: Path, *args: str) -> bytes:
+    try:
+        return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        raise CheckPRError(f"git {' '.join(args)} failed in {repo}: {detail.decode(errors='replace').strip() or exc}")
+
+
+def _changes(repo: Path, base: str, head: str) -> list[tuple[str, str]]:
+    """(status letter, path) of every file the pull request changes against the merge base."""
+    raw = _git(repo, "diff", "--name-status", "--no-renames", "-z", f"{base}...{head}").split(b"\0")
+    fields = [f.decode(errors="replace") for f in raw if f]
+    return list(zip(fields[0::2], fields[1::2]))
+
+
+def _blob(repo: Path, head: str, path: str, max_bytes: int) -> bytes:
+    """A regular file's bytes at `head`, refused before reading when it is not one or too large."""
+    listing = _git(repo, "ls-tree", "-z", head, "--", path).split(b"\0")[0].decode(errors="replace")
+    mode, kind, oid = (listing.split("\t")[0].split(" ") + ["", "", ""])[:3]
+    if mode != "100644" or kind != "blob":
+        raise CheckPRError(f"{path} is not a regular file (mode {mode or 'missing'})")
+    size = int(_git(repo, "cat-file", "-s", oid))
+    if size > max_bytes:
+        raise CheckPRError(f"{path} is {size} bytes, over the limit of {max_bytes}")
+    return _git(repo, "cat-file", "blob", oid)
+
+
+def check_pr(base: str, head: str, cfg: dict[str, Any]) -> PRCheck:
+    """Check the pull request `base...head` of the git repository holding `cfg['entries_dir']`,
+    whose working tree is the trusted base checkout."""
+    entries_dir = Path(cfg["entries_dir"]).resolve()
+    repo = Path(_git(entries_dir.parent, "rev-parse", "--show-toplevel").decode().strip()).resolve()
+    entries_rel = entries_dir.relative_to(repo).as_posix()
+    board_rel = entries_dir.parent.relative_to(repo).as_posix()
+    result = PRCheck()
+    new_files: dict[str, bytes] = {}
+    board_files: dict[str, bytes] = {}
+    for status, path in _changes(repo, base, head):
+        p = PurePosixPath(path)
+        if p.parent.as_posix() == entries_rel and p.suffix == ".json":
+            if status != "A":
+                result.problems.append(f"{path}: an entry is never changed or deleted by a submission "
+                                       "(submit it under a new name)")
+            elif not safe_name(p.stem):
+                result.problems.append(f"{path}: not a valid entry name")
+            else:
+                new_files[p.name] = b""
+        elif p.parent.as_posix() == board_rel and p.name in (*RENDERED, RECORDS) and status == "M":
+            board_files[p.name] = b""
+        else:
+            result.problems.append(f"{path}: a submission changes only {entries_rel}/ (and the rendered board); "
+                                   "changes to anything else need a maintainer's review")
+    for store in (new_files, board_files):
+        rel = entries_rel if store is new_files else board_rel
+        for name in list(store):
+            try:
+                store[name] = _blob(repo, head, f"{rel}/{name}", cfg["max_entry_bytes"])
+            except CheckPRError as exc:
+                result.problems.append(str(exc))
+                del store[name]
+    result.added = sorted(PurePosixPath(n).stem for n in new_files)
+
+    with tempfile.TemporaryDirectory(prefix="check-pr-") as tmp:
+        # The base's entries plus the new files, assessed by the very code that renders the board.
+        trial_entries = Path(tmp) / "board" / "entries"
+        shutil.copytree(entries_dir, trial_entries) if entries_dir.is_dir() else trial_entries.mkdir(parents=True)
+        for name, raw in new_files.items():
+            (trial_entries / name).write_bytes(raw)
+        records = entries_dir.parent / RECORDS
+        if records.is_file():
+            shutil.copy(records, trial_entries.parent / RECORDS)
+        trial = {**cfg, "entries_dir": trial_entries}
+        assessed = assess(trial)
+        for a in assessed:
+            if a.path.name not in new_files:
+                # A back-dated copy would push the original off the board as "the duplicate".
+                if a.status == "rejected" and any(a.reason.startswith(f"a duplicate of {n} ") for n in result.added):
+                    result.problems.append(f"{a.path.name} would become a duplicate of a new entry: {a.reason}")
+                continue
+            if a.status in ("rejected", "failed"):
+                result.problems.append(f"{a.path.name}: {a.status}: {a.reason}")
+            elif a.status == "pending":
+                result.notes.append(f"{a.path.name}: pending: {a.reason}")
+        if RECORDS in board_files:
+            result.problems += _record_changes(records, board_files[RECORDS], set(result.added))
+        rendered = [n for n in RENDERED if n in board_files]
+        if rendered and result.ok:
+            render(trial, Path(tmp) / "rendered", assessed)
+            for name in rendered:
+                if (Path(tmp) / "rendered" / name).read_bytes() != board_files[name]:
+                    result.problems.append(f"{board_rel}/{name} is not what render gives with these entries: run "
+                                           "python -m harness.leaderboard render, or leave the board out of the PR")
+        if new_files and len(rendered) < len(RENDERED):
+            result.notes.append("the board is not re-rendered in this pull request: render it after the merge")
+    return result
+
+
+def _record_changes(base_records: Path, pr_records: bytes, added: set[str]) -> list[str]:
+    """A pull request may add records for its own entries only: other records (the maintainers'
+    signed ones among them) stay as they are."""
+    try:
+        new = json.loads(pr_records)
+        old = json.loads(base_records.read_text()) if base_records.is_file() else {}
+        assert isinstance(new, dict) and isinstance(old, dict)
+    except (ValueError, AssertionError):
+        return [f"{RECORDS} is not a JSON object"]
+    return [f"{RECORDS}: the record of {name!r} is changed or removed; a submission adds records of its own entries "
+            "only" for name in sorted(set(old) | set(new)) if name not in added and old.get(name) != new.get(name)]

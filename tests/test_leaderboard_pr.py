@@ -1,0 +1,198 @@
+"""Submitting from outside: `check-pr` accepts an honest submission pull request and refuses
+hostile ones; `export` writes the ranked entries as one parquet table.
+
+Each pull request is a branch of a throw-away git repository holding a tiny board."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness import leaderboard as lb
+from harness.leaderboard.__main__ import verify_files
+from harness.leaderboard.check_pr import check_pr
+from harness.leaderboard.export import export
+from harness.paths import REPO_ROOT
+from tests.test_leaderboard import board, lb_cells, lb_sets  # noqa: F401  (fixtures)
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+                          check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def repo(lb_sets, lb_cells, tmp_path):  # noqa: F811
+    """A repository whose main branch holds a rendered board with one entry, `empty`; the
+    working tree stays on main, the trusted base checkout."""
+    root = tmp_path / "repo"
+    cfg = lb.load_config(entries_dir=root / "leaderboard" / "entries", sets_dir=lb_sets)
+    git(tmp_path, "init", "-q", "-b", "main", str(root))
+    verify_files([lb.submit(lb_cells["baseline_empty"], "empty", "tests", cfg)], cfg, record=True)
+    lb.render(cfg)
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "base")
+    return {"root": root, "cfg": cfg, "honest_cell": lb_cells["baseline_top_tokens"]}
+
+
+def pull_request(repo, branch: str, change) -> str:
+    """Commit `change(repo)` on a new branch from main, then return to main."""
+    root = repo["root"]
+    git(root, "checkout", "-q", "-b", branch, "main")
+    change(repo)
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", branch)
+    git(root, "checkout", "-q", "main")
+    return branch
+
+
+def add_honest(repo, render: bool = True) -> None:
+    lb.submit(repo["honest_cell"], "top-tokens", "a submitter", repo["cfg"])
+    if render:
+        lb.render(repo["cfg"])
+
+
+def test_an_honest_submission_is_accepted(repo):
+    result = check_pr("main", pull_request(repo, "honest", add_honest), repo["cfg"])
+    assert result.ok, result.report()
+    assert result.added == ["top-tokens"]
+    # Without the rendered board it is still accepted, with a note to render after the merge.
+    bare = check_pr("main", pull_request(repo, "bare", lambda r: add_honest(r, render=False)), repo["cfg"])
+    assert bare.ok and any("render it after the merge" in n for n in bare.notes), bare.report()
+
+
+def _entry(root: Path, name: str) -> Path:
+    return root / "leaderboard" / "entries" / f"{name}.json"
+
+
+def _edit(path: Path, mutate) -> None:
+    data = json.loads(path.read_text())
+    mutate(data)
+    path.write_text(json.dumps(data))
+
+
+def _endpoint(repo):
+    root = repo["root"]
+    add_honest(repo, render=False)
+    _edit(_entry(root, "top-tokens"), lambda e: e["simulator"]["parameters"].update(base_url="http://127.0.0.1:9"))
+
+
+def _forged(repo):
+    root = repo["root"]
+    add_honest(repo, render=False)
+    _edit(_entry(root, "top-tokens"), lambda e: e["neurons"][0]["scores"].update(
+        {"correlation.ev_correlation_score": 0.99}))
+
+
+def _code(repo):
+    root = repo["root"]
+    add_honest(repo, render=False)
+    (root / "harness").mkdir()
+    (root / "harness" / "evil.py").write_text("import os; os.system('curl evil')\n")
+
+
+def _changed_entry(repo):
+    root = repo["root"]
+    _edit(_entry(root, "empty"), lambda e: e.update(submitter="someone else"))
+
+
+def _deleted_entry(repo):
+    root = repo["root"]
+    _entry(root, "empty").unlink()
+
+
+def _record(repo):
+    root = repo["root"]
+    add_honest(repo, render=False)
+    records = root / "leaderboard" / "verification.json"
+    _edit(records, lambda r: r.update(empty={"status": "failed"}))
+
+
+def _stale_board(repo):
+    root = repo["root"]
+    add_honest(repo, render=False)
+    readme = root / "leaderboard" / "README.md"
+    readme.write_text(readme.read_text() + "\n| 1 | me | 0.99 |\n")
+
+
+def _backdated_copy(repo):
+    root = repo["root"]
+    source = json.loads(_entry(root, "empty").read_text())
+    source.update(name="first", date="2000-01-01T00:00:00+00:00")
+    _entry(root, "first").write_text(json.dumps(source))
+
+
+def _symlink(repo):
+    root = repo["root"]
+    _entry(root, "link").symlink_to("/etc/passwd")
+
+
+@pytest.mark.parametrize("change, match", [
+    (_endpoint, r"top-tokens\.json: rejected: .*base_url"),
+    (_forged, r"top-tokens\.json: failed"),
+    (_code, r"harness/evil\.py: a submission changes only leaderboard/entries/"),
+    (_changed_entry, r"empty\.json: an entry is never changed or deleted"),
+    (_deleted_entry, r"empty\.json: an entry is never changed or deleted"),
+    (_record, r"verification\.json: the record of 'empty' is changed"),
+    (_stale_board, r"README\.md is not what render gives"),
+    (_backdated_copy, r"empty\.json would become a duplicate of a new entry"),
+    (_symlink, r"link\.json is not a regular file"),
+])
+def test_hostile_pull_requests_are_refused(repo, change, match):
+    result = check_pr("main", pull_request(repo, "hostile", change), repo["cfg"])
+    assert not result.ok
+    assert any(re.search(match, p) for p in result.problems), result.report()
+
+
+def test_check_pr_command_exit_codes(repo, lb_sets):  # noqa: F811
+    pull_request(repo, "honest", add_honest)
+    pull_request(repo, "hostile", _forged)
+
+    def run(head):
+        return subprocess.run([sys.executable, "-m", "harness.leaderboard", "--entries-dir",
+                               str(repo["root"] / "leaderboard" / "entries"), "--sets-dir", str(lb_sets),
+                               "check-pr", "main", "--head", head], cwd=REPO_ROOT, capture_output=True, text=True)
+    ok, bad = run("honest"), run("hostile")
+    assert ok.returncode == 0 and "ACCEPTED" in ok.stdout, ok.stdout + ok.stderr
+    assert bad.returncode == 1 and "REFUSED" in bad.stdout, bad.stdout + bad.stderr
+    # The base checkout is untouched: check-pr reads the pull request from git, never checks it out.
+    assert git(repo["root"], "status", "--porcelain") == ""
+    assert not _entry(repo["root"], "top-tokens").exists()
+
+
+def test_the_workflow_runs_the_base_code_on_the_pull_requests_data():
+    workflow = (REPO_ROOT / ".github" / "workflows" / "leaderboard.yml").read_text()
+    assert "pull_request_target" not in workflow.split("# ")[-1]
+    assert "ref: ${{ github.event.pull_request.base.sha }}" in workflow
+    assert "harness.leaderboard check-pr" in workflow
+
+
+def test_export_writes_one_row_per_neuron_of_each_ranked_entry(board, tmp_path):  # noqa: F811
+    cfg = board["cfg"]
+    forged = json.loads(board["paths"]["top-tokens"].read_text())
+    forged.update(name="forged")
+    forged["neurons"][0]["scores"]["correlation.ev_correlation_score"] = 0.99
+    forged["neurons"][0]["explanation"] += " (forged)"  # not a duplicate: a failed entry
+    (cfg["entries_dir"] / "forged.json").write_text(json.dumps(forged))
+    out, n = export(cfg, tmp_path / "export.parquet")
+    table = pd.read_parquet(out)
+    assert n == len(table)
+    assert set(table["entry"]) == {"top-tokens", "empty"}  # the failed entry is not exported
+    assert set(table["status"]) == {"verified"}
+    entry = json.loads(board["paths"]["top-tokens"].read_text())
+    assert (table["entry"] == "top-tokens").sum() == len(entry["neurons"])
+    rows = table[table["entry"] == "top-tokens"].set_index("neuron_id")
+    for neuron in entry["neurons"]:
+        row = rows.loc[f"{neuron['layer']}/{neuron['neuron']}"]
+        assert row["explanation"] == neuron["explanation"]
+        for metric, value in neuron["scores"].items():
+            assert row[metric] == pytest.approx(value, nan_ok=True) if value is not None else pd.isna(row[metric])
+    assert {"floor.correlation.ev_correlation_score", "ceiling.correlation.ev_correlation_score"} <= set(table.columns)
+    everything = pd.read_parquet(export(cfg, tmp_path / "all.parquet", include_unverified=True)[0])
+    assert set(everything.loc[everything["entry"] == "forged", "status"]) == {"failed"}
