@@ -6,6 +6,7 @@ screenshot is kept under the test's tmp dir and copied to `test-artifacts/leader
 from __future__ import annotations
 
 import base64
+import io
 import itertools
 import json
 import shutil
@@ -14,6 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from harness import leaderboard as lb
@@ -93,12 +95,31 @@ def _wait(cdp: CDP, expression: str, timeout: float = 30):
     raise AssertionError(f"timed out waiting for {expression}")
 
 
+def _pixels(cdp: CDP, selector: str) -> list[tuple[int, int, int]]:
+    """The pixels of the first element matching `selector`, cut from a screenshot of the viewport
+    scrolled to it (a full-page capture would re-flow the page)."""
+    from PIL import Image
+
+    box = cdp.js(f"(() => {{ const el = document.querySelector({json.dumps(selector)}); el.scrollIntoView({{block: 'center'}});"
+                 " const r = el.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom, window.devicePixelRatio]; })()")
+    shot = cdp.send("Page.captureScreenshot", format="png")
+    image = Image.open(io.BytesIO(base64.b64decode(shot["data"]))).convert("RGB")
+    x0, y0, x1, y1 = (int(v * box[4]) for v in box[:4])
+    # The inner part of the box: its edges may blend with the neighbours.
+    return list(image.crop((x0 + 1, y0 + 2, max(x0 + 2, x1 - 1), max(y0 + 3, y1 - 2))).getdata())
+
+
 def test_leaderboard_page_in_headless_chromium(chromium, lb_sets, lb_cells, tmp_path):  # noqa: F811
     cfg = lb.load_config(entries_dir=tmp_path / "board" / "entries", sets_dir=lb_sets)
     for name, explainer in (("top-tokens", "baseline_top_tokens"), ("empty", "baseline_empty")):
         lb.submit(lb_cells[explainer], name, "tests", cfg)
-    _, page = lb.render(cfg)  # verifies both (token_match entries are re-verified at every render)
     entry = json.loads((cfg["entries_dir"] / "top-tokens.json").read_text())
+    first = entry["neurons"][0]
+    # A connection-weight table for the set (what `python -m harness.connections all=true` writes).
+    (tmp_path / "board" / "connections").mkdir()
+    pd.DataFrame([{"layer": first["layer"], "neuron": first["neuron"], "input_tokens": ["alpha", "beta"],
+                   "output_tokens": ["gamma"]}]).to_parquet(tmp_path / "board" / "connections" / "tiny.parquet")
+    _, page = lb.render(cfg)  # verifies both (token_match entries are re-verified at every render)
 
     cdp = chromium
     cdp.send("Runtime.enable")
@@ -111,9 +132,14 @@ def test_leaderboard_page_in_headless_chromium(chromium, lb_sets, lb_cells, tmp_
     assert cdp.js(names) == ["top-tokens", "empty"]  # ranked by score, best first
     assert cdp.js("document.querySelector('#board tbody tr .score').textContent") == \
         f"{entry['summary']['scores']['correlation']['mean']:.3f}"
-    assert cdp.js("document.querySelectorAll('#layer-svg polyline').length") == 1  # empty has no finite scores
-    assert cdp.js("document.querySelectorAll('#cost-svg circle').length") == 2  # empty scores 0 on every neuron
+    # Plots from the embedded summaries: per-layer means with CI bands, distributions, cost.
+    assert cdp.js("document.querySelectorAll('#layer-svg polyline').length") == 2
+    assert cdp.js("document.querySelectorAll('#layer-svg polygon.ci').length") == 2
+    assert cdp.js("document.querySelectorAll('#dist-svg g.box').length") == 2
+    assert cdp.js("document.querySelectorAll('#cost-svg circle').length") == 2
     assert cdp.js("document.getElementById('unranked-box').hidden") is True  # both entries verified
+    # The first load reads index.html only: per-entry and per-neuron data come when a reader asks.
+    assert not [u for u in _requested(cdp) if "/data/" in u]
 
     # Sort by entry name (ascending), then again (descending).
     cdp.js("document.querySelector('#board th[data-key=name]').click()")
@@ -122,14 +148,25 @@ def test_leaderboard_page_in_headless_chromium(chromium, lb_sets, lb_cells, tmp_
     cdp.js("document.querySelector('#board th[data-key=name]').click()")
     assert cdp.js(names) == ["top-tokens", "empty"]
 
-    # Open an entry, then a neuron.
+    # Entry vs entry scatter, per neuron, on request.
+    cdp.js("for (const id of ['scatter-x', 'scatter-y']) document.getElementById(id).value = 'top-tokens';"
+           "document.getElementById('scatter-go').click()")
+    defined = sum(n["scores"]["correlation.ev_correlation_score"] is not None for n in entry["neurons"])
+    _wait(cdp, "document.querySelectorAll('#scatter-svg circle.pt').length > 0")
+    assert cdp.js("document.querySelectorAll('#scatter-svg circle.pt').length") == defined
+
+    # Open an entry (its neurons load from data/entries/), then a neuron (addressed as #layer/neuron).
     cdp.js("document.querySelector('#board tr[data-name=\"top-tokens\"]').click()")
-    assert cdp.js("document.querySelectorAll('#neurons tbody tr').length") == 8
-    first = entry["neurons"][0]
+    _wait(cdp, "document.querySelectorAll('#neurons tbody tr').length === 8")
     cdp.js(f"document.querySelector('#neurons tr[data-layer=\"{first['layer']}\"][data-neuron=\"{first['neuron']}\"]').click()")
-    detail = cdp.js("document.querySelector('#detail h3').textContent")
-    assert detail == f"top-tokens — layer {first['layer']}, neuron {first['neuron']}"
-    assert cdp.js("document.querySelector('#detail .explanation').textContent") == first["explanation"]
+    _wait(cdp, "document.querySelector('#detail h3') !== null")
+    assert cdp.js("location.hash") == f"#{first['layer']}/{first['neuron']}"
+    assert cdp.js("document.querySelector('#detail h3').textContent") == f"layer {first['layer']}, neuron {first['neuron']}"
+    # Every entry's explanation of the neuron, with its scores; the connection-weight tokens.
+    rows = cdp.js("[...document.querySelectorAll('#entry-table tbody tr')].map(r => [r.dataset.name, "
+                  "r.querySelector('.explanation').textContent])")
+    assert rows[0] == ["top-tokens", first["explanation"]] and rows[1][0] == "empty"
+    assert '"alpha" "beta"' in cdp.js("document.querySelector('#detail .conn').textContent")
     assert f"{first['scores']['correlation.ev_correlation_score']:.3f}" in cdp.js("document.querySelector('#detail .scores').textContent")
     # Top windows with activations highlighted, and the simulation under each test window.
     assert cdp.js("document.querySelectorAll('#detail .explain-window').length") == 2
@@ -137,6 +174,15 @@ def test_leaderboard_page_in_headless_chromium(chromium, lb_sets, lb_cells, tmp_
     assert cdp.js("document.querySelectorAll('#detail .simulation').length") == 3
     assert cdp.js("[...document.querySelectorAll('#detail .explain-window .tok')].some(t => Number(t.dataset.v) > 0 && t.style.background.startsWith('rgba'))")
     assert cdp.js("[...document.querySelectorAll('#detail .simulation .tok')].some(t => Number(t.dataset.v) === 10)")
+    # The screenshot shows the colours: a fully simulated token is orange, the neuron's top real token blue.
+    sim = _pixels(cdp, "#detail .simulation .tok[data-v='10']")
+    assert sum(r > b + 60 for r, g, b in sim) > len(sim) // 2, sim[:5]
+    top = cdp.js("(() => { const ts = [...document.querySelectorAll('#detail .explain-window .tok')];"
+                 " const m = Math.max(...ts.map(t => Number(t.dataset.v))); ts.find(t => Number(t.dataset.v) === m).id = 'top-tok';"
+                 " return m; })()")
+    assert top > 0
+    real = _pixels(cdp, "#top-tok")
+    assert sum(b > r + 60 for r, g, b in real) > len(real) // 2, real[:5]
 
     # Sorting the neurons by score puts the best first.
     cdp.js("document.querySelector('#neurons th[data-key=score]').click()")
@@ -151,7 +197,17 @@ def test_leaderboard_page_in_headless_chromium(chromium, lb_sets, lb_cells, tmp_
     shutil.copy(shot, artifacts / "leaderboard.png")
     assert shot.stat().st_size > 10_000
 
+    # A link to a neuron opens the viewer on it directly.
+    other = entry["neurons"][-1]
+    cdp.send("Page.navigate", url=page.as_uri() + f"#{other['layer']}/{other['neuron']}")
+    _wait(cdp, f"document.querySelector('#detail h3')?.textContent === 'layer {other['layer']}, neuron {other['neuron']}'")
+
     errors = [e for e in cdp.events if e.get("method") in ("Runtime.exceptionThrown", "Log.entryAdded")]
     assert not errors, errors
-    urls = [e["params"]["request"]["url"] for e in cdp.events if e.get("method") == "Network.requestWillBeSent"]
+    urls = _requested(cdp)
     assert urls and all(u.startswith(("file://", "data:")) for u in urls), urls
+
+
+def _requested(cdp: CDP) -> list[str]:
+    cdp.js("1")  # drain pending events
+    return [e["params"]["request"]["url"] for e in cdp.events if e.get("method") == "Network.requestWillBeSent"]

@@ -485,7 +485,14 @@ def test_render_ranks_verified_entries_only_escapes_and_lists_the_rest(board, tm
     data = json.loads(html_text.split('id="data">', 1)[1].split("</script>", 1)[0])
     assert {e["name"] for e in data["entries"]} == {"top-tokens", "empty", "evil"}
     assert {u["name"]: u["status"] for u in data["unranked"]}["forged.json"] == "failed"
-    assert data["entries"][0]["neurons"][0]["sim"] is not None
+    # Per-entry and per-neuron data are script files beside the page: escaped the same way.
+    payloads = {f.relative_to(md.parent / "data").as_posix(): f.read_text() for f in (md.parent / "data").rglob("*.js")}
+    assert set(payloads) >= {"entries/top-tokens.js", "entries/empty.js", "entries/evil.js"}
+    assert not any(name.startswith("entries/forged") for name in payloads)
+    assert all("</script" not in text and "<!--" not in text and "<img" not in text for text in payloads.values())
+    assert "\\u003c/script\\u003e\\u003cscript\\u003ealert(1)" in payloads["entries/evil.js"]
+    neuron = next(text for name, text in payloads.items() if name.startswith("neurons/"))
+    assert '"top-tokens":{' in neuron and '"sim":[[' in neuron
 
 
 def _sign(record: dict, key: str) -> str:
@@ -562,7 +569,7 @@ def test_subset_verification_checks_the_drawn_neurons_and_the_whole_summary(hone
 
 def test_committed_board_is_valid_verified_and_up_to_date(tmp_path):
     """Every entry under leaderboard/entries/ passes every check and re-verifies now, and the
-    committed README.md/index.html are what render gives."""
+    committed README.md, index.html and data/ are what render gives."""
     cfg = lb.load_config()
     assessed = lb.assess(cfg)
     assert assessed and {a.status for a in assessed} == {"verified"}, [(a.path.name, a.reason) for a in assessed]
@@ -570,3 +577,6 @@ def test_committed_board_is_valid_verified_and_up_to_date(tmp_path):
     board_dir = cfg["entries_dir"].parent
     assert md.read_text() == (board_dir / "README.md").read_text(), "run: python -m harness.leaderboard render"
     assert page.read_text() == (board_dir / "index.html").read_text(), "run: python -m harness.leaderboard render"
+    rendered = {p.relative_to(tmp_path): p.read_bytes() for p in sorted((tmp_path / "data").rglob("*")) if p.is_file()}
+    committed = {p.relative_to(board_dir): p.read_bytes() for p in sorted((board_dir / "data").rglob("*")) if p.is_file()}
+    assert rendered.keys() == committed.keys() and rendered == committed, "run: python -m harness.leaderboard render"

@@ -9,8 +9,9 @@
   the summary with what the entry claims. The outcome is recorded in
   `leaderboard/verification.json` under the entry's file name, signed with $NEURONBENCH_VERIFY_KEY
   when it is set. Exit code: 0 verified, 1 failed, 3 pending (an API key is missing).
-- `render` writes `leaderboard/README.md` and a self-contained `leaderboard/index.html`, ranking
-  verified entries only (it re-verifies every entry whose simulator runs locally).
+- `render` writes `leaderboard/README.md`, `leaderboard/index.html` and the page's `leaderboard/data/`,
+  ranking verified entries only (it re-verifies every entry whose simulator runs locally, or takes
+  the verdict this machine reached on the same file before).
 - `check-pr BASE [--head REF]` checks a submission pull request (what
   `.github/workflows/leaderboard.yml` runs): it may only add entries (and the re-rendered board),
   every new entry must pass the board's checks and verify (or be pending on an API key), and the
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     v = sub.add_parser("verify", help="re-score entries and compare with their claims")
     v.add_argument("entries", nargs="+", type=Path, help="entry files (or names under the entries directory)")
     v.add_argument("--no-record", action="store_true", help="do not record the outcome in verification.json")
-    r = sub.add_parser("render", help="write leaderboard/README.md and leaderboard/index.html")
+    r = sub.add_parser("render", help="write leaderboard/README.md, index.html and data/")
     r.add_argument("--out", type=Path, default=None)
     c = sub.add_parser("check-pr", help="check a submission pull request: only new entries, each verified")
     c.add_argument("base", help="the base ref (e.g. origin/main); this checkout's code does the checking")

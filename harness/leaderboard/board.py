@@ -8,16 +8,21 @@ and ranks verified entries only. See TRUST_MODEL.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import html
 import json
 import logging
 import math
+import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
 from harness import __version__
@@ -25,11 +30,13 @@ from harness.errors import HarnessError
 from harness.formatting import fmt
 from harness.leaderboard.entry import fingerprint
 from harness.leaderboard.schema import entry_from_bytes, known_set, read_entry_bytes
-from harness.leaderboard.verify import Verification, resolve_components, trusted_record, uses_api, verify
-from harness.paths import REPO_ROOT
+from harness.leaderboard.verify import (Verification, resolve_components, trusted_record, uses_api, verify,
+                                       verify_key)
+from harness.paths import REPO_ROOT, cache_dir
 
 log = logging.getLogger(__name__)
 TEMPLATE = REPO_ROOT / "leaderboard" / "templates" / "index.html"
+DATA_MARK = ".neuronbench-board"  # marks a data/ directory render wrote (and may replace)
 
 TRUST_MODEL = """\
 ## How entries are trusted
@@ -63,7 +70,7 @@ TRUST_MODEL = """\
 @dataclass
 class Assessed:
     path: Path
-    entry: dict[str, Any] | None
+    entry: dict[str, Any] | None  # slim: each neuron's test simulation only on the windows the page shows
     status: str  # verified | failed | pending | rejected
     reason: str = ""
     sha256: str = ""  # of the file's bytes
@@ -74,17 +81,72 @@ def _reason(result: Verification) -> str:
                                             else "") or result.note
 
 
-def assess(cfg: dict[str, Any]) -> list[Assessed]:
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """A digest of the code and configuration that verify an entry (harness/, baselines/, conf/)."""
+    h = hashlib.sha256(__version__.encode())
+    for root in ("harness", "baselines", "conf"):
+        for f in sorted((REPO_ROOT / root).rglob("*")):
+            if f.suffix in (".py", ".yaml") and f.is_file():
+                h.update(f.relative_to(REPO_ROOT).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+class VerdictCache:
+    """Verdicts of local verification on this machine, keyed by the entry file's sha256 and
+    everything else a verdict depends on (code, conf/, tolerances, the frozen sets, the key). It
+    lives in the verifier's own cache directory, never in the repository, so a submitter cannot
+    write it; it spares re-verifying (and re-parsing) an unchanged entry at every render."""
+
+    def __init__(self, cfg: dict[str, Any]):
+        key = verify_key(cfg)
+        sets_dir = Path(cfg["sets_dir"])
+        sets = {m.parent.name: hashlib.sha256(m.read_bytes()).hexdigest()
+                for m in sorted(sets_dir.glob("*/manifest.json"))} if sets_dir.is_dir() else {}
+        context = {"code": code_digest(), "tolerance": cfg["tolerance"], "verify": cfg["verify"],
+                   "drilldown": cfg["drilldown"], "sets": sets, "sets_dir": str(sets_dir.resolve()),
+                   "key": hashlib.sha256(key).hexdigest() if key else None}
+        self.context = hashlib.sha256(json.dumps(context, sort_keys=True).encode()).hexdigest()
+        self.dir = cache_dir("verdicts")
+
+    def _path(self, sha256: str) -> Path:
+        return self.dir / f"{hashlib.sha256((self.context + sha256).encode()).hexdigest()}.json"
+
+    def get(self, sha256: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self._path(sha256).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def put(self, sha256: str, slim_entry: dict[str, Any], verdict: dict[str, str] | None) -> None:
+        path = self._path(sha256)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"entry": slim_entry, "verdict": verdict}, allow_nan=False))
+        tmp.replace(path)
+
+
+def assess(cfg: dict[str, Any], use_cache: bool = True) -> list[Assessed]:
     """Every file under the entries directory with its status, trusting nothing recorded for a
-    local simulator (it is re-verified here)."""
+    local simulator (it is re-verified here, or was on this machine: see VerdictCache)."""
     entries_dir = cfg["entries_dir"]
+    cache, views = VerdictCache(cfg), SetViews(cfg)
     out: list[Assessed] = []
-    for path in sorted(entries_dir.glob("*.json")) if entries_dir.is_dir() else []:
+    verdicts: dict[Path, dict[str, str] | None] = {}
+    parsed: set[Path] = set()  # read from the file, not from the cache
+    for path in tqdm(sorted(entries_dir.glob("*.json")) if entries_dir.is_dir() else [], desc="reading entries",
+                     unit="entry", leave=False):
         try:
             raw = read_entry_bytes(path, cfg)
-            entry = entry_from_bytes(path, raw, cfg)
-            resolve_components(entry, cfg)
-            out.append(Assessed(path, entry, "unchecked", sha256=hashlib.sha256(raw).hexdigest()))
+            sha = hashlib.sha256(raw).hexdigest()
+            cached = cache.get(sha) if use_cache else None
+            if cached:
+                entry, verdicts[path] = cached["entry"], cached["verdict"]
+            else:
+                entry = entry_from_bytes(path, raw, cfg)
+                resolve_components(entry, cfg)
+                entry, verdicts[path] = views.slim(entry), None
+                parsed.add(path)
+            out.append(Assessed(path, entry, "unchecked", sha256=sha))
         except HarnessError as exc:
             out.append(Assessed(path, None, "rejected", str(exc)))
             log.warning("rejected %s: %s", path.name, exc)
@@ -103,9 +165,19 @@ def assess(cfg: dict[str, Any]) -> list[Assessed]:
             result = trusted_record(a.path, a.entry, cfg) or Verification(
                 a.entry["name"], "pending", note="its simulator is behind an API: ranked once the maintainers' CI "
                                                  "records a signed verification")
+            a.status, a.reason = result.status, _reason(result)
+        elif verdicts.get(a.path):
+            a.status, a.reason = verdicts[a.path]["status"], verdicts[a.path]["reason"]
         else:
-            result = verify(a.entry, cfg, entry_sha256=a.sha256)
-        a.status, a.reason = result.status, _reason(result)
+            raw = read_entry_bytes(a.path, cfg)  # the full entry again: only its verification needs it
+            if hashlib.sha256(raw).hexdigest() != a.sha256:
+                a.status, a.reason = "rejected", "the file changed while the board was being rendered"
+                continue
+            result = verify(entry_from_bytes(a.path, raw, cfg), cfg, entry_sha256=a.sha256)
+            a.status, a.reason = result.status, _reason(result)
+        if use_cache and a.path in parsed and a.status != "rejected":
+            verdict = None if uses_api(simulator) else {"status": a.status, "reason": a.reason}
+            cache.put(a.sha256, a.entry, verdict)
     return out
 
 
@@ -202,51 +274,118 @@ def _round(x, d=3):
     return int(v) if v == int(v) else v
 
 
-def _set_view(entry, cfg) -> tuple[dict[str, Any], list[list[int]]]:
-    """The set's neurons as the page shows them (a few windows each), and which test windows."""
-    dd = cfg["drilldown"]
-    try:
-        neuron_set = known_set(entry, cfg["sets_dir"])
-    except HarnessError:
-        return {"name": entry["neuron_set"]["name"], "neurons": [], "missing": True}, []
-    neurons, picks = [], []
-    for n in neuron_set.neurons:
-        tops = sorted([r for r in n.explain if r.kind == "top"], key=lambda r: -r.max_activation)[:dd["explain_windows"]]
-        test_idx = sorted([i for i, r in enumerate(n.test) if r.kind == "top"],
-                          key=lambda i: -n.test[i].max_activation)[:dd["test_top"]]
-        test_idx += [i for i, r in enumerate(n.test) if r.kind == "random"][:dd["test_random"]]
-        picks.append(test_idx)
-        neurons.append({"layer": n.layer, "neuron": n.neuron, "max": _round(n.max_activation),
-                        "explain": [{"t": r.tokens, "a": [_round(a, 2) for a in r.activations]} for r in tops],
-                        "test": [{"k": n.test[i].kind, "t": n.test[i].tokens,
-                                  "a": [_round(a, 2) for a in n.test[i].activations]} for i in test_idx]})
-    return {"name": neuron_set.name, "neurons": neurons}, picks
+class SetViews:
+    """Each frozen set's neurons as the viewer shows them (a few windows each), loaded once."""
+
+    def __init__(self, cfg: dict[str, Any]):
+        self.cfg, self.views = cfg, {}
+
+    def get(self, set_hash: str, entry: dict[str, Any]) -> dict[str, Any] | None:
+        if set_hash not in self.views:
+            try:
+                self.views[set_hash] = self._build(known_set(entry, self.cfg["sets_dir"]))
+            except HarnessError:
+                self.views[set_hash] = None
+        return self.views[set_hash]
+
+    def _build(self, neuron_set) -> dict[str, Any]:
+        dd = self.cfg["drilldown"]
+        neurons = []
+        for n in neuron_set.neurons:
+            tops = sorted([r for r in n.explain if r.kind == "top"], key=lambda r: -r.max_activation)
+            test_idx = sorted([i for i, r in enumerate(n.test) if r.kind == "top"],
+                              key=lambda i: -n.test[i].max_activation)[:dd["test_top"]]
+            test_idx += [i for i, r in enumerate(n.test) if r.kind == "random"][:dd["test_random"]]
+            neurons.append({"layer": n.layer, "neuron": n.neuron, "max": _round(n.max_activation), "shown": test_idx,
+                            "explain": [{"t": r.tokens, "a": [_round(a, 2) for a in r.activations]}
+                                        for r in tops[:dd["explain_windows"]]],
+                            "test": [{"k": n.test[i].kind, "t": n.test[i].tokens,
+                                      "a": [_round(a, 2) for a in n.test[i].activations]} for i in test_idx]})
+        return {"name": neuron_set.name, "neurons": neurons}
+
+    def slim(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """The entry with each neuron's test simulation kept only on the windows the page shows
+        (`shown_simulation`): all the board needs once the entry is verified."""
+        view = self.get(entry["neuron_set"]["hash"], entry)
+        shown = {(n["layer"], n["neuron"]): n["shown"] for n in view["neurons"]} if view else {}
+        neurons = []
+        for n in entry["neurons"]:
+            sims = n.get("test_simulation") or []
+            picks = shown.get((n["layer"], n["neuron"]), [])
+            neurons.append({**{k: v for k, v in n.items() if k != "test_simulation"},
+                            "shown_simulation": [[_round(v, 1) for v in sims[i]] if i < len(sims) and sims[i] is not None
+                                                 else None for i in picks]})
+        return {**entry, "neurons": neurons}
 
 
-def page_data(assessed: list[Assessed], cfg) -> dict[str, Any]:
-    """Everything index.html shows, as one JSON object: the verified entries in full, the others
-    by name, status and reason."""
+def _headline_values(entry: dict[str, Any], scorer: str) -> list[tuple[int, float]]:
+    """(layer, headline metric) of every neuron on the board's common basis (undefined → no-information)."""
+    block = entry["summary"]["scores"][scorer]
+    key, fallback = f"{scorer}.{block['metric']}", block.get("no_information")
+    out = []
+    for n in entry["neurons"]:
+        v = (n.get("scores") or {}).get(key)
+        v = fallback if v is None or not math.isfinite(v) else v
+        if v is not None:
+            out.append((n["layer"], float(v)))
+    return out
+
+
+def _distribution(entry: dict[str, Any], scorer: str) -> dict[str, Any]:
+    """What the plots need without the per-neuron payload: quantiles of the per-neuron scores and
+    the mean per layer with a normal-approximation 95% CI (mean ± 1.96·sd/√n)."""
+    values = _headline_values(entry, scorer)
+    if not values:
+        return {"box": None, "layers": []}
+    all_v = np.array([v for _, v in values])
+    box = [_round(q) for q in np.quantile(all_v, [0, 0.1, 0.25, 0.5, 0.75, 0.9, 1])]
+    layers = []
+    for layer in sorted({layer for layer, _ in values}):
+        vs = np.array([v for lay, v in values if lay == layer])
+        half = 1.96 * vs.std(ddof=1) / math.sqrt(len(vs)) if len(vs) > 1 else 0.0
+        layers.append([layer, _round(vs.mean()), _round(vs.mean() - half), _round(vs.mean() + half), len(vs)])
+    return {"box": box, "layers": layers}
+
+
+def _neuron_scores(n: dict[str, Any], keys: list[str], field: str = "scores") -> dict[str, Any]:
+    """The neuron's headline metrics (`keys`): the page shows those; `export` has every metric."""
+    values = n.get(field) or {}
+    return {k: _round(values.get(k)) for k in keys}
+
+
+def page_data(assessed: list[Assessed], cfg, connections: dict[str, pd.DataFrame] | None = None
+              ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What index.html embeds (the board: summaries, the sets' neuron lists, plot summaries) and the
+    payload files it loads on demand, by path under data/: one per entry (its neurons' explanations
+    and scores) and one per neuron (its windows and every entry's explanation, scores and simulation)."""
     ranked = [a.entry for a in assessed if a.status == "verified"]
+    views = SetViews(cfg)
     sets: dict[str, Any] = {}
-    shown_test: dict[str, list[list[int]]] = {}
-    for e in ranked:
-        h = e["neuron_set"]["hash"]
-        if h not in sets:
-            sets[h], shown_test[h] = _set_view(e, cfg)
+    payloads: dict[str, Any] = {}
+    per_neuron: dict[tuple[str, int, int], dict[str, Any]] = {}
     out_entries = []
     for e in ranked:
         h = e["neuron_set"]["hash"]
+        view = views.get(h, e)
+        if h not in sets:
+            sets[h] = {"name": e["neuron_set"]["name"], "key": h[:12],
+                       "neurons": [[n["layer"], n["neuron"]] for n in view["neurons"]] if view else []}
+            conn = (connections or {}).get(e["neuron_set"]["name"])
+            for n in view["neurons"] if view else []:
+                per_neuron[(h, n["layer"], n["neuron"])] = {
+                    "layer": n["layer"], "neuron": n["neuron"], "max": n["max"], "explain": n["explain"],
+                    "test": n["test"], "connections": _connection_tokens(conn, n["layer"], n["neuron"]),
+                    "entries": {}}
         by_key = {(n["layer"], n["neuron"]): n for n in e["neurons"]}
-        ns = []
-        for k, sn in enumerate(sets[h]["neurons"]):
-            n = by_key.get((sn["layer"], sn["neuron"]), {})
-            sims = n.get("test_simulation") or []
-            ns.append({"e": n.get("explanation"), "f": n.get("failure"),
-                       "s": {k2: _round(v) for k2, v in (n.get("scores") or {}).items()},
-                       "fl": {k2: _round(v) for k2, v in (n.get("floor") or {}).items()},
-                       "ce": {k2: _round(v) for k2, v in (n.get("ceiling") or {}).items()},
-                       "sim": [[_round(v, 1) for v in sims[i]] if i < len(sims) and sims[i] is not None else None
-                               for i in shown_test[h][k]]})
+        keys = [f"{scorer}.{b['metric']}" for scorer, b in e["summary"]["scores"].items()]
+        entry_neurons = []
+        for layer, neuron in sets[h]["neurons"]:
+            n = by_key.get((layer, neuron), {})
+            entry_neurons.append({"e": n.get("explanation"), "f": n.get("failure"), "s": _neuron_scores(n, keys)})
+            per_neuron[(h, layer, neuron)]["entries"][e["name"]] = {
+                **entry_neurons[-1], "fl": _neuron_scores(n, keys, "floor"), "ce": _neuron_scores(n, keys, "ceiling"),
+                "sim": n.get("shown_simulation") or []}
+        payloads[f"entries/{e['name']}.js"] = ("entry", e["name"], {"neurons": entry_neurons})
         out_entries.append({
             "name": e["name"], "submitter": e["submitter"], "date": e["date"][:10], "set": h,
             "explainer": explainer_label(e), "prompt": (e["prompt"] or {}).get("variant") or "—",
@@ -255,13 +394,34 @@ def page_data(assessed: list[Assessed], cfg) -> dict[str, Any]:
             "tokens": e["cost"]["input_tokens"] + e["cost"]["output_tokens"],
             "summary": {s: {"metric": b["metric"], "mean": b["mean"], "ci95": b["ci95"],
                             "mean_defined": b["mean_defined"], "coverage": b["coverage"],
-                            "floor": _control(e, "floor", s), "ceiling": _control(e, "ceiling", s)}
-                        for s, b in e["summary"]["scores"].items()},
-            "neurons": ns})
+                            "floor": _control(e, "floor", s), "ceiling": _control(e, "ceiling", s),
+                            **_distribution(e, s)}
+                        for s, b in e["summary"]["scores"].items()}})
+    for (h, layer, neuron), data in per_neuron.items():
+        payloads[f"neurons/{h[:12]}/{layer}-{neuron}.js"] = ("neuron", f"{h[:12]}/{layer}/{neuron}", data)
     unranked = [{"name": a.path.name, "status": a.status, "reason": a.reason[:300]}
                 for a in assessed if a.status != "verified"]
     # No render timestamp: the page is a pure function of the entries, so a stale board shows in a diff.
-    return {"harness_version": __version__, "sets": sets, "entries": out_entries, "unranked": unranked}
+    return {"harness_version": __version__, "sets": sets, "entries": out_entries, "unranked": unranked}, payloads
+
+
+def _connection_tokens(table: pd.DataFrame | None, layer: int, neuron: int) -> dict[str, list[str]] | None:
+    """The neuron's top input and output tokens by connection weight, from the set's table written by
+    `python -m harness.connections all=true` (leaderboard/connections/<set>.parquet), if there is one."""
+    if table is None:
+        return None
+    row = table[(table["layer"] == layer) & (table["neuron"] == neuron)]
+    if row.empty:
+        return None
+    r = row.iloc[0]
+    return {kind: [str(t) for t in r[f"{kind}_tokens"]][:10] for kind in ("input", "output")
+            if f"{kind}_tokens" in row.columns}
+
+
+def load_connections(board_dir: Path) -> dict[str, pd.DataFrame]:
+    """Connection-weight tables of the frozen sets, by set name (a maintainers' file, never an entry's)."""
+    folder = board_dir / "connections"
+    return {p.stem: pd.read_parquet(p) for p in sorted(folder.glob("*.parquet"))} if folder.is_dir() else {}
 
 
 def _script_json(data: Any) -> str:
@@ -271,17 +431,41 @@ def _script_json(data: Any) -> str:
             .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
 
 
-def render_html(assessed: list[Assessed], cfg) -> str:
-    return TEMPLATE.read_text().replace("/*__DATA__*/null", _script_json(page_data(assessed, cfg)))
+def render_html(index: dict[str, Any]) -> str:
+    return TEMPLATE.read_text().replace("/*__DATA__*/null", _script_json(index))
+
+
+def _payload_js(kind: str, key: str, data: Any) -> str:
+    return f"NB_LOAD({json.dumps(kind)},{json.dumps(key)},{_script_json(data)});\n"
+
+
+def _replace_data_dir(out_dir: Path, payloads: dict[str, Any]) -> None:
+    """Write the payload files to out_dir/data, replacing the previous render's (and only a render's)."""
+    target, tmp = out_dir / "data", out_dir / f".data-{os.getpid()}"
+    if target.exists() and not (target / DATA_MARK).is_file():
+        raise HarnessError(f"{target} exists and was not written by render: move it away first")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for rel, (kind, key, data) in sorted(payloads.items()):
+        path = tmp / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(_payload_js(kind, key, data))
+    (tmp / DATA_MARK).write_text("written by python -m harness.leaderboard render: replaced at every render\n")
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
 
 
 def render(cfg: dict[str, Any], out_dir: Path | None = None,
            assessed: list[Assessed] | None = None) -> tuple[Path, Path]:
-    """Write README.md and index.html from the entries as `assess` finds them (done here unless given)."""
-    out_dir = Path(out_dir) if out_dir else cfg["entries_dir"].parent
+    """Write README.md, index.html and the page's data/ from the entries as `assess` finds them
+    (done here unless given)."""
+    board_dir = cfg["entries_dir"].parent
+    out_dir = Path(out_dir) if out_dir else board_dir
     assessed = assess(cfg) if assessed is None else assessed
+    index, payloads = page_data(assessed, cfg, load_connections(board_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
     md, page = out_dir / "README.md", out_dir / "index.html"
     md.write_text(render_markdown(assessed) + "\n")
-    page.write_text(render_html(assessed, cfg))
+    page.write_text(render_html(index))
+    _replace_data_dir(out_dir, payloads)
     return md, page

@@ -29,8 +29,9 @@ from harness.leaderboard.board import assess, render
 from harness.leaderboard.schema import safe_name
 
 log = logging.getLogger(__name__)
-RENDERED = ("README.md", "index.html")
+RENDERED = ("README.md", "index.html")  # and every file under data/
 RECORDS = "verification.json"
+MAX_BOARD_BYTES = 1 << 30
 
 
 class CheckPRError(HarnessError):
@@ -81,6 +82,33 @@ def _blob(repo: Path, head: str, path: str, max_bytes: int) -> bytes:
     return _git(repo, "cat-file", "blob", oid)
 
 
+def _tree(repo: Path, head: str, rel: str) -> dict[str, bytes]:
+    """Every regular file under `rel` at `head`, by path relative to its parent, read in one batch."""
+    listing = [line for line in _git(repo, "ls-tree", "-r", "-z", "-l", head, "--", rel).split(b"\0") if line]
+    oids, names, total = [], [], 0
+    for line in listing:
+        meta, path = line.decode(errors="replace").split("\t", 1)
+        mode, _kind, oid, size = meta.split()
+        if mode != "100644":
+            raise CheckPRError(f"{path} is not a regular file (mode {mode})")
+        total += int(size)
+        if total > MAX_BOARD_BYTES:
+            raise CheckPRError(f"the rendered board under {rel} is over {MAX_BOARD_BYTES} bytes")
+        oids.append(oid)
+        names.append(PurePosixPath(path).relative_to(PurePosixPath(rel).parent).as_posix())
+    if not oids:
+        return {}
+    out = subprocess.run(["git", "-C", str(repo), "cat-file", "--batch"], input="\n".join(oids).encode() + b"\n",
+                         check=True, capture_output=True).stdout
+    files, pos = {}, 0
+    for name in names:
+        header_end = out.index(b"\n", pos)
+        size = int(out[pos:header_end].split()[2])
+        files[name] = out[header_end + 1: header_end + 1 + size]
+        pos = header_end + 1 + size + 1
+    return files
+
+
 def check_pr(base: str, head: str, cfg: dict[str, Any]) -> PRCheck:
     """Check the pull request `base...head` of the git repository holding `cfg['entries_dir']`,
     whose working tree is the trusted base checkout."""
@@ -103,12 +131,14 @@ def check_pr(base: str, head: str, cfg: dict[str, Any]) -> PRCheck:
                 new_files[p.name] = b""
         elif p.parent.as_posix() == board_rel and p.name in (*RENDERED, RECORDS) and status == "M":
             board_files[p.name] = b""
+        elif path.startswith(f"{board_rel}/data/"):
+            board_files["data"] = b""  # the rendered page's data: compared as a whole below
         else:
             result.problems.append(f"{path}: a submission changes only {entries_rel}/ (and the rendered board); "
                                    "changes to anything else need a maintainer's review")
     for store in (new_files, board_files):
         rel = entries_rel if store is new_files else board_rel
-        for name in list(store):
+        for name in [n for n in store if n != "data"]:
             try:
                 store[name] = _blob(repo, head, f"{rel}/{name}", cfg["max_entry_bytes"])
             except CheckPRError as exc:
@@ -139,14 +169,26 @@ def check_pr(base: str, head: str, cfg: dict[str, Any]) -> PRCheck:
                 result.notes.append(f"{a.path.name}: pending: {a.reason}")
         if RECORDS in board_files:
             result.problems += _record_changes(records, board_files[RECORDS], set(result.added))
-        rendered = [n for n in RENDERED if n in board_files]
+        rendered = any(n in board_files for n in (*RENDERED, "data"))
         if rendered and result.ok:
-            render(trial, Path(tmp) / "rendered", assessed)
-            for name in rendered:
-                if (Path(tmp) / "rendered" / name).read_bytes() != board_files[name]:
-                    result.problems.append(f"{board_rel}/{name} is not what render gives with these entries: run "
-                                           "python -m harness.leaderboard render, or leave the board out of the PR")
-        if new_files and len(rendered) < len(RENDERED):
+            out = Path(tmp) / "rendered"
+            render(trial, out, assessed)
+            expected = {n: (out / n).read_bytes() for n in RENDERED}
+            expected |= {f"data/{f.relative_to(out / 'data').as_posix()}": f.read_bytes()
+                         for f in sorted((out / "data").rglob("*")) if f.is_file()}
+            try:
+                submitted = {n: _blob(repo, head, f"{board_rel}/{n}", cfg["max_entry_bytes"]) for n in RENDERED}
+                submitted |= _tree(repo, head, f"{board_rel}/data")
+            except CheckPRError as exc:
+                submitted = {}
+                result.problems.append(str(exc))
+            stale = sorted(n for n in set(expected) | set(submitted) if expected.get(n) != submitted.get(n))
+            if submitted and stale:
+                result.problems.append(f"the rendered board is not what render gives with these entries ({len(stale)} "
+                                       f"files differ: {', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}): run "
+                                       "python -m harness.leaderboard render, or leave the board out of the pull "
+                                       "request")
+        if new_files and not rendered:
             result.notes.append("the board is not re-rendered in this pull request: render it after the merge")
     return result
 
