@@ -53,13 +53,14 @@ from tqdm import tqdm
 
 from harness import __version__
 from harness.build_set import POOLS, make_windows
+from harness.cell import score_neurons
 from harness.cli import exit_on_harness_error
 from harness.corpus import load_corpus
 from harness.errors import ConfigError, HarnessError
 from harness.explain import make_explainer
 from harness.formatting import fmt
 from harness.records import ActivationRecord, NeuronRecord
-from harness.scoring import Simulated, get_scorer, score_batch
+from harness.scoring import Simulated, get_scorer
 from harness.simulate import make_simulator
 from harness.subject import Subject, fidelity_check, gelu_fast, gelu_tanh, load_subject, quick_gelu
 
@@ -410,34 +411,38 @@ def score_changes(cfg: DictConfig, subject: Subject, win, doc_ids: list[str], ch
         rand = rng.choice(order[n_top:], size=n_random, replace=False).tolist()
         return top + rand, ["top"] * n_top + ["random"] * n_random
 
-    base_scores: dict[str, list[float]] = {s.name: [] for s in scorers}
-    var_scores = {name: {s.name: [] for s in scorers} for name in variant_names}
+    neurons: list[NeuronRecord] = []
+    test_under: dict[str, list[list[ActivationRecord]]] = {name: [] for name in ["own", *variant_names]}
+    simulations: dict[int, list] = {}
     failures = []
     for col, f in enumerate(tqdm(chosen, desc="scores", unit="neuron")):
         layer, neuron = divmod(f, subject.neurons.n_neurons)
         ew, ek = pick(f, 0, c.explain_top, c.explain_random)
         tw, tk = pick(f, 1, c.test_top, c.test_random)
-        record = NeuronRecord(layer=layer, neuron=neuron, explain=records(col, ew, ek, "own"),
-                              test=records(col, tw, tk, "own"))
+        neurons.append(NeuronRecord(layer=layer, neuron=neuron, explain=records(col, ew, ek, "own"),
+                                    test=records(col, tw, tk, "own")))
+        for name in test_under:
+            test_under[name].append(neurons[-1].test if name == "own" else records(col, tw, tk, name))
         try:
-            text = explainer.explain(record).text
-            sims = simulator.simulate(text, record.test)
+            simulations[col] = simulator.simulate(explainer.explain(neurons[-1]).text, neurons[-1].test)
         except HarnessError as exc:
             failures.append(f"layer {layer} neuron {neuron}: {type(exc).__name__}: {exc}")
-            text, sims = None, None
-        def headline(s, test: list[ActivationRecord]) -> float:
-            if sims is None:
-                return math.nan
-            return score_batch(s, {}, [Simulated(replace(record, test=test), test=sims, calibration=[])])[0][s.headline]
 
-        for s in scorers:
-            base_scores[s.name].append(headline(s, record.test))
-            for name in variant_names:
-                var_scores[name][s.name].append(headline(s, records(col, tw, tk, name)))
+    def headlines(run: str) -> dict[str, list[float]]:
+        """Each scorer's headline per neuron, the same simulations scored against `run`'s activations,
+        through the cell's scoring core (no controls: the comparison is own vs variant)."""
+        rows: list[dict[str, Any]] = [{} for _ in neurons]
+        simulated = {i: Simulated(replace(neurons[i], test=test_under[run][i]), test=sims, calibration=[])
+                     for i, sims in simulations.items()}
+        score_neurons(neurons, rows, simulated, simulator, [(s, {}) for s in scorers],
+                      {"floor": False, "ceiling": False}, {}, [])
+        return {s.name: [row.get(f"{s.name}.{s.headline}", math.nan) for row in rows] for s in scorers}
+
+    own = headlines("own")
     out: dict[str, Any] = {"variants": {}, "n_neurons": len(chosen), "failures": failures}
     for name in variant_names:
-        out["variants"][name] = {s.name: _compare(s.headline, base_scores[s.name], var_scores[name][s.name])
-                                 for s in scorers}
+        variant = headlines(name)
+        out["variants"][name] = {s.name: _compare(s.headline, own[s.name], variant[s.name]) for s in scorers}
     return out
 
 
