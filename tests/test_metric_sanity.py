@@ -184,3 +184,20 @@ def test_board_shows_trained_vs_random_and_flags_what_random_weights_match(board
     rows = random_weight_rows(assessed[:2], cfg)
     assert all(r["random_entry"] is None and r["flagged"] is None for rs in rows.values() for r in rs)
     assert random_weight_rows(assessed, board["cfg"]) == {}  # no control configured: no comparison
+
+
+def test_weight_baselines_read_the_subject_the_set_was_built_on():
+    from omegaconf import OmegaConf
+
+    from harness.cell import explainer_reads_the_sets_subject
+
+    manifest = {"name": "smollm2-135m-random-brown-v1", "subject": {"name": "smollm2_135m_random"}}
+    cfg = OmegaConf.create({"explainer": OmegaConf.load(CONF_DIR / "explainer" / "baseline_weight_in.yaml")})
+    explainer_reads_the_sets_subject(cfg, manifest)
+    assert cfg.explainer.subject == "smollm2_135m_random"  # null: the set's subject, recorded in the config
+    cfg.explainer.subject = "smollm2_135m"  # the trained weights on the random model's neurons: refused
+    with pytest.raises(ConfigError, match="set explainer.subject=smollm2_135m_random"):
+        explainer_reads_the_sets_subject(cfg, manifest)
+    plain = OmegaConf.create({"explainer": {"kind": "baseline_top_tokens", "n_tokens": 5}})
+    explainer_reads_the_sets_subject(plain, manifest)  # reads no weights: untouched
+    assert "subject" not in plain.explainer
