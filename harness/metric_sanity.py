@@ -301,6 +301,20 @@ def run_check(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 
 # --- Outputs ------------------------------------------------------------------------------------
 
+# Why each scorer's headline is its headline, beside the test it must pass (report.md says which pass).
+HEADLINE_REASONS = {
+    "correlation": "Bills et al.'s preferred score. Pearson correlation is unchanged by any increasing affine map of "
+                   "the simulation, so the simulator's 0–10 scale cannot move it; the metrics of this scorer that do "
+                   "compare scales (R² and absolute deviation without calibration) are the ones at risk of rewarding a "
+                   "simulation for predicting less.",
+    "threshold": "AUROC against \"above half the neuron's corpus maximum\" needs no fitted cut and is insensitive to the "
+                 "simulator's scale; balanced accuracy and F1 depend on a cut fitted on calibration, and F1 has no "
+                 "no-information value, so a neuron it leaves undefined cannot be counted on a common basis.",
+    "ablation": "1 − KL(simulated)/KL(mean-ablated) asks whether the simulation stands in for the neuron in the model "
+                "itself, on the real activation scale (linear calibration on the calibration split); the KLs alone "
+                "are not comparable across neurons.",
+}
+
 KIND_LABELS = {"planted": "planted neuron", "set": "set neurons", "set_ablation": "set neurons (ablation subset)"}
 
 
@@ -375,9 +389,12 @@ def report(results: dict[str, Any]) -> str:
         f"Fail: {', '.join(f'`{k}`' for k in failing) or 'none'}.", "",
         "## Headline metrics", "",
     ]
+    lines += ["The board ranks each scoring rule on its headline metric, so a headline must pass both tests. Why each "
+              "headline, among the metrics of its scorer that pass:", ""]
     for key, m in headlines.items():
-        lines.append(f"- `{key}`: {'passes' if m['passes'] else '**fails**'} both tests"
-                     + ("" if m["passes"] else " (see the table above)") + ".")
+        verdict = "passes both tests" if m["passes"] else ("**fails** (see the table above): it should not be a headline "
+                                                           "until a passing metric replaces it")
+        lines.append(f"- `{key}` {verdict}. {HEADLINE_REASONS.get(m['scorer'], '')}")
     lines += ["", "## Curves of the headline metrics (mean [95% CI])", ""]
     for key in headlines:
         lines += [curve_table(results, key), ""]
@@ -417,10 +434,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower right", fontsize=8)
-    fig.suptitle("Label-perturbation sanity tests: a sound metric falls in both directions (✓ passes)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.legend(handles, labels, loc="upper center", ncol=4, fontsize=9, bbox_to_anchor=(0.5, 0.975))
+    fig.suptitle("Label-perturbation sanity tests: a sound metric falls in both directions (✓ passes); "
+                 "mean with 95% CI", y=0.995)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
