@@ -18,7 +18,7 @@ GEMMA_STAMP := $(VENV)/.gemma
 BASELINES := baseline_top_tokens,baseline_weight_in,baseline_weight_out,baseline_empty,baseline_borrowed
 BOARD_SCORERS := [correlation,threshold]
 
-.PHONY: install gemma chromium demo test clean board board-hf-local
+.PHONY: install gemma chromium demo test clean board board-hf-local random-set board-random board-random-hf-local metric-sanity
 
 install: $(STAMP)
 
@@ -56,6 +56,27 @@ board-hf-local: install
 	$(PY) -m harness -m hydra.sweep.dir=multirun/board-hf-local explainer=hf_local prompt=top_tokens 'scorer=$(BOARD_SCORERS)'
 	$(PY) -m harness.leaderboard submit-sweep multirun/board-hf-local --submitter NeuronBench --force --verify
 	$(PY) -m harness.leaderboard render
+
+# The random-weights control (issue 17): the v1 rules on smollm2_135m_random (weights re-drawn from the
+# model's initialisation, seed 0), and every seeded explainer on it; the board shows trained vs random.
+RANDOM_SET := neuron_set=smollm2_135m_random_brown_v1
+
+random-set: install
+	$(PY) -m harness.build_set subject=smollm2_135m_random name=smollm2-135m-random-brown-v1
+
+board-random: install
+	$(PY) -m harness -m hydra.sweep.dir=multirun/board-random-baselines $(RANDOM_SET) explainer=$(BASELINES) 'scorer=$(BOARD_SCORERS)'
+	$(PY) -m harness.leaderboard submit-sweep multirun/board-random-baselines --prefix random_weights- --submitter NeuronBench --force --verify
+	$(PY) -m harness.leaderboard render
+
+board-random-hf-local: install
+	$(PY) -m harness -m hydra.sweep.dir=multirun/board-random-hf-local $(RANDOM_SET) explainer=hf_local prompt=top_tokens 'scorer=$(BOARD_SCORERS)'
+	$(PY) -m harness.leaderboard submit-sweep multirun/board-random-hf-local --prefix random_weights- --submitter NeuronBench --force --verify
+	$(PY) -m harness.leaderboard render
+
+# Label-perturbation sanity tests of every scorer's metrics: reports/metric_sanity/report.md
+metric-sanity: install
+	$(PY) -m harness.metric_sanity
 
 demo: install
 	$(PY) -m harness hydra.run.dir=outputs/demo

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from harness import __version__
-from harness.errors import CellFailedError, HarnessError, OutputBusyError, TransientLLMError
+from harness.errors import CellFailedError, ConfigError, HarnessError, OutputBusyError, TransientLLMError
 from harness.explain import make_explainer
 from harness.formatting import fmt
 from harness.llm.cache import CallCache, Ledger
@@ -78,6 +78,7 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     validate_cell_config(cfg)
     neuron_set = load_set(cfg.neuron_set.path, limit=cfg.neuron_set.limit)
     neurons = neuron_set.neurons
+    explainer_reads_the_sets_subject(cfg, neuron_set.manifest)
     simulator = make_simulator(cfg.simulator)
     scorers = scorers_from(cfg)
     ledger = Ledger(prices=OmegaConf.to_container(cfg.pricing, resolve=True))
@@ -162,6 +163,21 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     }
     _write_atomic(output_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=1) + "\n"))
     return summary
+
+
+def explainer_reads_the_sets_subject(cfg: DictConfig, manifest: dict[str, Any]) -> None:
+    """An explainer that reads a subject's weights (a `subject:` in its config: the connection-weight
+    baselines) must read the model the set was built on: null means that one (filled in, so the
+    cell's config records it); another subject is refused, since its weights describe other neurons."""
+    if "subject" not in cfg.explainer:
+        return
+    built_on = manifest["subject"]["name"]
+    if cfg.explainer.subject is None:
+        cfg.explainer.subject = built_on
+    elif cfg.explainer.subject != built_on:
+        raise ConfigError(f"explainer {cfg.explainer.kind} reads the weights of subject {cfg.explainer.subject!r}, but "
+                          f"neuron set {manifest['name']} was built on {built_on!r}: set explainer.subject={built_on} "
+                          "(or null: the set's subject)")
 
 
 def floor_partners(explained: list[int], seed: int) -> dict[int, int]:

