@@ -77,11 +77,24 @@ def test_every_config_in_the_group_is_valid_for_smollm2():
         assert spec.kind == path.stem
 
 
+@pytest.fixture(scope="module")
+def tiny_gemma3():
+    """A random-init Gemma 3 text model with one sliding-window and one full-attention layer."""
+    from harness.subject import load_subject
+
+    return load_subject({"name": "tiny_gemma3", "source": "random_init", "model_type": "gemma3_text",
+                         "tokenizer_from": "smollm2_135m", "seed": 0, "model_config": {
+                             "vocab_size": 49152, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                             "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,
+                             "max_position_embeddings": 128, "sliding_window": 4,
+                             "layer_types": ["sliding_attention", "full_attention"]}})
+
+
 def _final_logits(subject, hidden):
     return subject.model.lm_head(subject.final_norm()(hidden))
 
 
-@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2"])
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2", "tiny_gemma3"])
 def test_skip_last_equals_reading_out_an_earlier_hidden_state(name, request, sample_ids):
     """Skipping the last layer gives the clean model's layer-0 output put through the final norm and
     unembedding: an independent computation (output_hidden_states of the intact model)."""
@@ -96,7 +109,7 @@ def test_skip_last_equals_reading_out_an_earlier_hidden_state(name, request, sam
     torch.testing.assert_close(after, clean.logits, rtol=0, atol=0)  # restored
 
 
-@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2"])
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2", "tiny_gemma3"])
 def test_repeat_and_permute_run_the_layers_in_that_order(name, request, sample_ids):
     """Running layers [1, 0] (or [0, 0, 1]) equals feeding each layer's output to the next by hand,
     with hooks recording what each layer module received."""
@@ -119,6 +132,27 @@ def test_repeat_and_permute_run_the_layers_in_that_order(name, request, sample_i
         assert not torch.allclose(got, clean)
     owner_layers = subject.model.transformer.h if name == "tiny_gpt2" else subject.model.model.layers
     assert list(owner_layers) == layers and subject.model.config.num_hidden_layers == 2
+
+
+def test_gemma_layers_keep_their_attention_type_when_moved(tiny_gemma3, sample_ids):
+    """Gemma picks each position's mask by `layer_types`: a moved layer must keep its own (the sliding
+    layer its sliding-window mask), so each layer module gets the same mask as in the clean model."""
+    masks = {0: [], 1: []}
+    handles = [layer.register_forward_pre_hook(lambda m, args, kwargs, i=i: masks[i].append(kwargs["attention_mask"]),
+                                               with_kwargs=True) for i, layer in enumerate(tiny_gemma3.neurons.layers)]
+    try:
+        with torch.no_grad():
+            tiny_gemma3.model(input_ids=sample_ids, use_cache=False)
+            with corrupted(tiny_gemma3, [1, 0]):
+                tiny_gemma3.model(input_ids=sample_ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    sliding_clean, sliding_moved = masks[0]
+    assert sliding_clean is not None and torch.equal(sliding_clean, sliding_moved)
+    assert not bool(sliding_clean[..., -1, 0].any())  # the window hides the first token from the last
+    assert [m is None for m in masks[1]] == [masks[1][0] is None] * 2
+    assert tiny_gemma3.model.config.layer_types == ["sliding_attention", "full_attention"]
 
 
 def test_the_layer_list_is_restored_after_an_error(tiny_llama):
