@@ -1,8 +1,9 @@
 """Tables and a plot of corruption results: for one run, or aggregated over a sweep's jobs.
 
-`python -m harness.corrupt.report SWEEP_DIR [--out DIR]` gathers every finished job of a sweep
-(each numbered directory's results.parquet; a job without summary.json is named and left out) and
-writes `results.parquet`, `report.md` and `corruption.png` into SWEEP_DIR (or --out). A
+`python -m harness.corrupt.report SWEEP_DIR [SWEEP_DIR ...] [--out DIR]` gathers every finished job
+of one or more sweeps (each numbered directory's results.parquet; a job without summary.json is
+named and left out) and writes `results.parquet`, `report.md` and `corruption.png` into the
+(first) sweep directory, or --out. A
 `python -m harness.corrupt -m ...` sweep does this itself when it ends (`AggregateSweep`, a Hydra
 callback in conf/corrupt.yaml). The sweep-level report adds "first layer that gets it": over the
 `skip_last` jobs, the smallest number of kept layers at which each prompt's clean top-1 token is
@@ -36,7 +37,9 @@ def _cell(text: Any, limit: int = 80) -> str:
 
 
 def _tokens(pairs: list[list[Any]], signed: bool = False) -> str:
-    return ", ".join(f"`{_cell(t, 20)}` {v:+.3f}" if signed else f"`{_cell(t, 20)}` {v:.3f}" for t, v in pairs)
+    if signed:  # changes: only those visible at 3 decimals
+        return ", ".join(f"`{_cell(t, 20)}` {v:+.3f}" for t, v in pairs if abs(v) >= 5e-4) or "none"
+    return ", ".join(f"`{_cell(t, 20)}` {v:.3f}" for t, v in pairs)
 
 
 def _order(df: pd.DataFrame) -> list[str]:
@@ -168,28 +171,37 @@ def write_report(df: pd.DataFrame, out: Path) -> None:
     plot(df, out / "corruption.png")
 
 
-def gather(sweep_dir: Path) -> tuple[pd.DataFrame, list[str]]:
-    """Every finished job's rows under `sweep_dir`, and the job directories left out."""
+def gather(sweep_dirs: list[Path]) -> tuple[pd.DataFrame, list[str]]:
+    """Every finished job's rows under the sweep directories, and the job directories left out."""
     frames, missing = [], []
-    for job in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
-        if (job / "summary.json").is_file() and (job / "results.parquet").is_file():
-            frames.append(pd.read_parquet(job / "results.parquet").assign(job=job.name))
-        else:
-            missing.append(job.name)
+    for sweep_dir in sweep_dirs:
+        if not sweep_dir.is_dir():
+            raise ConfigError(f"{sweep_dir} is not a directory; give a sweep's hydra.sweep.dir")
+        jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+        for job in jobs:
+            if (job / "summary.json").is_file() and (job / "results.parquet").is_file():
+                frames.append(pd.read_parquet(job / "results.parquet").assign(job=str(job)))
+            else:
+                missing.append(str(job))
     if not frames:
-        raise ConfigError(f"{sweep_dir} holds no finished corruption run (numbered directories with summary.json)")
+        raise ConfigError(f"{', '.join(map(str, sweep_dirs))}: no finished corruption run (numbered directories "
+                          "with summary.json)")
     return pd.concat(frames, ignore_index=True), missing
 
 
-def aggregate(sweep_dir: Path, out: Path | None = None) -> Path:
-    df, missing = gather(sweep_dir)
-    out = out or sweep_dir
+def aggregate(sweep_dirs: list[Path], out: Path | None = None) -> Path:
+    df, missing = gather(sweep_dirs)
+    out = out or sweep_dirs[0]
     out.mkdir(parents=True, exist_ok=True)
     df.to_parquet(out / "results.parquet", index=False)
     notes = [f"unfinished job(s) left out: {', '.join(missing)} (re-run the sweep to finish them)"] if missing else []
+    clean = df.loc[df["measure"] == "loss_clean", "value"]
+    if clean.max() - clean.min() > 1e-4 * max(1.0, abs(clean.mean())):
+        notes.append("the runs were measured on different inputs (their clean losses differ: "
+                     f"{clean.min():.4f}..{clean.max():.4f}); compare them with care")
     (out / "report.md").write_text(report_markdown(df, notes))
     plot(df, out / "corruption.png")
-    log.info("aggregated %d run(s) of %s into %s", df["corruption"].nunique(), sweep_dir, out)
+    log.info("aggregated %d run(s) into %s", df["corruption"].nunique(), out)
     return out
 
 
@@ -197,7 +209,7 @@ class AggregateSweep(Callback):
     """Hydra callback: aggregate a `python -m harness.corrupt -m` sweep when it ends."""
 
     def on_multirun_end(self, config, **kwargs) -> None:  # noqa: ARG002
-        out = aggregate(Path(config.hydra.sweep.dir))
+        out = aggregate([Path(config.hydra.sweep.dir)])
         print(f"sweep report: {out / 'report.md'} and {out / 'corruption.png'}")
 
 
@@ -205,10 +217,10 @@ def main(argv: list[str] | None = None) -> None:
     from harness.cli import exit_on_harness_error
 
     parser = argparse.ArgumentParser(prog="python -m harness.corrupt.report", description=__doc__.split("\n")[0])
-    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("sweep_dirs", type=Path, nargs="+", metavar="SWEEP_DIR")
     parser.add_argument("--out", type=Path, default=None, help="write here instead of into the sweep directory")
     args = parser.parse_args(argv)
-    out = exit_on_harness_error(aggregate)(args.sweep_dir, args.out)
+    out = exit_on_harness_error(aggregate)(args.sweep_dirs, args.out)
     print(f"wrote {out / 'results.parquet'}, {out / 'report.md'} and {out / 'corruption.png'}")
 
 
