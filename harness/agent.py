@@ -1,0 +1,337 @@
+"""`python -m harness.agent [overrides]`: an LLM runs corruption experiments on the subject.
+
+Each step the agent's LLM (any `conf/explainer/` LLM backend) gets the subject's description, the
+corruption kinds with their parameters, the results so far and its own notes, and answers with one
+JSON action: `{"action": "run", "corruption": {...}, "hypothesis": "..."}` or
+`{"action": "finish", "summary": "..."}`. An action is data, never code or a path: it is parsed
+with bounded size and validated against the corruption schema (`harness.corrupt.corruption_spec`);
+an invalid one is a step that tells the agent why on the next turn, and is counted. A valid run is
+measured like `python -m harness.corrupt` does, its result table shown, and the agent asked for a
+note relating it to its hypothesis.
+
+Budgets (`budget.*`): steps, USD (the ledger, over every call of the run) and wall time; checked
+before each step, so a run stops cleanly between steps. Every finished step is appended as one JSON
+line to `steps.jsonl` (flushed and fsynced), so a killed run loses at most the step in progress: a
+re-run with the same output directory continues after the last complete step, and the LLM calls it
+repeats are answered by the call cache. Outputs: `steps.jsonl`, `summary.json` and `report.md`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import hydra
+import pandas as pd
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from harness import __version__
+from harness.cell import _write_atomic, lock_output_dir
+from harness.cli import exit_on_harness_error
+from harness.corrupt import check_measure, corruption_spec, make_probe, measure, schema_text
+from harness.corrupt.report import _cell
+from harness.errors import ConfigError, LLMError, TransientLLMError
+from harness.formatting import fmt
+from harness.llm import LLM, make_backend
+from harness.llm.cache import CallCache, Ledger
+from harness.redact import redact
+from harness.subject import Subject, load_subject
+from harness.validation import COUNT, NON_NEGATIVE, POSITIVE, leaves
+
+log = logging.getLogger(__name__)
+
+# Options a resumed run may change (how far it may go, not what it does).
+RUNTIME_ONLY = ("budget", "call_cache")
+OPTION_RULES = {"budget.max_steps": COUNT, "budget.max_cost_usd": NON_NEGATIVE, "budget.max_wall_seconds": POSITIVE,
+                "max_answer_chars": COUNT, "max_note_chars": COUNT, "sampling.max_tokens": COUNT,
+                "sampling.temperature": NON_NEGATIVE}
+ACTION_PROMPT = "Your next action (one JSON object):"
+
+SYSTEM = """You are a researcher running experiments on a language model to find out which of its decoder layers it needs, and for what.
+
+Subject: {subject}.
+An experiment corrupts the decoder layers and measures against the clean model: the loss on held-out English text (nats/token), the KL divergence of next-token distributions, on how many test prompts the clean model's top next token stays on top, and greedy continuations of the prompts.
+Corruption kinds and their parameters (layer indices 0..{last}):
+{schema}
+
+Answer with exactly one JSON object and nothing else, either
+{{"action": "run", "corruption": {{"kind": "skip_last", "n": 5}}, "hypothesis": "what you expect and why"}}
+or, when you have learned enough,
+{{"action": "finish", "summary": "what the experiments show about the layers"}}"""
+
+
+# --- Actions ----------------------------------------------------------------------------------
+
+def parse_action(text: str, n_layers: int, max_chars: int) -> tuple[dict[str, Any] | None, str | None]:
+    """(action, None) for a valid answer, else (None, why). The first JSON object in the answer
+    (a code fence or words around it are allowed) must be a run with a valid corruption or a
+    finish with a summary."""
+    if len(text) > max_chars:
+        return None, f"the answer is {len(text)} characters long; at most {max_chars} are read"
+    start = text.find("{")
+    if start < 0:
+        return None, "no JSON object found; answer with one JSON object"
+    try:
+        obj, _ = json.JSONDecoder().raw_decode(text[start:])
+    except (ValueError, RecursionError) as exc:
+        return None, f"the JSON object does not parse ({str(exc)[:120]})"
+    if not isinstance(obj, dict) or obj.get("action") not in ("run", "finish"):
+        return None, 'the object needs "action": "run" or "action": "finish"'
+    if obj["action"] == "finish":
+        summary = obj.get("summary")
+        if not isinstance(summary, str) or not summary.strip():
+            return None, 'a finish needs a non-empty "summary" string'
+        return {"action": "finish", "summary": summary.strip()[:max_chars]}, None
+    hypothesis = obj.get("hypothesis")
+    try:
+        spec = corruption_spec(obj.get("corruption"), n_layers)
+    except ConfigError as exc:
+        return None, str(exc)
+    return {"action": "run", "corruption": {"kind": spec.kind, **spec.params},
+            "hypothesis": hypothesis.strip()[:1000] if isinstance(hypothesis, str) else ""}, None
+
+
+def digest(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the agent and the log keep of an experiment's rows."""
+    df = pd.DataFrame(rows)
+    head = {r.measure: r for r in df[df["prompt"].isna()].itertuples()}
+    readout = df[df["measure"] == "readout"]
+    return {"corruption": df["corruption"].iloc[0], "layers_run": int(df["layers_run"].iloc[0]),
+            **{m: head[m].value for m in ("loss_clean", "loss", "loss_delta", "kl")},
+            **{f"{m}_ci": [head[m].ci_lo, head[m].ci_hi] for m in ("loss", "kl")},
+            "top1_kept": f"{int((readout['rank'] == 1).sum())}/{len(readout)}",
+            "continuations": df[df["measure"] == "continuation"][["prompt", "text"]].values.tolist()}
+
+
+def results_text(steps: list[dict[str, Any]]) -> str:
+    done = [s["result"] for s in steps if s.get("result")]
+    if not done:
+        return "(no experiment yet)"
+    lines = [f"clean model: loss {done[0]['loss_clean']:.3f} nats/token",
+             "| corruption | layers run | loss | loss change | KL | prompts keeping the clean top-1 |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['corruption']} | {r['layers_run']} | {r['loss']:.3f} | {r['loss_delta']:+.3f} | {r['kl']:.3f} | "
+              f"{r['top1_kept']} |" for r in done]
+    return "\n".join(lines)
+
+
+# --- The loop ---------------------------------------------------------------------------------
+
+class StepLog:
+    """steps.jsonl: one JSON line per finished step, flushed and fsynced. Reading keeps the
+    complete lines before the first broken one (a write cut short by a kill) and drops the rest."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        steps, good = [], 0
+        raw = self.path.read_bytes()
+        for line in raw.splitlines(keepends=True):
+            try:
+                if not line.endswith(b"\n"):
+                    raise ValueError("cut short")
+                steps.append(json.loads(line))
+            except ValueError:
+                log.warning("%s: dropping an incomplete step after step %d (the run was killed mid-write)",
+                            self.path, len(steps))
+                break
+            good += len(line)
+        if good < len(raw):
+            with open(self.path, "r+b") as f:
+                f.truncate(good)
+        return steps
+
+    def append(self, step: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(step, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def subject_description(subject: Subject) -> str:
+    cfg = subject.model.config
+    return (f"{subject.name}, a {cfg.model_type} transformer with {subject.neurons.n_layers} decoder layers, "
+            f"{subject.neurons.n_neurons} MLP neurons per layer ({subject.neurons.architecture} MLP, "
+            f"{subject.neurons.activation}), vocabulary {cfg.vocab_size}")
+
+
+def run_agent(cfg: DictConfig, output_dir: Path, clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
+    """Run (or resume) the agent in `output_dir`; returns the summary. `clock` measures the wall-time
+    budget (injectable, so a test need not wait)."""
+    check_options(cfg)
+    if cfg.explainer.get("kind") != "llm":
+        raise ConfigError(f"the agent needs an LLM: explainer={cfg.explainer.get('kind')} is not one; use an LLM "
+                          "backend of conf/explainer/ (hf_local, openai, anthropic, openai_compatible)")
+    m = check_measure(cfg.measure)
+    config = redact(OmegaConf.to_container(cfg, resolve=True))
+    saved = output_dir / "run.json"
+    if saved.is_file():
+        before = json.loads(saved.read_text())
+        if {k: v for k, v in before.items() if k not in RUNTIME_ONLY} != {k: v for k, v in config.items()
+                                                                            if k not in RUNTIME_ONLY}:
+            raise ConfigError(f"{output_dir} holds an agent run with a different configuration (only budget and "
+                              "call_cache may change on resume); choose another hydra.run.dir or pass "
+                              "+overwrite=true to start over")
+    _write_atomic(saved, lambda p: p.write_text(json.dumps(config, indent=1) + "\n"))
+
+    subject = load_subject(cfg.subject)
+    n_layers = subject.neurons.n_layers
+    probe = make_probe(subject, cfg.corpus, m)
+    ledger = Ledger(prices=OmegaConf.to_container(cfg.pricing, resolve=True))
+    llm = LLM(make_backend(cfg.explainer.llm), ledger=ledger, cache=CallCache(cfg.call_cache) if cfg.call_cache else None)
+    sampling = OmegaConf.to_container(cfg.sampling, resolve=True)
+    system = SYSTEM.format(subject=subject_description(subject), last=n_layers - 1, schema=schema_text())
+    budget = cfg.budget
+    steps_log = StepLog(output_dir / "steps.jsonl")
+    steps = steps_log.read()
+    if steps:
+        log.info("resuming after step %d", len(steps))
+    if steps and (steps[-1].get("action") or {}).get("action") == "finish":
+        return finish(cfg, output_dir, subject, steps, "finished")
+
+    start = clock()
+    spent_before = sum(s["seconds"] for s in steps)
+
+    def ask(messages: list[dict[str, str]]) -> str:
+        return llm.chat(messages, **sampling).texts[0]
+
+    stop = None
+    while stop is None:
+        cost = sum(s["cost_usd"] for s in steps)
+        elapsed = spent_before + clock() - start
+        if len(steps) >= budget.max_steps:
+            stop = "max_steps"
+        elif cost >= budget.max_cost_usd:
+            stop = "max_cost_usd"
+        elif elapsed >= budget.max_wall_seconds:
+            stop = "max_wall_seconds"
+        if stop:
+            break
+        t0, usd0 = clock(), ledger.usd
+        step: dict[str, Any] = {"step": len(steps) + 1}
+        feedback = f"\nYour previous answer was invalid: {steps[-1]['error']}\n" if steps and steps[-1].get("error") else ""
+        notes = "\n".join(f"- step {s['step']}: {s['note']}" for s in steps if s.get("note")) or "(none yet)"
+        user = (f"Results so far:\n{results_text(steps)}\n\nYour notes so far:\n{notes}\n{feedback}\n"
+                f"Steps left: {budget.max_steps - len(steps)}. {ACTION_PROMPT}")
+        try:
+            answer = ask([{"role": "system", "content": system}, {"role": "user", "content": user}])
+            action, error = parse_action(answer, n_layers, cfg.max_answer_chars)
+            step.update(answer=answer, action=action, error=error)
+            if error:
+                log.info("step %d: invalid action: %s", step["step"], error)
+            elif action["action"] == "finish":
+                stop = "finished"
+            else:
+                spec = corruption_spec(action["corruption"], n_layers)
+                log.info("step %d: running %s", step["step"], spec.label)
+                result = digest(measure(subject, spec, probe, m))
+                step["result"] = result
+                step["note"] = ask([
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": f"Results so far:\n{results_text([*steps, step])}\n\nYou ran "
+                     f"{spec.label} with the hypothesis: {action['hypothesis'] or '(none given)'}\nGreedy "
+                     "continuations of the corrupted model:\n" + "\n".join(
+                         f"- {p!r} -> {t[:80]!r}" for p, t in result["continuations"])
+                     + "\n\nWrite a short note (at most three sentences, plain text) relating this result to your "
+                     "current hypothesis."}]).strip()[:cfg.max_note_chars] or "(empty note)"
+        except TransientLLMError:
+            raise  # an outage is not a step: the run stops; a re-run continues here
+        except LLMError as exc:  # refused for good: counted as an invalid step, the run goes on
+            step.update(answer=None, action=None, error=f"the model call failed: {exc}")
+        step.update(cost_usd=ledger.usd - usd0, seconds=clock() - t0)
+        steps_log.append(step)
+        steps.append(step)
+    return finish(cfg, output_dir, subject, steps, stop, ledger)
+
+
+def finish(cfg, output_dir: Path, subject: Subject, steps: list[dict[str, Any]], stop: str,
+           ledger: Ledger | None = None) -> dict[str, Any]:
+    final = next((s["action"]["summary"] for s in steps if (s.get("action") or {}).get("action") == "finish"), None)
+    summary = {"harness_version": __version__, "subject": subject.name, "agent": redact(dict(cfg.explainer.llm)),
+               "stop_reason": stop, "steps": len(steps),
+               "experiments": sum(1 for s in steps if s.get("result")),
+               "invalid_actions": sum(1 for s in steps if s.get("error")),
+               "cost_usd": sum(s["cost_usd"] for s in steps), "seconds": sum(s["seconds"] for s in steps),
+               "summary": final, "ledger_this_session": ledger.summary() if ledger else None}
+    _write_atomic(output_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=1) + "\n"))
+    (output_dir / "report.md").write_text(report_markdown(summary, steps))
+    return summary
+
+
+def report_markdown(summary: dict[str, Any], steps: list[dict[str, Any]]) -> str:
+    stop = {"finished": "the agent finished", "max_steps": "the step budget was reached",
+            "max_cost_usd": "the cost budget was reached", "max_wall_seconds": "the wall-time budget was reached"}
+    parts = [f"# Corruption agent on {summary['subject']}", "",
+             f"Agent LLM: `{summary['agent'].get('backend')}` / `{summary['agent'].get('model')}`. "
+             f"{summary['steps']} step(s): {summary['experiments']} experiment(s), {summary['invalid_actions']} invalid "
+             f"action(s); stopped because {stop.get(summary['stop_reason'], summary['stop_reason'])}. Cost "
+             f"${summary['cost_usd']:.4f}, {summary['seconds']:.0f} s. Every step is in `steps.jsonl`.", "",
+             "## Final summary", "", summary["summary"] or "(none: the agent did not finish before a budget stopped it)",
+             "", "## Results", ""]
+    results = [(s["step"], s["result"]) for s in steps if s.get("result")]
+    if results:
+        parts += [f"Clean loss {results[0][1]['loss_clean']:.3f} nats/token; 95% CIs over held-out windows.", "",
+                  "| step | corruption | layers run | loss [95% CI] | Δloss | KL [95% CI] | prompts keeping the clean top-1 |",
+                  "|---|---|---|---|---|---|---|"]
+        parts += [f"| {n} | `{r['corruption']}` | {r['layers_run']} | {fmt(r['loss'])} [{fmt(r['loss_ci'][0])}, "
+                  f"{fmt(r['loss_ci'][1])}] | {r['loss_delta']:+.3f} | {fmt(r['kl'])} [{fmt(r['kl_ci'][0])}, "
+                  f"{fmt(r['kl_ci'][1])}] | {r['top1_kept']} |" for n, r in results]
+        parts.append("")
+    else:
+        parts += ["(no experiment ran)", ""]
+    parts += ["## Trajectory", ""]
+    for s in steps:
+        parts.append(f"### Step {s['step']}")
+        parts.append("")
+        a = s.get("action") or {}
+        if s.get("error"):
+            parts += [f"Invalid action: {s['error']}", "", f"Answer: `{_cell(s.get('answer') or '', 300)}`"]
+        elif a.get("action") == "finish":
+            parts.append("Finished.")
+        else:
+            r = s["result"]
+            parts += [f"- hypothesis: {_cell(a.get('hypothesis') or '(none)', 500)}",
+                      f"- experiment: `{r['corruption']}` ({r['layers_run']} layers run)",
+                      f"- result: loss {r['loss']:.3f} ({r['loss_delta']:+.3f}), KL {r['kl']:.3f}, clean top-1 kept on "
+                      f"{r['top1_kept']} prompts",
+                      f"- note: {_cell(s.get('note') or '', 600)}"]
+        parts += ["", f"(cost ${s['cost_usd']:.4f}, {s['seconds']:.0f} s)", ""]
+    return "\n".join(parts)
+
+
+def check_options(cfg: DictConfig) -> None:
+    found = {".".join(p): v for p, v in leaves(OmegaConf.to_container(cfg, resolve=True)).items()}
+    problems = [f"{k}={found.get(k)!r} must be {what}" for k, (ok, what) in OPTION_RULES.items() if not ok(found.get(k))]
+    if problems:
+        raise ConfigError("invalid agent options: " + "; ".join(problems))
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="agent")
+@exit_on_harness_error
+def main(cfg: DictConfig) -> None:
+    from omegaconf import open_dict
+
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    overwrite = bool(cfg.get("overwrite", False))
+    run_cfg = cfg.copy()
+    with open_dict(run_cfg):
+        run_cfg.pop("overwrite", None)
+    with lock_output_dir(output_dir):
+        if overwrite:
+            for name in ("steps.jsonl", "run.json", "summary.json", "report.md"):
+                (output_dir / name).unlink(missing_ok=True)
+        summary = run_agent(run_cfg, output_dir)
+    print(f"stopped: {summary['stop_reason']} after {summary['steps']} step(s) ({summary['experiments']} experiments, "
+          f"{summary['invalid_actions']} invalid), ${summary['cost_usd']:.4f}")
+    print(f"wrote {output_dir / 'steps.jsonl'}, summary.json and report.md")
+
+
+if __name__ == "__main__":
+    main()
