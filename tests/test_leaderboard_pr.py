@@ -19,6 +19,7 @@ from harness.leaderboard.__main__ import verify_files
 from harness.leaderboard.check_pr import check_pr
 from harness.leaderboard.export import export
 from harness.paths import REPO_ROOT
+from harness.records import load_set
 from tests.test_leaderboard import board, lb_cells, lb_sets  # noqa: F401  (fixtures)
 
 
@@ -35,6 +36,10 @@ def repo(lb_sets, lb_cells, tmp_path):  # noqa: F811
     cfg = lb.load_config(entries_dir=root / "leaderboard" / "entries", sets_dir=lb_sets)
     git(tmp_path, "init", "-q", "-b", "main", str(root))
     verify_files([lb.submit(lb_cells["baseline_empty"], "empty", "tests", cfg)], cfg, record=True)
+    # A connection-weight table, as the maintainers commit one per set: the viewer shows it.
+    (root / "leaderboard" / "connections").mkdir()
+    pd.DataFrame([{"layer": n.layer, "neuron": n.neuron, "input_tokens": ["a"], "output_tokens": ["b"]}
+                  for n in load_set(lb_sets / "tiny").neurons]).to_parquet(root / "leaderboard" / "connections" / "tiny.parquet")
     lb.render(cfg)
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "base")

@@ -3,7 +3,7 @@
 A submission is a pull request that adds entry files under `leaderboard/entries/` and, if the
 submitter rendered the board, the re-rendered `leaderboard/README.md`, `index.html` and new records
 in `verification.json`. This check runs **this checkout's code** (the base branch's, in CI) and reads
-the pull request's files as data from git (`git show HEAD:path`): a pull request that changes code
+the pull request's files as data from git (`git ls-tree`, `git cat-file`): a pull request that changes code
 or configuration is never run by it, it is refused and left to a maintainer's review.
 
 Refused: a change to any other path, a changed or deleted entry, a file that is not a regular file,
@@ -155,6 +155,8 @@ def check_pr(base: str, head: str, cfg: dict[str, Any]) -> PRCheck:
         records = entries_dir.parent / RECORDS
         if records.is_file():
             shutil.copy(records, trial_entries.parent / RECORDS)
+        if (entries_dir.parent / "connections").is_dir():  # the base's tables, which render shows per neuron
+            shutil.copytree(entries_dir.parent / "connections", trial_entries.parent / "connections")
         trial = {**cfg, "entries_dir": trial_entries}
         assessed = assess(trial)
         for a in assessed:
