@@ -41,15 +41,15 @@ from harness.llm import LLM, make_backend
 from harness.llm.cache import CallCache, Ledger
 from harness.redact import redact
 from harness.subject import Subject, load_subject
-from harness.validation import COUNT, NON_NEGATIVE, POSITIVE, leaves
+from harness.validation import COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, leaves
 
 log = logging.getLogger(__name__)
 
 # Options a resumed run may change (how far it may go, not what it does).
 RUNTIME_ONLY = ("budget", "call_cache")
 OPTION_RULES = {"budget.max_steps": COUNT, "budget.max_cost_usd": NON_NEGATIVE, "budget.max_wall_seconds": POSITIVE,
-                "max_answer_chars": COUNT, "max_note_chars": COUNT, "sampling.max_tokens": COUNT,
-                "sampling.temperature": NON_NEGATIVE}
+                "max_answer_chars": COUNT, "max_note_chars": COUNT, "min_experiments": NON_NEGATIVE_INT,
+                "sampling.max_tokens": COUNT, "sampling.temperature": NON_NEGATIVE}
 ACTION_PROMPT = "Your next action (one JSON object):"
 
 SYSTEM = """You are a researcher running experiments on a language model to find out which of its decoder layers it needs, and for what.
@@ -59,10 +59,18 @@ An experiment corrupts the decoder layers and measures against the clean model: 
 Corruption kinds and their parameters (layer indices 0..{last}):
 {schema}
 
-Answer with exactly one JSON object and nothing else, either
-{{"action": "run", "corruption": {{"kind": "skip_last", "n": 5}}, "hypothesis": "what you expect and why"}}
-or, when you have learned enough,
-{{"action": "finish", "summary": "what the experiments show about the layers"}}"""
+Answer with exactly one JSON object and nothing else. When you have learned enough, answer
+{{"action": "finish", "summary": "what the experiments show about the layers"}}
+Otherwise run an experiment:
+{{"action": "run", "corruption": {{"kind": "skip_last", "n": 5}}, "hypothesis": "what you expect and why"}}"""
+
+# One worked exchange before the real turn: it shows the answer format by example (a 135M model
+# answers in JSON only after seeing one).
+EXAMPLE = [{"role": "user", "content": "Results so far:\n(no experiment yet)\n\nYour notes so far:\n(none yet)\n\n"
+                                       f"Steps left: 6. {ACTION_PROMPT}"},
+           {"role": "assistant", "content": '{"action": "run", "corruption": {"kind": "skip_first", "n": 3}, '
+                                            '"hypothesis": "the first layers build token features that every later '
+                                            'layer needs, so the loss rises sharply"}'}]
 
 
 # --- Actions ----------------------------------------------------------------------------------
@@ -221,17 +229,23 @@ def run_agent(cfg: DictConfig, output_dir: Path, clock: Callable[[], float] = ti
         user = (f"Results so far:\n{results_text(steps)}\n\nYour notes so far:\n{notes}\n{feedback}\n"
                 f"Steps left: {budget.max_steps - len(steps)}. {ACTION_PROMPT}")
         try:
-            answer = ask([{"role": "system", "content": system}, {"role": "user", "content": user}])
+            answer = ask([{"role": "system", "content": system}, *EXAMPLE, {"role": "user", "content": user}])
             action, error = parse_action(answer, n_layers, cfg.max_answer_chars)
             step.update(answer=answer, action=action, error=error)
             if error:
                 log.info("step %d: invalid action: %s", step["step"], error)
             elif action["action"] == "finish":
-                stop = "finished"
+                if sum(1 for s in steps if s.get("result")) < cfg.min_experiments:
+                    action, error = None, f"finish only after at least {cfg.min_experiments} experiment(s): run one first"
+                    step.update(action=action, error=error)
+                else:
+                    stop = "finished"
             else:
                 spec = corruption_spec(action["corruption"], n_layers)
                 log.info("step %d: running %s", step["step"], spec.label)
-                result = digest(measure(subject, spec, probe, m))
+                # measures are deterministic: a corruption run before is not measured again
+                result = next((s["result"] for s in steps if s.get("result") and s["result"]["corruption"] == spec.label),
+                              None) or digest(measure(subject, spec, probe, m))
                 step["result"] = result
                 step["note"] = ask([
                     {"role": "system", "content": system},
