@@ -127,6 +127,14 @@ def results_text(steps: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def note_request(steps: list[dict[str, Any]], label: str, hypothesis: str) -> str:
+    """The result table with the latest experiment and its continuations; asks for a note."""
+    continuations = "\n".join(f"- {p!r} -> {t[:80]!r}" for p, t in steps[-1]["result"]["continuations"])
+    return (f"Results so far:\n{results_text(steps)}\n\nYou ran {label} with the hypothesis: "
+            f"{hypothesis or '(none given)'}\nGreedy continuations of the corrupted model:\n{continuations}\n\n"
+            "Write a short note (at most three sentences, plain text) relating this result to your current hypothesis.")
+
+
 # --- The loop ---------------------------------------------------------------------------------
 
 class StepLog:
@@ -244,17 +252,12 @@ def run_agent(cfg: DictConfig, output_dir: Path, clock: Callable[[], float] = ti
                 spec = corruption_spec(action["corruption"], n_layers)
                 log.info("step %d: running %s", step["step"], spec.label)
                 # measures are deterministic: a corruption run before is not measured again
-                result = next((s["result"] for s in steps if s.get("result") and s["result"]["corruption"] == spec.label),
+                result = next((s["result"] for s in steps if (s.get("result") or {}).get("corruption") == spec.label),
                               None) or digest(measure(subject, spec, probe, m))
                 step["result"] = result
-                step["note"] = ask([
-                    {"role": "system", "content": system},
-                    {"role": "user", "content": f"Results so far:\n{results_text([*steps, step])}\n\nYou ran "
-                     f"{spec.label} with the hypothesis: {action['hypothesis'] or '(none given)'}\nGreedy "
-                     "continuations of the corrupted model:\n" + "\n".join(
-                         f"- {p!r} -> {t[:80]!r}" for p, t in result["continuations"])
-                     + "\n\nWrite a short note (at most three sentences, plain text) relating this result to your "
-                     "current hypothesis."}]).strip()[:cfg.max_note_chars] or "(empty note)"
+                note = ask([{"role": "system", "content": system},
+                            {"role": "user", "content": note_request([*steps, step], spec.label, action["hypothesis"])}])
+                step["note"] = note.strip()[:cfg.max_note_chars] or "(empty note)"
         except TransientLLMError:
             raise  # an outage is not a step: the run stops; a re-run continues here
         except LLMError as exc:  # refused for good: counted as an invalid step, the run goes on
@@ -268,7 +271,7 @@ def run_agent(cfg: DictConfig, output_dir: Path, clock: Callable[[], float] = ti
 def finish(cfg, output_dir: Path, subject: Subject, steps: list[dict[str, Any]], stop: str,
            ledger: Ledger | None = None) -> dict[str, Any]:
     final = next((s["action"]["summary"] for s in steps if (s.get("action") or {}).get("action") == "finish"), None)
-    summary = {"harness_version": __version__, "subject": subject.name, "agent": redact(dict(cfg.explainer.llm)),
+    summary = {"harness_version": __version__, "subject": subject.name, "agent": redact(OmegaConf.to_container(cfg.explainer.llm, resolve=True)),
                "stop_reason": stop, "steps": len(steps),
                "experiments": sum(1 for s in steps if s.get("result")),
                "invalid_actions": sum(1 for s in steps if s.get("error")),

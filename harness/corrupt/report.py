@@ -90,7 +90,7 @@ def readout_tables(df: pd.DataFrame) -> list[str]:
     for prompt in ro["prompt"].drop_duplicates():
         rows = ro[ro["prompt"] == prompt].set_index("corruption")
         clean = json.loads(rows["text"].iloc[0])
-        parts += [f"**{_cell(prompt, 120)}**: clean top tokens {_tokens(clean['clean_top'])}", "",
+        parts += [f"**{_cell(prompt.strip(), 120)}**: clean top tokens {_tokens(clean['clean_top'])}", "",
                   "| corruption | p(clean top-1) | rank | top tokens | gained most | lost most |",
                   "|---|---|---|---|---|---|"]
         for name in (n for n in order if n in rows.index):
@@ -109,7 +109,7 @@ def continuation_tables(df: pd.DataFrame) -> list[str]:
     clean = df[df["measure"] == "continuation_clean"].drop_duplicates("prompt").set_index("prompt")["text"]
     for prompt in cont["prompt"].drop_duplicates():
         rows = cont[cont["prompt"] == prompt].set_index("corruption")["text"]
-        parts += [f"**{_cell(prompt, 120)}**", "", "| model | greedy continuation |", "|---|---|",
+        parts += [f"**{_cell(prompt.strip(), 120)}**", "", "| model | greedy continuation |", "|---|---|",
                   f"| clean | {_cell(clean.get(prompt, ''), 120)} |"]
         parts += [f"| `{name}` | {_cell(rows[name], 120)} |" for name in order if name in rows.index]
         parts.append("")
