@@ -34,7 +34,7 @@ from harness import __version__
 from harness.cell import _write_atomic, lock_output_dir
 from harness.cli import exit_on_harness_error
 from harness.corrupt import check_measure, corruption_spec, make_probe, measure, schema_text
-from harness.corrupt.report import _cell
+from harness.corrupt.report import md_cell
 from harness.errors import ConfigError, LLMError, TransientLLMError
 from harness.formatting import fmt
 from harness.llm import LLM, make_backend
@@ -309,16 +309,16 @@ def report_markdown(summary: dict[str, Any], steps: list[dict[str, Any]]) -> str
         parts.append("")
         a = s.get("action") or {}
         if s.get("error"):
-            parts += [f"Invalid action: {s['error']}", "", f"Answer: `{_cell(s.get('answer') or '', 300)}`"]
+            parts += [f"Invalid action: {s['error']}", "", f"Answer: `{md_cell(s.get('answer') or '', 300)}`"]
         elif a.get("action") == "finish":
             parts.append("Finished.")
         else:
             r = s["result"]
-            parts += [f"- hypothesis: {_cell(a.get('hypothesis') or '(none)', 500)}",
+            parts += [f"- hypothesis: {md_cell(a.get('hypothesis') or '(none)', 500)}",
                       f"- experiment: `{r['corruption']}` ({r['layers_run']} layers run)",
                       f"- result: loss {r['loss']:.3f} ({r['loss_delta']:+.3f}), KL {r['kl']:.3f}, clean top-1 kept on "
                       f"{r['top1_kept']} prompts",
-                      f"- note: {_cell(s.get('note') or '', 600)}"]
+                      f"- note: {md_cell(s.get('note') or '', 600)}"]
         parts += ["", f"(cost ${s['cost_usd']:.4f}, {s['seconds']:.0f} s)", ""]
     return "\n".join(parts)
 
