@@ -34,22 +34,22 @@ from harness import __version__
 from harness.cell import _write_atomic, lock_output_dir
 from harness.cli import exit_on_harness_error
 from harness.corrupt import check_measure, corruption_spec, make_probe, measure, schema_text
-from harness.corrupt.report import _cell
+from harness.corrupt.report import md_cell
 from harness.errors import ConfigError, LLMError, TransientLLMError
 from harness.formatting import fmt
 from harness.llm import LLM, make_backend
 from harness.llm.cache import CallCache, Ledger
 from harness.redact import redact
 from harness.subject import Subject, load_subject
-from harness.validation import COUNT, NON_NEGATIVE, POSITIVE, leaves
+from harness.validation import COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, leaves
 
 log = logging.getLogger(__name__)
 
 # Options a resumed run may change (how far it may go, not what it does).
 RUNTIME_ONLY = ("budget", "call_cache")
 OPTION_RULES = {"budget.max_steps": COUNT, "budget.max_cost_usd": NON_NEGATIVE, "budget.max_wall_seconds": POSITIVE,
-                "max_answer_chars": COUNT, "max_note_chars": COUNT, "sampling.max_tokens": COUNT,
-                "sampling.temperature": NON_NEGATIVE}
+                "max_answer_chars": COUNT, "max_note_chars": COUNT, "min_experiments": NON_NEGATIVE_INT,
+                "sampling.max_tokens": COUNT, "sampling.temperature": NON_NEGATIVE}
 ACTION_PROMPT = "Your next action (one JSON object):"
 
 SYSTEM = """You are a researcher running experiments on a language model to find out which of its decoder layers it needs, and for what.
@@ -59,10 +59,18 @@ An experiment corrupts the decoder layers and measures against the clean model: 
 Corruption kinds and their parameters (layer indices 0..{last}):
 {schema}
 
-Answer with exactly one JSON object and nothing else, either
-{{"action": "run", "corruption": {{"kind": "skip_last", "n": 5}}, "hypothesis": "what you expect and why"}}
-or, when you have learned enough,
-{{"action": "finish", "summary": "what the experiments show about the layers"}}"""
+Answer with exactly one JSON object and nothing else. When you have learned enough, answer
+{{"action": "finish", "summary": "what the experiments show about the layers"}}
+Otherwise run an experiment:
+{{"action": "run", "corruption": {{"kind": "skip_last", "n": 5}}, "hypothesis": "what you expect and why"}}"""
+
+# One worked exchange before the real turn: it shows the answer format by example (a 135M model
+# answers in JSON only after seeing one).
+EXAMPLE = [{"role": "user", "content": "Results so far:\n(no experiment yet)\n\nYour notes so far:\n(none yet)\n\n"
+                                       f"Steps left: 6. {ACTION_PROMPT}"},
+           {"role": "assistant", "content": '{"action": "run", "corruption": {"kind": "skip_first", "n": 3}, '
+                                            '"hypothesis": "the first layers build token features that every later '
+                                            'layer needs, so the loss rises sharply"}'}]
 
 
 # --- Actions ----------------------------------------------------------------------------------
@@ -117,6 +125,14 @@ def results_text(steps: list[dict[str, Any]]) -> str:
     lines += [f"| {r['corruption']} | {r['layers_run']} | {r['loss']:.3f} | {r['loss_delta']:+.3f} | {r['kl']:.3f} | "
               f"{r['top1_kept']} |" for r in done]
     return "\n".join(lines)
+
+
+def note_request(steps: list[dict[str, Any]], label: str, hypothesis: str) -> str:
+    """The result table with the latest experiment and its continuations; asks for a note."""
+    continuations = "\n".join(f"- {p!r} -> {t[:80]!r}" for p, t in steps[-1]["result"]["continuations"])
+    return (f"Results so far:\n{results_text(steps)}\n\nYou ran {label} with the hypothesis: "
+            f"{hypothesis or '(none given)'}\nGreedy continuations of the corrupted model:\n{continuations}\n\n"
+            "Write a short note (at most three sentences, plain text) relating this result to your current hypothesis.")
 
 
 # --- The loop ---------------------------------------------------------------------------------
@@ -221,26 +237,27 @@ def run_agent(cfg: DictConfig, output_dir: Path, clock: Callable[[], float] = ti
         user = (f"Results so far:\n{results_text(steps)}\n\nYour notes so far:\n{notes}\n{feedback}\n"
                 f"Steps left: {budget.max_steps - len(steps)}. {ACTION_PROMPT}")
         try:
-            answer = ask([{"role": "system", "content": system}, {"role": "user", "content": user}])
+            answer = ask([{"role": "system", "content": system}, *EXAMPLE, {"role": "user", "content": user}])
             action, error = parse_action(answer, n_layers, cfg.max_answer_chars)
             step.update(answer=answer, action=action, error=error)
             if error:
                 log.info("step %d: invalid action: %s", step["step"], error)
             elif action["action"] == "finish":
-                stop = "finished"
+                if sum(1 for s in steps if s.get("result")) < cfg.min_experiments:
+                    action, error = None, f"finish only after at least {cfg.min_experiments} experiment(s): run one first"
+                    step.update(action=action, error=error)
+                else:
+                    stop = "finished"
             else:
                 spec = corruption_spec(action["corruption"], n_layers)
                 log.info("step %d: running %s", step["step"], spec.label)
-                result = digest(measure(subject, spec, probe, m))
+                # measures are deterministic: a corruption run before is not measured again
+                result = next((s["result"] for s in steps if (s.get("result") or {}).get("corruption") == spec.label),
+                              None) or digest(measure(subject, spec, probe, m))
                 step["result"] = result
-                step["note"] = ask([
-                    {"role": "system", "content": system},
-                    {"role": "user", "content": f"Results so far:\n{results_text([*steps, step])}\n\nYou ran "
-                     f"{spec.label} with the hypothesis: {action['hypothesis'] or '(none given)'}\nGreedy "
-                     "continuations of the corrupted model:\n" + "\n".join(
-                         f"- {p!r} -> {t[:80]!r}" for p, t in result["continuations"])
-                     + "\n\nWrite a short note (at most three sentences, plain text) relating this result to your "
-                     "current hypothesis."}]).strip()[:cfg.max_note_chars] or "(empty note)"
+                note = ask([{"role": "system", "content": system},
+                            {"role": "user", "content": note_request([*steps, step], spec.label, action["hypothesis"])}])
+                step["note"] = note.strip()[:cfg.max_note_chars] or "(empty note)"
         except TransientLLMError:
             raise  # an outage is not a step: the run stops; a re-run continues here
         except LLMError as exc:  # refused for good: counted as an invalid step, the run goes on
@@ -254,7 +271,7 @@ def run_agent(cfg: DictConfig, output_dir: Path, clock: Callable[[], float] = ti
 def finish(cfg, output_dir: Path, subject: Subject, steps: list[dict[str, Any]], stop: str,
            ledger: Ledger | None = None) -> dict[str, Any]:
     final = next((s["action"]["summary"] for s in steps if (s.get("action") or {}).get("action") == "finish"), None)
-    summary = {"harness_version": __version__, "subject": subject.name, "agent": redact(dict(cfg.explainer.llm)),
+    summary = {"harness_version": __version__, "subject": subject.name, "agent": redact(OmegaConf.to_container(cfg.explainer.llm, resolve=True)),
                "stop_reason": stop, "steps": len(steps),
                "experiments": sum(1 for s in steps if s.get("result")),
                "invalid_actions": sum(1 for s in steps if s.get("error")),
@@ -292,16 +309,16 @@ def report_markdown(summary: dict[str, Any], steps: list[dict[str, Any]]) -> str
         parts.append("")
         a = s.get("action") or {}
         if s.get("error"):
-            parts += [f"Invalid action: {s['error']}", "", f"Answer: `{_cell(s.get('answer') or '', 300)}`"]
+            parts += [f"Invalid action: {s['error']}", "", f"Answer: `{md_cell(s.get('answer') or '', 300)}`"]
         elif a.get("action") == "finish":
             parts.append("Finished.")
         else:
             r = s["result"]
-            parts += [f"- hypothesis: {_cell(a.get('hypothesis') or '(none)', 500)}",
+            parts += [f"- hypothesis: {md_cell(a.get('hypothesis') or '(none)', 500)}",
                       f"- experiment: `{r['corruption']}` ({r['layers_run']} layers run)",
                       f"- result: loss {r['loss']:.3f} ({r['loss_delta']:+.3f}), KL {r['kl']:.3f}, clean top-1 kept on "
                       f"{r['top1_kept']} prompts",
-                      f"- note: {_cell(s.get('note') or '', 600)}"]
+                      f"- note: {md_cell(s.get('note') or '', 600)}"]
         parts += ["", f"(cost ${s['cost_usd']:.4f}, {s['seconds']:.0f} s)", ""]
     return "\n".join(parts)
 

@@ -102,10 +102,12 @@ def test_the_wall_time_budget_stops_the_run_with_an_injected_clock(tmp_path):
     assert summary["seconds"] == pytest.approx(200.0)
 
 
-def test_finish_ends_the_run_with_its_summary(tmp_path):
-    with FakeLLMServer(Script([RUN_1, FINISH])) as server:
+def test_finish_ends_the_run_with_its_summary_but_not_before_an_experiment(tmp_path):
+    with FakeLLMServer(Script([FINISH, RUN_1, FINISH])) as server:
         summary = run_agent(scripted_cfg(server, tmp_path), tmp_path)
     assert summary["stop_reason"] == "finished" and summary["summary"] == "Both layers matter; the last one most."
+    assert (summary["steps"], summary["experiments"], summary["invalid_actions"]) == (3, 1, 1)
+    assert "finish only after at least 1 experiment" in _steps(tmp_path)[0]["error"]
     assert "Both layers matter" in (tmp_path / "report.md").read_text()
 
 
@@ -164,3 +166,16 @@ def test_the_offline_hf_local_model_drives_a_short_real_run_on_smollm2(tmp_path)
     assert len(steps) == summary["steps"] and summary["stop_reason"] in ("max_steps", "finished")
     assert all(s.get("error") or s.get("result") or s["action"]["action"] == "finish" for s in steps)
     assert "## Trajectory" in (tmp_path / "report.md").read_text()
+
+
+def test_a_repeated_experiment_reuses_its_result(tmp_path, monkeypatch):
+    import harness.agent
+
+    calls = []
+    real = harness.agent.measure
+    monkeypatch.setattr(harness.agent, "measure", lambda *a: calls.append(a[1].label) or real(*a))
+    with FakeLLMServer(Script([RUN_1, RUN_1.replace('"n": 1}', '"n": 1, "path": "x"}'), RUN_1])) as server:
+        summary = run_agent(scripted_cfg(server, tmp_path, "budget.max_steps=3"), tmp_path)
+    steps = _steps(tmp_path)
+    assert calls == ["skip_last(n=1)"] and summary["invalid_actions"] == 1
+    assert steps[2]["result"] == steps[0]["result"]

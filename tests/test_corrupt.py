@@ -218,8 +218,9 @@ TINY = ["subject=tiny_llama", "corpus.max_documents=12", "measure.n_windows=3", 
 
 
 def test_a_sweep_writes_each_job_and_an_aggregate_and_resumes(tmp_path):
-    out = tmp_path / "sweep"
-    proc = _corrupt("-m", *TINY, "corruption=skip_last", "corruption.n=0,1,2", f"hydra.sweep.dir={out}")
+    out = tmp_path / "sweep"  # parallel processes (joblib) first, the resume with the basic launcher
+    proc = _corrupt("-m", "hydra/launcher=local", *TINY, "corruption=skip_last", "corruption.n=0,1,2",
+                    f"hydra.sweep.dir={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     for job in "012":
         assert (out / job / "summary.json").is_file() and (out / job / "report.md").is_file()

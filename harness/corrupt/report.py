@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 SUMMARY_MEASURES = ("loss", "loss_delta", "kl")
 
 
-def _cell(text: Any, limit: int = 80) -> str:
+def md_cell(text: Any, limit: int = 80) -> str:
     """Text fit for a Markdown table cell: newlines shown as ⏎, pipes escaped, length bounded."""
     s = str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", "⏎").replace("`", "'")
     return s if len(s) <= limit else s[:limit - 1] + "…"
@@ -38,8 +38,8 @@ def _cell(text: Any, limit: int = 80) -> str:
 
 def _tokens(pairs: list[list[Any]], signed: bool = False) -> str:
     if signed:  # changes: only those visible at 3 decimals
-        return ", ".join(f"`{_cell(t, 20)}` {v:+.3f}" for t, v in pairs if abs(v) >= 5e-4) or "none"
-    return ", ".join(f"`{_cell(t, 20)}` {v:.3f}" for t, v in pairs)
+        return ", ".join(f"`{md_cell(t, 20)}` {v:+.3f}" for t, v in pairs if abs(v) >= 5e-4) or "none"
+    return ", ".join(f"`{md_cell(t, 20)}` {v:.3f}" for t, v in pairs)
 
 
 def _order(df: pd.DataFrame) -> list[str]:
@@ -78,7 +78,7 @@ def first_layer_table(df: pd.DataFrame) -> str | None:
         rank = {int(r.layers_run): int(r.rank) for r in rows.itertuples()}
         top1 = json.loads(rows["text"].iloc[0])["clean_top1"]
         first = next((d for d in depths if rank.get(d) == 1), None)
-        lines.append(f"| {_cell(prompt, 40)} | `{_cell(top1, 20)}` | {first if first is not None else 'never'} | "
+        lines.append(f"| {md_cell(prompt, 40)} | `{md_cell(top1, 20)}` | {first if first is not None else 'never'} | "
                      + " | ".join(str(rank.get(d, '')) for d in depths) + " |")
     return "\n".join(lines)
 
@@ -90,7 +90,7 @@ def readout_tables(df: pd.DataFrame) -> list[str]:
     for prompt in ro["prompt"].drop_duplicates():
         rows = ro[ro["prompt"] == prompt].set_index("corruption")
         clean = json.loads(rows["text"].iloc[0])
-        parts += [f"**{_cell(prompt, 120)}**: clean top tokens {_tokens(clean['clean_top'])}", "",
+        parts += [f"**{md_cell(prompt.strip(), 120)}**: clean top tokens {_tokens(clean['clean_top'])}", "",
                   "| corruption | p(clean top-1) | rank | top tokens | gained most | lost most |",
                   "|---|---|---|---|---|---|"]
         for name in (n for n in order if n in rows.index):
@@ -109,9 +109,9 @@ def continuation_tables(df: pd.DataFrame) -> list[str]:
     clean = df[df["measure"] == "continuation_clean"].drop_duplicates("prompt").set_index("prompt")["text"]
     for prompt in cont["prompt"].drop_duplicates():
         rows = cont[cont["prompt"] == prompt].set_index("corruption")["text"]
-        parts += [f"**{_cell(prompt, 120)}**", "", "| model | greedy continuation |", "|---|---|",
-                  f"| clean | {_cell(clean.get(prompt, ''), 120)} |"]
-        parts += [f"| `{name}` | {_cell(rows[name], 120)} |" for name in order if name in rows.index]
+        parts += [f"**{md_cell(prompt.strip(), 120)}**", "", "| model | greedy continuation |", "|---|---|",
+                  f"| clean | {md_cell(clean.get(prompt, ''), 120)} |"]
+        parts += [f"| `{name}` | {md_cell(rows[name], 120)} |" for name in order if name in rows.index]
         parts.append("")
     return parts
 
