@@ -73,16 +73,18 @@ class OracleQuantizedSimulator:
 #
 # Values that are more than one token. Where every value "0".."10" is one token (GPT-4's
 # tokenizer), p(v) is that token's probability, as in Bills et al. Where a value is two tokens
-# (SmolLM2 writes "10" as "1","0"), its probability is the exact probability of writing those two
-# tokens after the tab: P("1" | …tab) · P("0" | …tab "1"), and the single-token value that is its
-# first token keeps the rest of that token's mass: p(1) = P("1") − p(10), i.e. P("1")·(1 − P("0" |
-# "1")). So the 11 masses partition the probability of the value tokens exactly as the one-token
-# case does (for every value, continuations other than the ones that make another value are left
-# in), and nothing is approximated. The second factor needs the model's prediction after an extra
-# "1" at every tab. all_at_once gets it in the same forward pass: after the window it appends one
-# "1" token per line whose attention mask admits only the prompt up to that line's tab (a 4D
-# "tree" mask) and whose position id is the tab's position + 1, so its logits are exactly those of
-# the prompt "…tok_i<TAB>1". The masses are then renormalised over the 11 values.
+# (SmolLM2 writes "10" as "1","0"), each value's mass is the probability of writing exactly that
+# value and then ending it: p(10) = P("1" | …tab) · P("0" | …tab "1"), and the one-token value that
+# is its first token is read as p(1) = P("1" | …tab) · P(newline | …tab "1"). "1" followed by any
+# other token ("11".."19", "1.", …) writes no value and gets no mass (with SmolLM2 that is a few
+# per cent of P("1") at the median; `harness.check_simulator` and the README give the measured
+# figure). Other one-token values are read as P(v), as in Bills et al.: no value starts with them,
+# so their continuation cannot make another value. The masses are then renormalised over the 11
+# values. The second factor needs the model's prediction after an extra "1" at every tab.
+# all_at_once gets it in the same forward pass: after the window it appends one "1" token per line
+# whose attention mask admits only the prompt up to that line's tab (a 4D "tree" mask) and whose
+# position id is the tab's position + 1, so its logits are exactly those of the prompt
+# "…tok_i<TAB>1".
 
 VALUES = tuple(range(11))
 _INSTRUCTION = (
@@ -134,17 +136,15 @@ class ValueTokens:
 
     def masses(self, first_logprobs: np.ndarray, cont_logprobs: dict[int, np.ndarray]) -> np.ndarray:
         """(n, vocab) log-probabilities at the tab positions, and for each continuation token c its
-        (n, vocab) log-probabilities after "tab c" → (n, 11) exact value masses (see the module note)."""
-        p_first = np.exp(first_logprobs[:, list(self.first)])
-        out = p_first.copy()
+        (n, vocab) log-probabilities after "tab c" → (n, 11) value masses, each the probability of
+        writing exactly that value (see the module note)."""
+        out = np.exp(first_logprobs[:, list(self.first)])
         for v, (f, s) in enumerate(zip(self.first, self.second)):
-            if s is None:
-                continue
-            out[:, v] = p_first[:, v] * np.exp(cont_logprobs[f][:, s])
-            for u, (fu, su) in enumerate(zip(self.first, self.second)):
-                if su is None and fu == f:  # the one-token value that shares the first token
-                    out[:, u] -= out[:, v]
-        return np.clip(out, 0.0, None)
+            if s is not None:  # a two-token value: its first token, then its second
+                out[:, v] *= np.exp(cont_logprobs[f][:, s])
+            elif f in cont_logprobs:  # a prefix of a two-token value: the value ends after it
+                out[:, v] *= np.exp(cont_logprobs[f][:, self.newline])
+        return out
 
 
 @lru_cache(maxsize=2)
