@@ -9,7 +9,6 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Protocol
 
 import numpy as np
@@ -147,14 +146,6 @@ class ValueTokens:
         return out
 
 
-@lru_cache(maxsize=2)
-def _load_hf(subject: str):
-    from harness.subject import load_subject, subject_config
-
-    loaded = load_subject(subject_config(subject))
-    return loaded.model, loaded.tokenizer
-
-
 def _logprobs(model, hidden: torch.Tensor) -> np.ndarray:
     """Next-token log-probabilities from final hidden states (the model's own unembedding, with
     its final logit soft-capping where it has one)."""
@@ -169,12 +160,15 @@ class _LogprobSimulator:
     """Shared by all_at_once and one_at_a_time: the prompt as token ids, assembled segment by
     segment so every value slot's position is known exactly."""
 
-    def __init__(self, llm: dict | None = None, batch_size: int = 16, model=None, tokenizer=None):
+    def __init__(self, llm: dict | None = None, batch_size: int = 16, literal: bool = False, model=None,
+                 tokenizer=None):
         llm = dict(llm or {"backend": "hf_local", "model": "smollm2_135m_instruct", "subject": "smollm2_135m"})
         if llm.get("backend") != "hf_local":
             raise ConfigError(f"simulator backend {llm.get('backend')!r}: logprob simulators read a local model's "
                               "logits (backend: hf_local); for chat APIs use simulator=json")
         self.llm, self.batch_size = llm, batch_size
+        # literal: on a token the explanation names (token_match's rule) predict at least 10
+        self.literal = TokenMatchSimulator() if literal else None
         self._model, self._tokenizer = model, tokenizer
         self._enc_cache: dict[str, list[int]] = {}
         self.forward_passes = 0  # sequences run through the model (one row of a batch = one pass)
@@ -182,7 +176,10 @@ class _LogprobSimulator:
 
     def _load(self):
         if self._model is None:
-            self._model, self._tokenizer = _load_hf(self.llm["subject"])
+            from harness.llm.hf_local import load_local_model
+
+            self._model, self._tokenizer = load_local_model(
+                **{k: self.llm[k] for k in ("subject", "path", "device", "dtype") if self.llm.get(k) is not None})
             self._values = None
         if getattr(self, "_values", None) is None:
             self._values = ValueTokens.of(self._tokenizer)
@@ -194,35 +191,57 @@ class _LogprobSimulator:
             ids = self._enc_cache[text] = self._tokenizer.encode(text, add_special_tokens=False)
         return ids
 
+    # The prompt as text segments; each "\t" and "\n" segment is one token (ValueTokens.of checks),
+    # so the ids are the segments' encodings concatenated and every value slot's position is exact.
+    @staticmethod
+    def shots_segments() -> list[str]:
+        """The instruction and few-shot neurons with revealed values: the same for every explanation."""
+        segs = [_INSTRUCTION + "\n\n"]
+        for k, (record, expl) in enumerate(FEW_SHOT_NEURONS):
+            segs.append(f"Neuron {k + 1}\nDescription: {expl.strip()}\n<start>\n")
+            for tok, value in zip(record.tokens, normalized([record])[0]):
+                segs += [escaped(tok), "\t", str(value), "\n"]
+            segs.append("<end>\n\n")
+        return segs
+
+    @staticmethod
+    def explanation_segment(explanation: str) -> str:
+        return f"Neuron {len(FEW_SHOT_NEURONS) + 1}\nDescription: {explanation.strip()}\n<start>\n"
+
+    @staticmethod
+    def window_segments(record: ActivationRecord) -> tuple[list[str], list[int]]:
+        """The held-out window as `token<TAB>unknown` lines, and the index of each tab segment."""
+        segs, tabs = [], []
+        for tok in record.tokens:
+            tabs.append(len(segs) + 1)
+            segs += [escaped(tok), "\t", "unknown", "\n"]
+        return segs + ["<end>"], tabs
+
+    def shots_ids(self) -> list[int]:
+        return [i for seg in self.shots_segments() for i in self._enc(seg)]
+
     def prefix_ids(self, explanation: str) -> list[int]:
         """Instruction, few-shot neurons with revealed values, then the explanation: shared by every
         window of a neuron."""
-        return self.shots_ids() + self._enc(f"Neuron {len(FEW_SHOT_NEURONS) + 1}\nDescription: "
-                                            f"{explanation.strip()}\n<start>\n")
-
-    def shots_ids(self) -> list[int]:
-        """The instruction and few-shot neurons: the same for every explanation."""
-        vt = self._values
-        ids = list(self._enc(_INSTRUCTION + "\n\n"))
-        for k, (record, expl) in enumerate(FEW_SHOT_NEURONS):
-            ids += self._enc(f"Neuron {k + 1}\nDescription: {expl.strip()}\n<start>\n")
-            for tok, value in zip(record.tokens, normalized([record])[0]):
-                ids += self._enc(escaped(tok)) + [vt.tab] + self._enc(str(value)) + [vt.newline]
-            ids += self._enc("<end>\n\n")
-        return ids
+        return self.shots_ids() + self._enc(self.explanation_segment(explanation))
 
     def window_ids(self, record: ActivationRecord) -> tuple[list[int], list[int]]:
-        """The held-out window as `token<TAB>unknown` lines: its ids and the index of each tab."""
-        vt, ids, tabs = self._values, [], []
-        unknown = self._enc("unknown")
-        for tok in record.tokens:
-            ids += self._enc(escaped(tok))
-            tabs.append(len(ids))
-            ids += [vt.tab] + unknown + [vt.newline]
-        return ids + self._enc("<end>"), tabs
+        """The held-out window's ids and the index of each tab."""
+        segs, tab_segs = self.window_segments(record)
+        tab_segs = set(tab_segs)
+        ids, tabs = [], []
+        for j, seg in enumerate(segs):
+            if j in tab_segs:
+                tabs.append(len(ids))
+            ids += self._enc(seg)
+        return ids, tabs
 
     def simulate(self, explanation: str, records: list[ActivationRecord]) -> list[list[float] | None]:
-        return [None if m is None else expected_values(m).tolist() for m in self.masses(explanation, records)]
+        sims = [None if m is None else expected_values(m) for m in self.masses(explanation, records)]
+        if self.literal is not None:
+            named = self.literal.simulate(explanation, records)
+            sims = [None if s is None else np.maximum(s, n) for s, n in zip(sims, named)]
+        return [None if s is None else s.tolist() for s in sims]
 
 
 class AllAtOnceSimulator(_LogprobSimulator):
@@ -231,8 +250,8 @@ class AllAtOnceSimulator(_LogprobSimulator):
     explanation and expanded across each batch (`reuse_prefix`)."""
 
     def __init__(self, llm: dict | None = None, batch_size: int = 16, reuse_prefix: bool = True,
-                 max_context: int | None = None, model=None, tokenizer=None):
-        super().__init__(llm, batch_size, model, tokenizer)
+                 max_context: int | None = None, literal: bool = False, model=None, tokenizer=None):
+        super().__init__(llm, batch_size, literal, model, tokenizer)
         self.reuse_prefix = reuse_prefix
         self._shots_kv = None  # (ids, per-layer keys/values) of the instruction + few-shot block
         self.max_context = max_context  # longest prompt; None: the model's max_position_embeddings

@@ -95,6 +95,16 @@ def test_all_at_once_equals_one_prompt_per_token_and_prefix_reuse(tiny_llama):
     assert all(0 <= v <= 10 for s in sims for v in s)
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_literal_option_fires_on_named_tokens_and_keeps_the_model_elsewhere(tiny_llama):
+    kw = dict(model=tiny_llama.model, tokenizer=tiny_llama.tokenizer, max_context=4096)
+    plain = AllAtOnceSimulator(**kw).simulate('the word "coffee"', RECORDS)
+    literal = AllAtOnceSimulator(literal=True, **kw).simulate('the word "coffee"', RECORDS)
+    for p, q, r in zip(plain, literal, RECORDS):
+        for a, b, tok in zip(p, q, r.tokens):
+            assert b == (10.0 if tok == " coffee" else a)
+
+
 def test_window_lines_escape_newlines_and_tabs(tiny_llama):
     sim = AllAtOnceSimulator(model=tiny_llama.model, tokenizer=tiny_llama.tokenizer)
     sim._load()
@@ -107,9 +117,11 @@ def test_window_lines_escape_newlines_and_tabs(tiny_llama):
 def test_configs_build_simulators_without_loading_a_model():
     with initialize_config_dir(str(REPO_ROOT / "conf"), version_base=None):
         for name, cls in [("all_at_once", AllAtOnceSimulator), ("one_at_a_time", OneAtATimeSimulator),
-                          ("json", JsonSimulator)]:
+                          ("json", JsonSimulator), ("all_at_once_literal", AllAtOnceSimulator)]:
             cfg = compose("config", overrides=[f"simulator={name}"])
-            assert isinstance(make_simulator(cfg.simulator), cls)
+            sim = make_simulator(cfg.simulator)
+            assert isinstance(sim, cls)
+            assert (getattr(sim, "literal", None) is not None) == (name == "all_at_once_literal")
     with pytest.raises(ConfigError, match="hf_local"):
         make_simulator({"kind": "all_at_once", "llm": {"backend": "openai", "model": "gpt-4o-mini"}})
 
