@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -160,12 +161,16 @@ class _LogprobSimulator:
     """Shared by all_at_once and one_at_a_time: the prompt as token ids, assembled segment by
     segment so every value slot's position is known exactly."""
 
+    served_ok = False  # whether the simulator also runs over a served model's completions endpoint
+
     def __init__(self, llm: dict | None = None, batch_size: int = 16, literal: bool = False, model=None,
                  tokenizer=None):
         llm = dict(llm or {"backend": "hf_local", "model": "smollm2_135m_instruct", "subject": "smollm2_135m"})
-        if llm.get("backend") != "hf_local":
-            raise ConfigError(f"simulator backend {llm.get('backend')!r}: logprob simulators read a local model's "
-                              "logits (backend: hf_local); for chat APIs use simulator=json")
+        if llm.get("backend") != "hf_local" and not (self.served_ok and llm.get("backend") == "openai_compatible"):
+            raise ConfigError(f"simulator backend {llm.get('backend')!r}: {type(self).__name__} reads a local "
+                              "model's logits (backend: hf_local)" + (" or a served model's prompt logprobs "
+                              "(backend: openai_compatible)" if self.served_ok else "")
+                              + "; for chat APIs use simulator=json")
         self.llm, self.batch_size = llm, batch_size
         # literal: on a token the explanation names (token_match's rule) predict at least 10
         self.literal = TokenMatchSimulator() if literal else None
@@ -249,9 +254,15 @@ class AllAtOnceSimulator(_LogprobSimulator):
     key/value cache of the shared prefix (instruction + few-shot + explanation) computed once per
     explanation and expanded across each batch (`reuse_prefix`)."""
 
+    served_ok = True
+
     def __init__(self, llm: dict | None = None, batch_size: int = 16, reuse_prefix: bool = True,
-                 max_context: int | None = None, literal: bool = False, model=None, tokenizer=None):
+                 max_context: int | None = None, literal: bool = False, ten: str = "split",
+                 call_cache: str | None = None, model=None, tokenizer=None):
         super().__init__(llm, batch_size, literal, model, tokenizer)
+        # over a served model (llm.backend: openai_compatible): the same prompt as text, read from the
+        # server's prompt logprobs (harness/llm/completions.py)
+        self.served = ServedReadout(self.llm, ten, call_cache) if self.llm["backend"] != "hf_local" else None
         self.reuse_prefix = reuse_prefix
         self._shots_kv = None  # (ids, per-layer keys/values) of the instruction + few-shot block
         self.max_context = max_context  # longest prompt; None: the model's max_position_embeddings
@@ -259,6 +270,9 @@ class AllAtOnceSimulator(_LogprobSimulator):
     @torch.no_grad()
     def masses(self, explanation: str, records: list[ActivationRecord]) -> list[np.ndarray | None]:
         """Per window, the (n_tokens, 11) unnormalised value masses (None where it failed)."""
+        if self.served is not None:
+            prefix = "".join(self.shots_segments()) + self.explanation_segment(explanation)
+            return self.served.masses(prefix, [self.window_segments(r) for r in records])
         model, _, vt = self._load()
         prefix = self.prefix_ids(explanation)
         limit = self.max_context or getattr(model.config, "max_position_embeddings", None) or 10**9
@@ -350,6 +364,86 @@ class AllAtOnceSimulator(_LogprobSimulator):
             reads = [at] + [offset + n + j * k + np.arange(k) for j in range(len(conts))]
             lp = _logprobs(model, hidden[b, torch.as_tensor(np.concatenate(reads), device=dev)])
             out.append(vt.masses(lp[:k], {c: lp[(j + 1) * k:(j + 2) * k] for j, c in enumerate(conts)}))
+        return out
+
+
+class ServedReadout:
+    """all_at_once's readout over a served model's completions endpoint (`llm.backend:
+    openai_compatible`; the request form is the llm block's `form`, see harness/llm/completions.py).
+    One request per window: the prompt as text (the same segments as in-process), its per-token
+    top-k logprobs echoed; a value slot is read from the distribution of the token after its tab.
+
+    Top-k rule: a value token outside the server's top-k gets no mass. A slot with no value token in
+    its top-k (or whose tab the server tokenized differently) is a *failed slot*: its window is
+    recorded as failed (None), never read as 0; `slots` and `failed_slots` count them. Two-token
+    values (`ten: split`, e.g. SmolLM2 and Llama 3 write "10" as "1","0"): where "1" is in a slot's
+    top-k, one more request (the prompt up to that tab, then "1", one generated token) gives
+    P("0" | …tab "1") and P(newline | …tab "1") from its top-k, so p(10) and p(1) are read exactly as
+    in-process (a continuation outside the top-k gets no mass). `ten: token`: "10" is one token."""
+
+    def __init__(self, llm: dict, ten: str = "split", call_cache: str | None = None):
+        from harness.llm import LLM
+        from harness.llm.cache import CallCache
+        from harness.llm.completions import CompletionsBackend
+
+        if ten not in ("split", "token"):
+            raise ConfigError(f"ten must be split (\"10\" is \"1\",\"0\") or token (one token); got {ten!r}")
+        params = {k: v for k, v in llm.items() if k not in ("backend", "subject", "path", "device", "dtype")}
+        self.ten = ten
+        self.llm = LLM(CompletionsBackend(name=llm["backend"], **params),
+                       cache=CallCache(call_cache) if call_cache else None)
+        self.slots = self.failed_slots = 0
+
+    def _ask(self, prompts: list[str], echo: bool) -> list[list[dict]]:
+        results = self.llm.chat_batch([[{"role": "user", "content": p}] for p in prompts], temperature=0.0,
+                                      max_tokens=1, logprobs=True, extra={"echo": echo})
+        for r in results:
+            if isinstance(r, HarnessError):
+                raise r  # a served simulator that cannot answer stops the cell: nothing to score
+        return [r.logprobs[0] for r in results]
+
+    def masses(self, prefix: str, windows: list[tuple[list[str], list[int]]]) -> list[np.ndarray | None]:
+        texts, slot_offsets = [], []
+        for segs, tabs in windows:
+            starts = np.cumsum([len(prefix)] + [len(seg) for seg in segs])
+            texts.append(prefix + "".join(segs))
+            slot_offsets.append([int(starts[t]) for t in tabs])
+        answers = self._ask(texts, echo=True)
+        firsts: list[list[dict[str, float] | None]] = []
+        ask_after_one: list[tuple[int, int]] = []  # (window, slot) needing P(· | …tab "1")
+        for w, (positions, offsets) in enumerate(zip(answers, slot_offsets)):
+            at = {p["offset"]: i for i, p in enumerate(positions) if p["token"] == "\t"}
+            row = []
+            for j, o in enumerate(offsets):
+                i = at.get(o)
+                top = positions[i + 1]["top"] if i is not None and i + 1 < len(positions) else None
+                row.append(top)
+                if top is not None and self.ten == "split" and "1" in top:
+                    ask_after_one.append((w, j))
+            firsts.append(row)
+        after = dict(zip(ask_after_one, self._ask([texts[w][:slot_offsets[w][j] + 1] + "1"
+                                                   for w, j in ask_after_one], echo=False)))
+        out: list[np.ndarray | None] = []
+        for w, row in enumerate(firsts):
+            m = np.zeros((len(row), 11))
+            for j, top in enumerate(row):
+                top = top or {}
+                p = {v: math.exp(top[str(v)]) for v in range(11) if str(v) in top}
+                m[j, list(p)] = list(p.values())
+                if self.ten == "split":
+                    m[j, 10] = 0.0
+                    if "1" in top:
+                        cont = after[(w, j)][0]["top"] if after[(w, j)] else None
+                        cont = cont or {}
+                        m[j, 10] = p[1] * math.exp(cont["0"]) if "0" in cont else 0.0
+                        m[j, 1] = p[1] * math.exp(cont["\n"]) if "\n" in cont else 0.0
+            failed = int((m.sum(1) <= 0).sum())
+            self.slots += len(row)
+            self.failed_slots += failed
+            out.append(None if failed else m)
+        if self.failed_slots:
+            log.warning("served all_at_once: %d of %d slots failed so far (no value token in the top-k)",
+                        self.failed_slots, self.slots)
         return out
 
 

@@ -1,5 +1,5 @@
 """A loopback HTTP server speaking the OpenAI Chat Completions and Anthropic Messages wire
-formats, for testing the real SDKs without a network. Faults can be scripted per request:
+formats (and legacy Completions through a test-supplied `complete` function), for testing the real SDKs without a network. Faults can be scripted per request:
 400, 429 with retry-after, 500, a hang past the client timeout, truncated and malformed JSON.
 `GatedServer` answers a first few requests and holds the rest until released."""
 
@@ -15,6 +15,8 @@ from typing import Callable
 class FakeLLMServer:
     def __init__(self, reply: Callable[[dict], str] | None = None):
         self.reply = reply or (lambda request: 'the main thing this neuron does is find the token "the".')
+        # /v1/completions (not chat): the whole response body for a request body, set by a test
+        self.complete: Callable[[dict], dict] | None = None
         self.faults: list[str] = []  # consumed one per request: "400", "429", "500", "hang", "truncated", "malformed", "empty"
         self.requests: list[dict] = []  # every request body received (also faulted ones)
         self.headers: list[dict] = []
@@ -41,6 +43,8 @@ class FakeLLMServer:
                 if fault == "hang":
                     time.sleep(3)
                     return
+                if self.path.endswith("/completions") and not self.path.endswith("/chat/completions"):
+                    return self._send(200, server.complete(body))
                 text = "" if fault == "empty" else server.reply(body)
                 payload = (self._anthropic(body, text) if self.path.endswith("/messages")
                            else self._openai(body, text))
