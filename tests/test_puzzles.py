@@ -94,3 +94,12 @@ def test_all_at_once_smollm2_check_above_chance(smollm2, capsys, record_property
     with capsys.disabled():
         print("\n" + table(result))
     assert s["mean_rank"] < s["chance_rank"] and np.isfinite(s["mean_margin"])
+
+
+def test_board_shows_the_stored_check_of_an_entrys_simulator():
+    from harness.leaderboard.board import simulator_check_label
+
+    stored = stored_check({"kind": "token_match", "high": 10.0})  # reports/simulator_checks/, committed
+    s = stored["summary"]["all"]
+    assert simulator_check_label({"kind": "token_match", "high": 10.0}).startswith(f"{s['first']}/{s['n']} first")
+    assert simulator_check_label({"kind": "token_match", "high": 3.0}) == "n/a"
