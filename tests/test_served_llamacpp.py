@@ -2,8 +2,11 @@
 by `make install`) on the SmolLM2 GGUF the project ships, against the in-process all_at_once on the
 dequantized float32 weights of the same GGUF, on a real window of the frozen set. The server
 computes with the Q4_1 weights and 8-bit quantized activations and returns only the top-20
-logprobs, so the two agree to a stated tolerance, not bit for bit: every expected value within
-0.5 on the 0–10 scale, the per-token masses within 0.05, no failed slot. Also prints served and
+logprobs, so the two agree to a stated tolerance, not bit for bit: within
+0.05 for every value mass, no failed slot, and every expected value within 0.5 on the 0–10 scale
+where the slot's value mass is at least 0.5 (SmolLM2 puts most of many slots' mass on non-value
+tokens such as the "unknown" placeholder; there the expected value, a ratio of tiny masses,
+magnifies the top-20 cut and quantisation noise: measured up to 1.8 on a mass of 0.007). Also prints served and
 in-process windows/s (one window each: a rough figure; the server's Python top-k over the whole
 echoed prompt dominates)."""
 
@@ -70,11 +73,19 @@ def test_served_all_at_once_equals_in_process_on_llama_cpp(llama_server, smollm2
     t_local = time.monotonic() - t0
     assert served.served.failed_slots == 0 and m_served is not None
     ev_served, ev_local = expected_values(m_served), expected_values(m_local)
-    gap = float(np.abs(ev_served - ev_local).max())
-    record_property("served_max_ev_gap", gap)
+    value_mass = m_local.sum(1)  # the probability, in-process, that the slot is written as a value at all
+    sure = value_mass >= 0.5
+    gap = np.abs(ev_served - ev_local)
+    record_property("served_max_ev_gap", float(gap[sure].max()))
     with capsys.disabled():
-        print(f"\nllama.cpp parity on a {len(window.tokens)}-token frozen-set window: max |ΔEV| {gap:.3f}, "
-              f"max |Δmass| {np.abs(m_served - m_local).max():.4f}, corr {np.corrcoef(ev_served, ev_local)[0, 1]:.4f}; "
+        print(f"\nllama.cpp parity on a {len(window.tokens)}-token frozen-set window: max |Δmass| "
+              f"{np.abs(m_served - m_local).max():.4f}; max |ΔEV| {gap[sure].max():.3f} on the {sure.sum()} slots with "
+              f"value mass ≥ 0.5, {gap.max():.3f} on all; corr of EVs {np.corrcoef(ev_served, ev_local)[0, 1]:.4f}; "
               f"windows/s served {1 / t_served:.4f} vs in-process {1 / t_local:.4f}")
-    assert gap <= 0.5
+        for j in range(len(window.tokens)):
+            print(f"  {window.tokens[j]!r:>14} value mass local {value_mass[j]:.3f} served {m_served[j].sum():.3f}  "
+                  f"EV local {ev_local[j]:.2f} served {ev_served[j]:.2f}")
+    # The masses agree everywhere; the expected value, a ratio of masses, only where the slot's
+    # value mass is not small (elsewhere the top-20 cut and quantisation noise are magnified).
     assert np.abs(m_served - m_local).max() <= 0.05
+    assert sure.sum() >= 3 and gap[sure].max() <= 0.5
