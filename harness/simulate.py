@@ -76,9 +76,8 @@ class OracleQuantizedSimulator:
 # (SmolLM2 writes "10" as "1","0"), each value's mass is the probability of writing exactly that
 # value and then ending it: p(10) = P("1" | …tab) · P("0" | …tab "1"), and the one-token value that
 # is its first token is read as p(1) = P("1" | …tab) · P(newline | …tab "1"). "1" followed by any
-# other token ("11".."19", "1.", …) writes no value and gets no mass (with SmolLM2 that is a few
-# per cent of P("1") at the median; `harness.check_simulator` and the README give the measured
-# figure). Other one-token values are read as P(v), as in Bills et al.: no value starts with them,
+# other token ("11".."19", "1.", …) writes no value and gets no mass (with SmolLM2 on frozen-set
+# windows: a median 27% of P("1"), 10% of the value tokens' mass; the README gives the measurement). Other one-token values are read as P(v), as in Bills et al.: no value starts with them,
 # so their continuation cannot make another value. The masses are then renormalised over the 11
 # values. The second factor needs the model's prediction after an extra "1" at every tab.
 # all_at_once gets it in the same forward pass: after the window it appends one "1" token per line

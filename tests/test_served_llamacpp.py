@@ -5,7 +5,7 @@ computes with the Q4_1 weights and 8-bit quantized activations and returns only 
 logprobs, so the two agree to a stated tolerance, not bit for bit: within
 0.05 for every value mass, no failed slot, and every expected value within 0.5 on the 0–10 scale
 where the slot's value mass is at least 0.5 (SmolLM2 puts most of many slots' mass on non-value
-tokens such as the "unknown" placeholder; there the expected value, a ratio of tiny masses,
+tokens; there the expected value, a ratio of tiny masses,
 magnifies the top-20 cut and quantisation noise: measured up to 1.8 on a mass of 0.007). Also prints served and
 in-process windows/s (one window each: a rough figure; the server's Python top-k over the whole
 echoed prompt dominates)."""
