@@ -257,11 +257,12 @@ class AllAtOnceSimulator(_LogprobSimulator):
 
     def __init__(self, llm: dict | None = None, batch_size: int = 16, reuse_prefix: bool = True,
                  max_context: int | None = None, literal: bool = False, ten: str = "split",
-                 call_cache: str | None = None, model=None, tokenizer=None):
+                 call_cache: str | None = None, windows_per_request: int = 1, model=None, tokenizer=None):
         super().__init__(llm, batch_size, literal, model, tokenizer)
         # over a served model (llm.backend: openai_compatible): the same prompt as text, read from the
         # server's prompt logprobs (harness/llm/completions.py)
-        self.served = ServedReadout(self.llm, ten, call_cache) if self.llm["backend"] != "hf_local" else None
+        self.served = (ServedReadout(self.llm, ten, call_cache, windows_per_request)
+                       if self.llm["backend"] != "hf_local" else None)
         self.reuse_prefix = reuse_prefix
         self._shots_kv = None  # (ids, per-layer keys/values) of the instruction + few-shot block
         self.max_context = max_context  # longest prompt; None: the model's max_position_embeddings
@@ -369,8 +370,11 @@ class AllAtOnceSimulator(_LogprobSimulator):
 class ServedReadout:
     """all_at_once's readout over a served model's completions endpoint (`llm.backend:
     openai_compatible`; the request form is the llm block's `form`, see harness/llm/completions.py).
-    One request per window: the prompt as text (the same segments as in-process), its per-token
-    top-k logprobs echoed; a value slot is read from the distribution of the token after its tab.
+    Each window's prompt is the in-process prompt as text (the same segments); its per-token top-k
+    logprobs are echoed and a value slot is read from the distribution of the token after its tab.
+    `windows_per_request` prompts share one request (the API's prompt list: vLLM, OpenAI's legacy
+    API; llama-cpp-python's server takes one prompt per request), since servers skip prefix caching
+    for prompt-logprob requests; requests run `llm.concurrency` at a time.
 
     Top-k rule: a value token outside the server's top-k gets no mass. A slot with no value token in
     its top-k (or whose tab the server tokenized differently) is a *failed slot*: its window is
@@ -380,7 +384,7 @@ class ServedReadout:
     P("0" | …tab "1") and P(newline | …tab "1") from its top-k, so p(10) and p(1) are read exactly as
     in-process (a continuation outside the top-k gets no mass). `ten: token`: "10" is one token."""
 
-    def __init__(self, llm: dict, ten: str = "split", call_cache: str | None = None):
+    def __init__(self, llm: dict, ten: str = "split", call_cache: str | None = None, windows_per_request: int = 1):
         from harness.llm import LLM
         from harness.llm.cache import CallCache
         from harness.llm.completions import CompletionsBackend
@@ -388,18 +392,21 @@ class ServedReadout:
         if ten not in ("split", "token"):
             raise ConfigError(f"ten must be split (\"10\" is \"1\",\"0\") or token (one token); got {ten!r}")
         params = {k: v for k, v in llm.items() if k not in ("backend", "subject", "path", "device", "dtype")}
-        self.ten = ten
+        if int(windows_per_request) < 1:
+            raise ConfigError(f"windows_per_request must be at least 1; got {windows_per_request!r}")
+        self.ten, self.pack = ten, int(windows_per_request)
         self.llm = LLM(CompletionsBackend(name=llm["backend"], **params),
                        cache=CallCache(call_cache) if call_cache else None)
         self.slots = self.failed_slots = 0
 
     def _ask(self, prompts: list[str], echo: bool) -> list[list[dict]]:
-        results = self.llm.chat_batch([[{"role": "user", "content": p}] for p in prompts], temperature=0.0,
-                                      max_tokens=1, logprobs=True, extra={"echo": echo})
+        packs = [[{"role": "user", "content": p} for p in prompts[lo:lo + self.pack]]
+                 for lo in range(0, len(prompts), self.pack)]
+        results = self.llm.chat_batch(packs, temperature=0.0, max_tokens=1, logprobs=True, extra={"echo": echo})
         for r in results:
             if isinstance(r, HarnessError):
                 raise r  # a served simulator that cannot answer stops the cell: nothing to score
-        return [r.logprobs[0] for r in results]
+        return [positions for r in results for positions in r.logprobs]
 
     def masses(self, prefix: str, windows: list[tuple[list[str], list[int]]]) -> list[np.ndarray | None]:
         texts, slot_offsets = [], []

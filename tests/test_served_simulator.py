@@ -40,7 +40,13 @@ def drawn_from(tokens, i):
 
 def complete(shift=0, form="echo"):
     def answer(body):
-        prompt = body["prompt"]
+        prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
+        outs = [one(body, p) for p in prompts]
+        for i, out in enumerate(outs):
+            out["choices"][0]["index"] = i
+        return {**outs[0], "choices": [o["choices"][0] for o in outs]}
+
+    def one(body, prompt):
         toks = tokenize(prompt)
         tokens = [t for t, _ in toks]
         gen = drawn_from(tokens, len(tokens))
@@ -69,8 +75,9 @@ def complete(shift=0, form="echo"):
     return answer
 
 
-def served(server, tmp_path, **llm):
+def served(server, tmp_path, pack=1, **llm):
     return make_simulator({"kind": "all_at_once", "call_cache": str(tmp_path / "calls.sqlite"),
+                           "windows_per_request": pack,
                            "llm": {"backend": "openai_compatible", "model": "m", "base_url": server.url + "/v1",
                                    "api_key_required": False, "timeout": 5, "max_retries": 0, "paid": False,
                                    "top_logprobs": 5, **llm}})
@@ -102,6 +109,23 @@ def test_served_readout_top_k_rule_and_failed_slots(tmp_path, form, shift):
         sims = sim.simulate("hot drinks", RECORDS)  # answered from the call cache
         assert len(server.requests) == requests
         assert sims[1] is None and sims[0][2] == pytest.approx((0.1 * 1 + 0.2 * 7 + 0.375 * 10) / 0.675)
+
+
+@pytest.mark.parametrize("form", ["echo", "prompt_logprobs"])
+def test_windows_packed_per_request_read_the_same(tmp_path, form):
+    records = RECORDS + [ActivationRecord(tokens=[" coffee", " x"], activations=[5, 0])]
+    with FakeLLMServer() as server:
+        server.complete = complete(0, form)
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        one = served(server, tmp_path / "a", form=form).masses("hot drinks", records)
+        alone = len(server.requests)
+        packed = served(server, tmp_path / "b", pack=2, form=form).masses("hot drinks", records)
+        assert len(server.requests) - alone == 2 + 1  # 3 windows in 2 requests; 2 continuations in 1
+        assert alone == 3 + 2
+        assert [len(p) if isinstance(p := r["prompt"], list) else 1 for r in server.requests[alone:]] == [2, 1, 2]
+    for a, b in zip(one, packed):
+        assert (a is None and b is None) or np.allclose(a, b)
 
 
 def test_same_prompt_text_as_in_process(tmp_path, tiny_llama):

@@ -1,8 +1,9 @@
 """Per-token logprobs from an OpenAI-compatible *completions* endpoint, for the all_at_once
 simulator over a served model (vLLM, llama.cpp's server, legacy completions APIs).
 
-A request is a plain-text prompt (one "user" message; `ChatParams.extra["echo"]` says whether the
-prompt's own logprobs are wanted) and the answer's `ChatResult.logprobs[0]` is a list of
+A request is one or more plain-text prompts (one "user" message each, sent as the API's prompt
+list so that several windows share a request; `ChatParams.extra["echo"]` says whether the prompts'
+own logprobs are wanted) and the answer's `ChatResult.logprobs[i]`, for prompt i, is a list of
 `{"token", "offset", "top"}` per position: the token's text, its character offset in the prompt
 (echo) or in the generated text, and the top-k next-token log-probabilities *of that position*
 (the distribution the token was drawn from; None where the server gives none). Two forms, chosen
@@ -57,10 +58,11 @@ class CompletionsBackend(APIBackend):
     def chat(self, messages: list[dict[str, str]], params: ChatParams) -> ChatResult:
         import openai
 
-        [message] = messages
+        prompts = [m["content"] for m in messages]  # several prompts: one request, one choice each
         echo = bool(params.extra.get("echo"))
-        kwargs: dict[str, Any] = {"model": self.model, "prompt": message["content"], "max_tokens": params.max_tokens,
-                                  "temperature": params.temperature, "seed": params.seed}
+        kwargs: dict[str, Any] = {"model": self.model, "prompt": prompts[0] if len(prompts) == 1 else prompts,
+                                  "max_tokens": params.max_tokens, "temperature": params.temperature,
+                                  "seed": params.seed}
         if echo and self.form == "prompt_logprobs":
             kwargs["logprobs"] = self.k
             kwargs["extra_body"] = {"prompt_logprobs": self.k, "return_token_ids": True}
@@ -69,16 +71,15 @@ class CompletionsBackend(APIBackend):
         self.limiter.wait()
         with self.sdk_errors(openai):
             response = self.client.completions.create(**kwargs)
-        if not response.choices:
-            raise LLMError(f"{self.name}: the completion has no choices")
-        choice = response.choices[0]
-        if echo and self.form == "prompt_logprobs":
-            positions = self._vllm_positions(choice, len(message["content"]))
-        else:
-            positions = self._echo_positions(choice.logprobs, echo)
+        choices = sorted(response.choices or [], key=lambda c: c.index)
+        if [c.index for c in choices] != list(range(len(prompts))):
+            raise LLMError(f"{self.name}: {len(prompts)} prompts were answered with choices "
+                           f"{[c.index for c in choices][:10]}")
+        positions = [self._vllm_positions(c, len(p)) if echo and self.form == "prompt_logprobs"
+                     else self._echo_positions(c.logprobs, echo) for c, p in zip(choices, prompts)]
         usage = response.usage
-        return ChatResult(texts=[choice.text or ""], input_tokens=usage.prompt_tokens if usage else 0,
-                          output_tokens=usage.completion_tokens if usage else 0, logprobs=[positions])
+        return ChatResult(texts=[c.text or "" for c in choices], input_tokens=usage.prompt_tokens if usage else 0,
+                          output_tokens=usage.completion_tokens if usage else 0, logprobs=positions)
 
     def _logprob(self, x: Any) -> float:
         if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x > 1e-4:
