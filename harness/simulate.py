@@ -580,10 +580,99 @@ class JsonSimulator:
         return out
 
 
+class ChatLogprobsSimulator:
+    """For chat APIs that return top logprobs only for generated tokens: the model re-writes each
+    line of the window as `token<TAB>activation` and the value distribution of line i is read from
+    the top logprobs (`llm.top_logprobs`, e.g. 20) of the generated token right after that line's
+    tab. A value token outside the top-k gets no mass. A line the model does not reproduce exactly
+    (other token text, missing, out of order), or whose top-k holds no value token, is a *failed
+    slot*; a window with one is recorded as failed (None), counted in `slots` / `failed_slots`.
+    Two-token values (`ten: split`): where the model wrote "1" after the tab, the next token's top
+    logprobs give P("0" | …"1") and P(newline | …"1"), read as in all_at_once; where it wrote another
+    value, that continuation was never computed, so p(10) is 0 and p(1) = P("1") (the one
+    approximation of this reading; `ten: token` for tokenizers that write "10" as one token)."""
+
+    SYSTEM = ("You predict how strongly a neuron of a language model responds to each token of a text, on a scale "
+              "from 0 (silent) to 10 (its strongest response), given a description of the neuron. Most tokens get 0.")
+
+    def __init__(self, llm: dict | None = None, sampling: dict | None = None, call_cache: str | None = None,
+                 ten: str = "split", ledger=None):
+        from harness.llm import LLM, make_backend
+        from harness.llm.cache import CallCache
+
+        if ten not in ("split", "token"):
+            raise ConfigError(f"ten must be split or token; got {ten!r}")
+        llm = dict(llm or {})
+        if llm.get("backend") not in ("openai", "openai_compatible") or not llm.get("top_logprobs"):
+            raise ConfigError("chat_logprobs needs a Chat Completions backend (openai, openai_compatible) with "
+                              "llm.top_logprobs > 0")
+        self.ten = ten
+        self.sampling = {"temperature": 0.0, "max_tokens": 2048, "n": 1, "seed": 0, **(sampling or {})}
+        self.llm = LLM(make_backend(llm), ledger=ledger, cache=CallCache(call_cache) if call_cache else None)
+        self.slots = self.failed_slots = 0
+
+    def messages(self, explanation: str, record: ActivationRecord) -> list[dict[str, str]]:
+        lines = "\n".join(escaped(t) for t in record.tokens)
+        return [{"role": "system", "content": self.SYSTEM},
+                {"role": "user", "content": f"Neuron description: {explanation.strip()}\n\nRe-write each of the "
+                                            f"{len(record.tokens)} lines below, in order, as the line, a tab and the "
+                                            f"neuron's activation on it (a whole number from 0 to 10), and nothing "
+                                            f"else:\n{lines}"}]
+
+    @staticmethod
+    def _top(entry: dict) -> dict[str, float]:
+        top = entry.get("top") or {}
+        return {t: lp for t, lp in top.items()
+                if isinstance(lp, (int, float)) and not isinstance(lp, bool) and math.isfinite(lp) and lp <= 1e-4}
+
+    def read(self, record: ActivationRecord, tokens: list[dict]) -> np.ndarray:
+        """(n_tokens, 11) value masses from the generated tokens; a failed slot's row is all zeros."""
+        starts = np.cumsum([0] + [len(t["token"]) for t in tokens])
+        at = {int(o): i for i, o in enumerate(starts[:-1])}
+        text = "".join(t["token"] for t in tokens)
+        m = np.zeros((len(record.tokens), 11))
+        offset = 0
+        for j, tok in enumerate(record.tokens):
+            head = escaped(tok) + "\t"
+            if not text.startswith(head, offset) or offset + len(head) not in at:
+                break  # the line is not reproduced (or its value does not start a token): this slot and the rest fail
+            i = at[offset + len(head)]
+            top = self._top(tokens[i])
+            p = {v: math.exp(top[str(v)]) for v in range(11) if str(v) in top}
+            m[j, list(p)] = list(p.values())
+            if self.ten == "split":
+                m[j, 10] = 0.0
+                if tokens[i]["token"] == "1" and i + 1 < len(tokens) and 1 in p:
+                    cont = self._top(tokens[i + 1])
+                    m[j, 10] = p[1] * math.exp(cont["0"]) if "0" in cont else 0.0
+                    m[j, 1] = p[1] * math.exp(cont["\n"]) if "\n" in cont else 0.0
+            end = text.find("\n", offset + len(head))
+            offset = len(text) if end < 0 else end + 1
+        return m
+
+    def simulate(self, explanation: str, records: list[ActivationRecord]) -> list[list[float] | None]:
+        results = self.llm.chat_batch([self.messages(explanation, r) for r in records], **self.sampling,
+                                      logprobs=True)
+        out: list[list[float] | None] = []
+        for r, result in zip(records, results):
+            if isinstance(result, TransientLLMError):
+                raise result
+            if isinstance(result, HarnessError):
+                log.warning("chat_logprobs simulator: a window failed: %s", result)
+                out.append(None)
+                continue
+            m = self.read(r, (result.logprobs or [[]])[0])
+            failed = int((m.sum(1) <= 0).sum())
+            self.slots += len(r.tokens)
+            self.failed_slots += failed
+            out.append(None if failed else expected_values(m).tolist() if len(r.tokens) else [])
+        return out
+
+
 SIMULATORS = Registry("simulator kind", {"token_match": TokenMatchSimulator,
                                          "oracle_quantized": OracleQuantizedSimulator,
                                          "all_at_once": AllAtOnceSimulator, "one_at_a_time": OneAtATimeSimulator,
-                                         "json": JsonSimulator})
+                                         "json": JsonSimulator, "chat_logprobs": ChatLogprobsSimulator})
 
 
 def make_simulator(cfg: Any) -> Simulator:

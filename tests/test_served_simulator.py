@@ -172,3 +172,46 @@ def test_served_configuration_errors():
     with pytest.raises(ConfigError, match="ten"):
         make_simulator({"kind": "all_at_once", "ten": "3", "llm": {"backend": "openai_compatible", "model": "m",
                                                                   "api_key_required": False}})
+
+
+# --- chat_logprobs: values from the top logprobs of generated tokens --------------------------
+
+def chat_tokens(body, text):
+    """The fake chat model's generated tokens: each line's text, a tab, its value digits, a newline."""
+    out = []
+    for line in text.split("\n"):
+        word, _, value = line.partition("\t")
+        out += [{"token": word, "logprob": -0.1, "bytes": None, "top_logprobs": []},
+                {"token": "\t", "logprob": -0.1, "bytes": None, "top_logprobs": []}]
+        if value == "10":
+            out += [{"token": "1", "logprob": LN(0.5), "bytes": None,
+                     "top_logprobs": [{"token": t, "logprob": LN(p), "bytes": None} for t, p in
+                                      [("1", 0.5), ("7", 0.2), ("x", 0.3)]]},
+                    {"token": "0", "logprob": LN(0.75), "bytes": None,
+                     "top_logprobs": [{"token": t, "logprob": LN(p), "bytes": None} for t, p in
+                                      [("0", 0.75), ("\n", 0.2)]]}]
+        else:
+            out.append({"token": value, "logprob": LN(0.6), "bytes": None,
+                        "top_logprobs": [{"token": t, "logprob": LN(p), "bytes": None} for t, p in
+                                         [("0", 0.6), ("2", 0.1)]]})
+        out.append({"token": "\n", "logprob": -0.1, "bytes": None, "top_logprobs": []})
+    return out[:-1]
+
+
+def test_chat_logprobs_reads_values_at_their_positions(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-fake-0123456789abcdefghijklmnopqrstuv")
+    answers = {"I\n drank\n coffee": "I\t0\n drank\t0\n coffee\t10", "Tea\n zzz": "Tea\t0\n zzz!\t0"}
+    with FakeLLMServer() as server:
+        server.reply = lambda body: answers[body["messages"][-1]["content"].split("else:\n")[1]]
+        server.chat_logprobs = chat_tokens
+        sim = make_simulator({"kind": "chat_logprobs", "ten": "split", "call_cache": str(tmp_path / "c.sqlite"),
+                              "llm": {"backend": "openai", "model": "m", "base_url": server.url + "/v1",
+                                      "timeout": 5, "max_retries": 0, "top_logprobs": 5}})
+        sims = sim.simulate("hot drinks", RECORDS)
+        assert server.requests[0]["top_logprobs"] == 5 and server.requests[0]["logprobs"] is True
+    # " coffee": "1" (0.5) then "0" (0.75) or a newline (0.2); "7" 0.2; the other lines: "0" 0.6, "2" 0.1
+    assert sims[0] == pytest.approx([0.2 / 0.7, 0.2 / 0.7, (0.1 * 1 + 0.2 * 7 + 0.375 * 10) / 0.675])
+    assert sims[1] is None  # " zzz!" is not the line " zzz": a failed slot, never zeros
+    assert (sim.slots, sim.failed_slots) == (5, 1)
+    with pytest.raises(ConfigError, match="top_logprobs"):
+        make_simulator({"kind": "chat_logprobs", "llm": {"backend": "openai", "model": "m"}})
