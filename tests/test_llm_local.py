@@ -72,3 +72,16 @@ def test_a_gguf_file_by_path_is_the_subject_model(smollm2):
     assert tokenizer.encode("The cat sat on the mat", add_special_tokens=False) == ids[0].tolist()
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, smollm2.model(ids).logits, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_qwen_coder_option_assembles_and_simulates():
+    """The optional Qwen2.5-Coder-0.5B-Instruct simulator model (`make qwen`): its six chunks
+    assemble to the pinned sha256 (checked on load) and all_at_once runs on it."""
+    sim = make_simulator({"kind": "all_at_once", "llm": {"backend": "hf_local", "model": "qwen25_coder_05b_instruct",
+                                                         "subject": "qwen25_coder_05b"}})
+    [masses] = sim.masses('the word "tea"', [RECORD])
+    assert sim._model.config.model_type == "qwen2"
+    assert sim._values.second[10] is not None  # Qwen writes "10" as "1","0" too
+    assert masses.shape == (3, 11) and (masses.sum(1) > 0).all() and (masses.sum(1) <= 1 + 1e-5).all()
