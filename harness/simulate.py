@@ -377,7 +377,8 @@ class ServedReadout:
     for prompt-logprob requests; requests run `llm.concurrency` at a time.
 
     Top-k rule: a value token outside the server's top-k gets no mass. A slot with no value token in
-    its top-k (or whose tab the server tokenized differently) is a *failed slot*: its window is
+    its top-k (or whose tab the server tokenized differently, or whose request the server refused
+    for good, e.g. longer than its context; an outage stops the cell) is a *failed slot*: its window is
     recorded as failed (None), never read as 0; `slots` and `failed_slots` count them. Two-token
     values (`ten: split`, e.g. SmolLM2 and Llama 3 write "10" as "1","0"): where "1" is in a slot's
     top-k, one more request (the prompt up to that tab, then "1", one generated token) gives
@@ -403,10 +404,16 @@ class ServedReadout:
         packs = [[{"role": "user", "content": p} for p in prompts[lo:lo + self.pack]]
                  for lo in range(0, len(prompts), self.pack)]
         results = self.llm.chat_batch(packs, temperature=0.0, max_tokens=1, logprobs=True, extra={"echo": echo})
-        for r in results:
-            if isinstance(r, HarnessError):
-                raise r  # a served simulator that cannot answer stops the cell: nothing to score
-        return [positions for r in results for positions in r.logprobs]
+        out: list[list[dict] | None] = []
+        for pack, r in zip(packs, results):
+            if isinstance(r, TransientLLMError):
+                raise r  # an outage: the cell stops incomplete (harness/cell.py)
+            if isinstance(r, HarnessError):  # refused for good (e.g. longer than the server's context)
+                log.warning("served all_at_once: a request of %d prompt(s) failed: %s", len(pack), r)
+                out += [None] * len(pack)
+            else:
+                out += r.logprobs
+        return out
 
     def masses(self, prefix: str, windows: list[tuple[list[str], list[int]]]) -> list[np.ndarray | None]:
         texts, slot_offsets = [], []
@@ -418,6 +425,7 @@ class ServedReadout:
         firsts: list[list[dict[str, float] | None]] = []
         ask_after_one: list[tuple[int, int]] = []  # (window, slot) needing P(· | …tab "1")
         for w, (positions, offsets) in enumerate(zip(answers, slot_offsets)):
+            positions = positions or []  # a refused request: every slot of its window fails
             at = {p["offset"]: i for i, p in enumerate(positions) if p["token"] == "\t"}
             row = []
             for j, o in enumerate(offsets):
@@ -439,8 +447,10 @@ class ServedReadout:
                 if self.ten == "split":
                     m[j, 10] = 0.0
                     if "1" in top:
-                        cont = after[(w, j)][0]["top"] if after[(w, j)] else None
-                        cont = cont or {}
+                        if after[(w, j)] is None:  # the continuation request was refused: the slot fails
+                            m[j] = 0.0
+                            continue
+                        cont = (after[(w, j)][0]["top"] if after[(w, j)] else None) or {}
                         m[j, 10] = p[1] * math.exp(cont["0"]) if "0" in cont else 0.0
                         m[j, 1] = p[1] * math.exp(cont["\n"]) if "\n" in cont else 0.0
             failed = int((m.sum(1) <= 0).sum())

@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from harness.errors import ConfigError, LLMError
+from harness.errors import ConfigError, LLMError, TransientLLMError
 from harness.records import ActivationRecord
 from harness.simulate import AllAtOnceSimulator, make_simulator
 from tests.fake_llm_server import FakeLLMServer
@@ -141,7 +141,7 @@ def test_same_prompt_text_as_in_process(tmp_path, tiny_llama):
 
 
 @pytest.mark.parametrize("bad", ["positive", "too_many", "offsets", "missing"])
-def test_untrusted_answers_are_typed_errors(tmp_path, bad):
+def test_untrusted_answers_are_typed_errors(tmp_path, bad, caplog):
     good = complete()
 
     def answer(body):
@@ -159,8 +159,13 @@ def test_untrusted_answers_are_typed_errors(tmp_path, bad):
 
     with FakeLLMServer() as server:
         server.complete = answer
-        with pytest.raises(LLMError):
-            served(server, tmp_path).masses("x", RECORDS[:1])
+        sim = served(server, tmp_path)
+        with caplog.at_level("WARNING"):
+            assert sim.masses("x", RECORDS[:1]) == [None]  # refused as an LLMError: the window fails
+        assert sim.served.failed_slots == 3 and "LLMError" not in caplog.text and "request" in caplog.text
+        with pytest.raises(LLMError):  # the backend's own verdict
+            sim.served.llm.chat([{"role": "user", "content": "a\tb"}], max_tokens=1, logprobs=True,
+                                extra={"echo": True, "retry": 1})
 
 
 def test_served_configuration_errors():
@@ -215,3 +220,15 @@ def test_chat_logprobs_reads_values_at_their_positions(tmp_path, monkeypatch):
     assert (sim.slots, sim.failed_slots) == (5, 1)
     with pytest.raises(ConfigError, match="top_logprobs"):
         make_simulator({"kind": "chat_logprobs", "llm": {"backend": "openai", "model": "m"}})
+
+
+def test_a_refused_request_fails_its_window_and_an_outage_stops(tmp_path):
+    with FakeLLMServer() as server:
+        server.complete = complete()
+        server.faults[:] = ["400"]  # the first window's request is refused for good
+        sim = served(server, tmp_path, concurrency=1)
+        masses = sim.masses("hot drinks", RECORDS[:1] + [ActivationRecord(tokens=[" coffee"], activations=[3])])
+        assert masses[0] is None and masses[1] is not None and sim.served.failed_slots == 3
+        server.faults[:] = ["500"]
+        with pytest.raises(TransientLLMError):
+            served(server, tmp_path).masses("an outage", RECORDS[:1])
