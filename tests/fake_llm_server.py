@@ -1,5 +1,5 @@
 """A loopback HTTP server speaking the OpenAI Chat Completions and Anthropic Messages wire
-formats, for testing the real SDKs without a network. Faults can be scripted per request:
+formats (and legacy Completions through a test-supplied `complete` function), for testing the real SDKs without a network. Faults can be scripted per request:
 400, 429 with retry-after, 500, a hang past the client timeout, truncated and malformed JSON.
 `GatedServer` answers a first few requests and holds the rest until released."""
 
@@ -15,6 +15,10 @@ from typing import Callable
 class FakeLLMServer:
     def __init__(self, reply: Callable[[dict], str] | None = None):
         self.reply = reply or (lambda request: 'the main thing this neuron does is find the token "the".')
+        # /v1/completions (not chat): the whole response body for a request body, set by a test
+        self.complete: Callable[[dict], dict] | None = None
+        # chat logprobs.content for (request body, reply text); default: one entry per space-separated word
+        self.chat_logprobs: Callable[[dict, str], list] | None = None
         self.faults: list[str] = []  # consumed one per request: "400", "429", "500", "hang", "truncated", "malformed", "empty"
         self.requests: list[dict] = []  # every request body received (also faulted ones)
         self.headers: list[dict] = []
@@ -41,6 +45,8 @@ class FakeLLMServer:
                 if fault == "hang":
                     time.sleep(3)
                     return
+                if self.path.endswith("/completions") and not self.path.endswith("/chat/completions"):
+                    return self._send(200, server.complete(body))
                 text = "" if fault == "empty" else server.reply(body)
                 payload = (self._anthropic(body, text) if self.path.endswith("/messages")
                            else self._openai(body, text))
@@ -60,8 +66,9 @@ class FakeLLMServer:
             def _openai(self, body, text):
                 n = body.get("n") or 1
                 tokens = text.split(" ")
-                logprobs = {"content": [{"token": t, "logprob": -0.25, "bytes": None, "top_logprobs": []}
-                                        for t in tokens]} if body.get("logprobs") else None
+                content = (server.chat_logprobs(body, text) if server.chat_logprobs else
+                           [{"token": t, "logprob": -0.25, "bytes": None, "top_logprobs": []} for t in tokens])
+                logprobs = {"content": content} if body.get("logprobs") else None
                 return {"id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": body["model"],
                         "choices": [{"index": i, "message": {"role": "assistant", "content": text},
                                      "finish_reason": "stop", "logprobs": logprobs} for i in range(n)],

@@ -17,8 +17,8 @@ from harness.build_set import build
 from harness.cell import results_table, run_cell
 from harness.corpus import load_corpus
 from harness.errors import ConfigError
-from harness.metric_sanity import CLASS, PLANTED, plant, planted_neuron
 from harness.paths import CONF_DIR
+from harness.planted import CLASS, EXPLANATIONS, PLANTED, plant, planted_neuron
 from harness.records import ActivationRecord, NeuronRecord, load_set
 from harness.scoring import SCORERS, Simulated, get_scorer, run_scorers
 from harness.scoring.ablation import choose_windows, kl_from_logits, linear_calibration
@@ -169,23 +169,14 @@ def test_patch_rows_equals_one_patch_per_row(tiny_llama, sample_ids):
 
 # --- the planted neuron -----------------------------------------------------------------------
 
-EXPLANATIONS = {
-    "true": 'the pronouns "he", "she", "it", "they"',
-    "articles": 'articles "the", "a", "an"',
-    "prepositions": 'prepositions "of", "to", "in"',
-    "verbs": 'verbs "was", "said", "had"',
-}
-
-
 @pytest.fixture(scope="module")
 def planted(tiny_llama):
-    """The planted subject (harness.metric_sanity.plant) and a NeuronRecord for its planted neuron,
-    recorded from Brown windows (explain from the first half of the documents, calibration/test
-    from the second)."""
+    """The planted subject and a NeuronRecord for its planted neuron (harness/planted.py), recorded
+    from Brown windows (explain from the first half of the documents, calibration/test from the second)."""
     subject = plant(tiny_llama)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         corpus = load_corpus(compose("build_set", overrides=["corpus.max_documents=24"]).corpus)
-    return subject, planted_neuron(subject, corpus)
+    return subject, planted_neuron(subject, [doc.text for doc in corpus.documents])
 
 
 def test_planted_neuron_fires_on_its_class(planted):

@@ -48,16 +48,18 @@ def _logprobs(vocab: int, probs: dict[int, float], n_values: int = 11) -> np.nda
         return np.log(p)[None]
 
 
-def test_two_token_ten_splits_the_mass_of_its_first_token():
+def test_two_token_values_read_exactly_that_value():
     # tokens 0..9 write "0".."9"; "10" is "1" (token 1) then "0" (token 0), as in SmolLM2's tokenizer
     vt = ValueTokens(first=tuple(range(10)) + (1,), second=(None,) * 10 + (0,), tab=20, newline=21)
     assert vt.continuations == (1,)
-    first = _logprobs(30, {0: 0.5, 1: 0.2, 7: 0.1}, n_values=10)  # 0.2 on "1": split between the values 1 and 10
-    after_one = _logprobs(30, {0: 0.75, 21: 0.2}, n_values=10)  # after "1": "0" with 0.75
+    first = _logprobs(30, {0: 0.5, 1: 0.2, 7: 0.1}, n_values=10)  # 0.2 on "1": the values 1, 10 and "1x"
+    after_one = _logprobs(30, {0: 0.75, 21: 0.2, 3: 0.05}, n_values=10)  # after "1": "0", newline, "3" ("13")
     m = vt.masses(first, {1: after_one})[0]
-    assert m[10] == pytest.approx(0.2 * 0.75) and m[1] == pytest.approx(0.2 * 0.25)
-    assert m[0] == pytest.approx(0.5) and m[7] == pytest.approx(0.1) and m[1] + m[10] == pytest.approx(0.2)
-    assert expected_values(m) == pytest.approx((0.05 * 1 + 0.1 * 7 + 0.15 * 10) / 0.8)
+    assert m[10] == pytest.approx(0.2 * 0.75)  # "1" then "0"
+    assert m[1] == pytest.approx(0.2 * 0.2)  # "1" then the newline that ends the value
+    assert m[1] + m[10] == pytest.approx(0.2 * 0.95)  # "13" and the rest write no value: no mass
+    assert m[0] == pytest.approx(0.5) and m[7] == pytest.approx(0.1)
+    assert expected_values(m) == pytest.approx((0.04 * 1 + 0.1 * 7 + 0.15 * 10) / (0.5 + 0.04 + 0.1 + 0.15))
     # one-token values (GPT-4-like tokenizers): the plain probabilities, as in Bills et al.
     single = ValueTokens(first=tuple(range(11)), second=(None,) * 11, tab=20, newline=21)
     assert single.continuations == ()
@@ -93,6 +95,16 @@ def test_all_at_once_equals_one_prompt_per_token_and_prefix_reuse(tiny_llama):
     assert all(0 <= v <= 10 for s in sims for v in s)
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_literal_option_fires_on_named_tokens_and_keeps_the_model_elsewhere(tiny_llama):
+    kw = dict(model=tiny_llama.model, tokenizer=tiny_llama.tokenizer, max_context=4096)
+    plain = AllAtOnceSimulator(**kw).simulate('the word "coffee"', RECORDS)
+    literal = AllAtOnceSimulator(literal=True, **kw).simulate('the word "coffee"', RECORDS)
+    for p, q, r in zip(plain, literal, RECORDS):
+        for a, b, tok in zip(p, q, r.tokens):
+            assert b == (10.0 if tok == " coffee" else a)
+
+
 def test_window_lines_escape_newlines_and_tabs(tiny_llama):
     sim = AllAtOnceSimulator(model=tiny_llama.model, tokenizer=tiny_llama.tokenizer)
     sim._load()
@@ -105,9 +117,11 @@ def test_window_lines_escape_newlines_and_tabs(tiny_llama):
 def test_configs_build_simulators_without_loading_a_model():
     with initialize_config_dir(str(REPO_ROOT / "conf"), version_base=None):
         for name, cls in [("all_at_once", AllAtOnceSimulator), ("one_at_a_time", OneAtATimeSimulator),
-                          ("json", JsonSimulator)]:
+                          ("json", JsonSimulator), ("all_at_once_literal", AllAtOnceSimulator)]:
             cfg = compose("config", overrides=[f"simulator={name}"])
-            assert isinstance(make_simulator(cfg.simulator), cls)
+            sim = make_simulator(cfg.simulator)
+            assert isinstance(sim, cls)
+            assert (getattr(sim, "literal", None) is not None) == (name == "all_at_once_literal")
     with pytest.raises(ConfigError, match="hf_local"):
         make_simulator({"kind": "all_at_once", "llm": {"backend": "openai", "model": "gpt-4o-mini"}})
 
@@ -117,9 +131,9 @@ def test_configs_build_simulators_without_loading_a_model():
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_ten_as_two_tokens_matches_brute_force_on_smollm2(smollm2):
-    """Each position's 11 masses against separate plain forward passes: P(v) for the one-token
-    values from the prompt ending at the tab, P(10) as the probability of the token pair "1","0"
-    scored on the prompt + "10", P(1) = P("1") − P(10)."""
+    """Each position's 11 masses against separate plain forward passes: P(v) for the values 2..9
+    and 0 from the prompt ending at the tab; P(10) as the probability of the tokens "1","0" and
+    P(1) as that of "1", newline, both scored on the prompt + "10"."""
     tok, model = smollm2.tokenizer, smollm2.model
     record = ActivationRecord(tokens=["We", " drank", " tea"], activations=[0, 0, 10])
     explanation = "hot drinks such as tea and coffee"
@@ -129,7 +143,8 @@ def test_ten_as_two_tokens_matches_brute_force_on_smollm2(smollm2):
     ids, tabs = sim.window_ids(record)
     assert tok.decode(ids) == "We\tunknown\n drank\tunknown\n tea\tunknown\n<end>"
     digit = [tok.encode(str(v), add_special_tokens=False) for v in range(11)]
-    assert digit[10] == digit[1] + digit[0]
+    newline = tok.encode("\n", add_special_tokens=False)
+    assert digit[10] == digit[1] + digit[0] and len(newline) == 1
     for i, t in enumerate(tabs):
         context = prefix + ids[: t + 1]
         with torch.no_grad():
@@ -137,9 +152,10 @@ def test_ten_as_two_tokens_matches_brute_force_on_smollm2(smollm2):
         at_tab, after_one = lp[len(context) - 1], lp[len(context)]
         brute = np.array([float(at_tab[digit[v][0]].exp()) for v in range(10)] + [0.0])
         brute[10] = float((at_tab[digit[1][0]] + after_one[digit[0][0]]).exp())  # P("1", "0")
-        brute[1] -= brute[10]
-        assert np.allclose(masses[i], brute, atol=1e-5, rtol=1e-3), (i, masses[i], brute)
-        assert masses[i][10] > 0
+        brute[1] = float((at_tab[digit[1][0]] + after_one[newline[0]]).exp())  # P("1", newline)
+        # float32 logits from a batched, tree-masked pass against plain passes: relative 1e-3
+        assert np.allclose(masses[i], brute, atol=1e-6, rtol=1e-3), (i, masses[i], brute)
+        assert masses[i][10] > 0 and masses[i][1] > 0
 
 
 @pytest.mark.slow

