@@ -1,5 +1,5 @@
 """Ctrl-C during hung API requests (issue 14): `python -m harness` stops within seconds, not after
-the request timeout, with one line on stderr and exit code 130, and keeps every answer received."""
+the request timeout (600 s), with one line on stderr and exit code 130, and keeps every answer received."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def test_ctrl_c_stops_hung_requests_promptly_and_keeps_answers(lb_sets, tmp_path
                 [sys.executable, "-m", "harness", f"hydra.run.dir={tmp_path / 'out'}",
                  f"neuron_set.path={lb_sets / 'tiny'}", f"call_cache={cache}", "explainer=openai",
                  f"explainer.llm.base_url={server.url}/v1", "explainer.llm.max_retries=0",
-                 "explainer.llm.timeout=100"],
+                 "explainer.llm.timeout=600"],
                 cwd=REPO_ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=stderr)
             try:
                 deadline = time.monotonic() + 300
@@ -32,10 +32,11 @@ def test_ctrl_c_stops_hung_requests_promptly_and_keeps_answers(lb_sets, tmp_path
                     assert run.poll() is None and time.monotonic() < deadline, "the run ended or stalled early"
                     time.sleep(0.1)
                 run.send_signal(signal.SIGINT)
-                # Far below the 100 s request timeout: a behavioural bound, not a benchmark.
-                returncode = run.wait(timeout=15)
+                # Far below the 600 s request timeout: a behavioural bound, not a benchmark (generous,
+                # so a machine busy with other work does not fail it).
+                returncode = run.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                pytest.fail("the run was still going 15 s after Ctrl-C:\n" + (tmp_path / "stderr").read_text()[-2000:])
+                pytest.fail("the run was still going 60 s after Ctrl-C:\n" + (tmp_path / "stderr").read_text()[-2000:])
             finally:
                 run.kill()
                 run.wait()
