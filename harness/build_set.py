@@ -147,12 +147,19 @@ class TopK:
 
     Entries are kept in a strict total order, value descending then window id ascending, so the
     top k of a stream is one well-defined set: updating with later windows and merging the top k's
-    of consecutive shards give the same bits."""
+    of consecutive shards give the same bits. Per-token activations stay in the slot they were
+    written to (`slots` maps each ranked entry to its slot): an update writes only the windows that
+    enter the top k, never moves the others."""
 
     def __init__(self, n_neurons: int, k: int, window: int, device: torch.device):
         self.values = torch.full((n_neurons, k), -torch.inf, device=device)
         self.windows = torch.full((n_neurons, k), -1, dtype=torch.int64, device=device)
-        self.acts = torch.zeros((n_neurons, k, window), device=device)
+        self.slots = torch.arange(k, device=device).repeat(n_neurons, 1)
+        self.acts = torch.zeros((n_neurons, k, window), device=device)  # by slot
+
+    def ranked_acts(self) -> torch.Tensor:
+        """Per-token activations [n, k, T] in rank order."""
+        return self.acts.gather(1, self.slots[..., None].expand(-1, -1, self.acts.shape[2]))
 
     def update(self, cols: slice, wmax: torch.Tensor, window_ids: torch.Tensor, acts: torch.Tensor,
                rows: torch.Tensor) -> None:
@@ -163,28 +170,35 @@ class TopK:
         better = (wmax.amax(0) > self.values[cols, -1]).nonzero().squeeze(1)
         if len(better) == 0:
             return
-        new_acts = acts.index_select(2, better).index_select(0, rows).permute(2, 0, 1)
-        self._combine(better + cols.start, wmax[:, better].T, window_ids.expand(len(better), -1), new_acts)
+        self._combine(better + cols.start, wmax[:, better].T, window_ids.expand(len(better), -1),
+                      lambda r, j: acts[rows[j], :, better[r]])
 
-    def merge(self, other: TopK, chunk: int = 4096) -> None:
+    def merge(self, other: TopK) -> None:
         """Add the top k's of a shard whose windows all come after this one's."""
-        for lo in range(0, len(self.values), chunk):
-            g = torch.arange(lo, min(lo + chunk, len(self.values)), device=self.values.device)
-            self._combine(g, other.values[g], other.windows[g], other.acts[g])
+        g = torch.arange(len(self.values), device=self.values.device)
+        self._combine(g, other.values, other.windows, lambda r, j: other.acts[r, other.slots[r, j]])
 
-    def _combine(self, g: torch.Tensor, values: torch.Tensor, windows: torch.Tensor, acts: torch.Tensor) -> None:
-        """Rows `g` keep the top k of their entries and the candidates (all with larger window ids)."""
+    def _combine(self, g: torch.Tensor, values: torch.Tensor, windows: torch.Tensor, fetch) -> None:
+        """Rows `g` keep the top k of their entries and the candidates `values`/`windows` [r, c] (all
+        with larger window ids); `fetch(r, j)` gives the activations [m, T] of candidates j of rows r."""
         k = self.values.shape[1]
         # A stable sort keeps equal values in window order: current entries first, then candidates.
         vals, order = torch.cat([self.values[g], values], 1).sort(dim=1, descending=True, stable=True)
         order = order[:, :k]
+        old = order < k  # ranks held by current entries, which keep their slots
+        kept_slots = self.slots[g].gather(1, order.clamp(max=k - 1))
+        used = torch.zeros_like(kept_slots).scatter_add_(1, kept_slots, old.long()) > 0
+        free = used.int().argsort(dim=1, stable=True)  # free slots first, in slot order
+        new = ~old
+        nth_new = (new.cumsum(1) - 1).clamp(min=0)
+        slots = torch.where(old, kept_slots, free.gather(1, nth_new))
+        r, rank = new.nonzero(as_tuple=True)
+        self.acts[g[r], slots[r, rank]] = fetch(r, order[r, rank] - k)
         self.windows[g] = torch.cat([self.windows[g], windows], 1).gather(1, order)
-        cand = torch.cat([self.acts[g], acts], 1)
-        self.acts[g] = cand.gather(1, order[..., None].expand(-1, -1, cand.shape[2]))
-        self.values[g] = vals[:, :k]
+        self.values[g], self.slots[g] = vals[:, :k], slots
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {"values": self.values, "windows": self.windows, "acts": self.acts}
+        return {"values": self.values, "windows": self.windows, "slots": self.slots, "acts": self.acts}
 
 
 class Pass1:
@@ -268,7 +282,8 @@ class Pass1:
             acc.hi, acc.lo, acc.bad = (flat[f"{name}.{k}"].to(dev) for k in ("hi", "lo", "bad"))
         for p in POOLS:
             t = self.top[p]
-            t.values, t.windows, t.acts = (flat[f"top.{p}.{k}"].to(dev) for k in ("values", "windows", "acts"))
+            t.values, t.windows, t.slots, t.acts = (flat[f"top.{p}.{k}"].to(dev)
+                                                    for k in ("values", "windows", "slots", "acts"))
             self.active[p] = flat[f"active.{p}"].to(dev)
             self.sample_windows[p] = flat[f"sample_windows.{p}"].numpy()
             self.sample_max[p] = flat[f"sample_max.{p}"].to(dev)
@@ -498,7 +513,7 @@ def build(cfg: DictConfig) -> str | None:
     assert all(np.array_equal(state.sample_windows[p], sample[p]) for p in POOLS)
     sample_pos = {name: {int(w): i for i, w in enumerate(s)} for name, s in sample.items()}
     sample_max = {name: m.cpu() for name, m in state.sample_max.items()}
-    top = {name: SimpleNamespace(windows=t.windows.cpu(), acts=t.acts.cpu()) for name, t in state.top.items()}
+    top = {name: SimpleNamespace(windows=t.windows.cpu(), acts=t.ranked_acts().cpu()) for name, t in state.top.items()}
     active = {name: a.cpu() for name, a in state.active.items()}
 
     # Choose neurons: seeded, `neurons_per_layer` per layer, among neurons that are not dead.
