@@ -1,12 +1,22 @@
 """Build a frozen held-out neuron set: `python -m harness.build_set [overrides]`.
 
 Two passes over the corpus, in 64-token windows:
-1. Every neuron of every chosen layer, streaming: running top-k windows per pool (values and
-   per-token activations), mean/variance/max, how many windows it is active in, and its
-   window maxima on a fixed seeded sample of windows per pool. Memory is bounded by
-   neurons × (k + sample), not by corpus length.
+1. Every neuron of every chosen layer, streaming, each layer's activations consumed as the forward
+   pass computes them: running top-k windows per pool (values and per-token activations), exact
+   sums for mean/variance, max, how many windows it is active in, and its window maxima on a fixed
+   seeded sample of windows per pool. Memory is bounded by neurons × (k + sample), not by corpus
+   length; `device=cuda` keeps all of it on the GPU.
 2. After choosing the neurons (seeded, among neurons that are not dead), only the sampled
    windows they use as random/quantile records are run again to read their activations.
+
+Pass 1 can be split into `shards=K` consecutive ranges of whole batches. Their states merge
+exactly (top-k of top-k's under one total order, integer sums, maxima), so a sharded build writes
+the same set, bit for bit, as one pass. Each shard's state is written atomically to a shard file
+next to the set (`.<name>.shards/`); a build reads the finished ones and computes only the missing
+ones, so a killed shard re-runs alone. Shards run as jobs of any Hydra launcher:
+
+    python -m harness.build_set -m shards=8 'shard=range(8)' hydra/launcher=slurm   # pass 1, 8 jobs
+    python -m harness.build_set shards=8                                             # merge, pass 2
 
 Documents are split once, by seed, into an explain pool and a scoring pool: explain records come
 from the first, calibration and test records from the second, so no document is shared.
@@ -14,11 +24,16 @@ from the first, calibration and test records from the second, so no document is 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import re
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import hydra
 import numpy as np
@@ -84,29 +99,195 @@ def make_windows(corpus: Corpus, tokenizer, window: int, explain_fraction: float
     return w, pools, n_all
 
 
+class ExactSum:
+    """Per-neuron sums of float32 partials, exact and independent of the order they are added in:
+    each partial is rounded once to a multiple of 2**-32 and added as an integer held in two int64
+    limbs (`hi`·2**32 + `lo`, 0 ≤ lo < 2**32), so shards merged in any grouping give the same bits
+    as one pass. A partial must be finite and below 2**30 in magnitude (else `value` refuses)."""
+
+    SHIFT = 32
+
+    def __init__(self, n: int, device: torch.device):
+        self.hi = torch.zeros(n, dtype=torch.int64, device=device)
+        self.lo = torch.zeros(n, dtype=torch.int64, device=device)
+        self.bad = torch.zeros(n, dtype=torch.bool, device=device)
+
+    def add(self, cols: slice, partial: torch.Tensor) -> None:
+        x = partial.float()
+        self.bad[cols] |= ~(x.abs() < 2.0 ** 30)  # also NaN
+        fixed = (x.double() * 2.0 ** self.SHIFT).round()  # exact: a float32 times a power of two
+        self.lo[cols] += torch.where(self.bad[cols], 0.0, fixed).long()
+        self._carry(cols)
+
+    def merge(self, other: ExactSum) -> None:
+        self.hi += other.hi
+        self.lo += other.lo
+        self.bad |= other.bad
+        self._carry(slice(None))
+
+    def _carry(self, cols: slice) -> None:
+        carry = self.lo[cols] >> self.SHIFT  # floor division by 2**32
+        self.hi[cols] += carry
+        self.lo[cols] -= carry << self.SHIFT
+
+    def value(self) -> torch.Tensor:
+        """The sums as float64 [n] (on the CPU)."""
+        if self.bad.any():
+            raise HarnessError(f"{int(self.bad.sum())} neurons have a non-finite or huge (≥ 2**30) activation "
+                               "sum over one batch; their statistics cannot be kept: check the subject's "
+                               "weights and dtype (float16 overflows easily; use float32 or bfloat16).")
+        return self.hi.cpu().double() + self.lo.cpu().double() * 2.0 ** -self.SHIFT
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"hi": self.hi, "lo": self.lo, "bad": self.bad}
+
+
 class TopK:
-    """Running top-k windows per neuron by window-max activation, with per-token activations."""
+    """Running top-k windows per neuron by window-max activation, with per-token activations.
 
-    def __init__(self, n_neurons: int, k: int, window: int):
-        self.values = torch.full((n_neurons, k), -torch.inf)
-        self.windows = torch.full((n_neurons, k), -1, dtype=torch.int64)
-        self.acts = torch.zeros((n_neurons, k, window))
+    Entries are kept in a strict total order, value descending then window id ascending, so the
+    top k of a stream is one well-defined set: updating with later windows and merging the top k's
+    of consecutive shards give the same bits. Per-token activations stay in the slot they were
+    written to (`slots` maps each ranked entry to its slot): an update writes only the windows that
+    enter the top k, never moves the others."""
 
-    def update(self, wmax: torch.Tensor, window_ids: torch.Tensor, acts: torch.Tensor) -> None:
-        """wmax [b, N], window_ids [b], acts [b, T, N]."""
-        if len(window_ids) == 0:
+    def __init__(self, n_neurons: int, k: int, window: int, device: torch.device):
+        self.values = torch.full((n_neurons, k), -torch.inf, device=device)
+        self.windows = torch.full((n_neurons, k), -1, dtype=torch.int64, device=device)
+        self.slots = torch.arange(k, device=device).repeat(n_neurons, 1)
+        self.acts = torch.zeros((n_neurons, k, window), device=device)  # by slot
+
+    def ranked_acts(self) -> torch.Tensor:
+        """Per-token activations [n, k, T] in rank order."""
+        return self.acts.gather(1, self.slots[..., None].expand(-1, -1, self.acts.shape[2]))
+
+    def update(self, cols: slice, wmax: torch.Tensor, window_ids: torch.Tensor, acts: torch.Tensor,
+               rows: torch.Tensor) -> None:
+        """Neurons `cols` (one layer) see windows `window_ids` [b'] (later than any seen before):
+        their maxima `wmax` [b', n] and activations `acts[rows]` ([b, T, n] indexed by `rows`)."""
+        # Only neurons where some candidate beats the current k-th value change (a tie ranks below:
+        # its window id is larger).
+        better = (wmax.amax(0) > self.values[cols, -1]).nonzero().squeeze(1)
+        if len(better) == 0:
             return
-        # Only neurons where some candidate beats the current k-th value change.
-        rows = (wmax.amax(0) > self.values[:, -1]).nonzero().squeeze(1)
-        if len(rows) == 0:
-            return
+        self._combine(better + cols.start, wmax[:, better].T, window_ids.expand(len(better), -1),
+                      lambda r, j: acts[rows[j], :, better[r]])
+
+    def merge(self, other: TopK) -> None:
+        """Add the top k's of a shard whose windows all come after this one's."""
+        g = torch.arange(len(self.values), device=self.values.device)
+        self._combine(g, other.values, other.windows, lambda r, j: other.acts[r, other.slots[r, j]])
+
+    def _combine(self, g: torch.Tensor, values: torch.Tensor, windows: torch.Tensor, fetch) -> None:
+        """Rows `g` keep the top k of their entries and the candidates `values`/`windows` [r, c] (all
+        with larger window ids); `fetch(r, j)` gives the activations [m, T] of candidates j of rows r."""
         k = self.values.shape[1]
-        vals = torch.cat([self.values[rows], wmax[:, rows].T], 1)
-        vals, idx = vals.topk(k, dim=1)
-        wins = torch.cat([self.windows[rows], window_ids.expand(len(rows), -1)], 1).gather(1, idx)
-        cand = torch.cat([self.acts[rows], acts[:, :, rows].permute(2, 0, 1)], 1)
-        self.acts[rows] = cand.gather(1, idx[..., None].expand(-1, -1, cand.shape[2]))
-        self.values[rows], self.windows[rows] = vals, wins
+        # A stable sort keeps equal values in window order: current entries first, then candidates.
+        vals, order = torch.cat([self.values[g], values], 1).sort(dim=1, descending=True, stable=True)
+        order = order[:, :k]
+        old = order < k  # ranks held by current entries, which keep their slots
+        kept_slots = self.slots[g].gather(1, order.clamp(max=k - 1))
+        used = torch.zeros_like(kept_slots).scatter_add_(1, kept_slots, old.long()) > 0
+        free = used.int().argsort(dim=1, stable=True)  # free slots first, in slot order
+        new = ~old
+        nth_new = (new.cumsum(1) - 1).clamp(min=0)
+        slots = torch.where(old, kept_slots, free.gather(1, nth_new))
+        r, rank = new.nonzero(as_tuple=True)
+        self.acts[g[r], slots[r, rank]] = fetch(r, order[r, rank] - k)
+        self.windows[g] = torch.cat([self.windows[g], windows], 1).gather(1, order)
+        self.values[g], self.slots[g] = vals[:, :k], slots
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"values": self.values, "windows": self.windows, "slots": self.slots, "acts": self.acts}
+
+
+class Pass1:
+    """Pass-1 state over the consecutive windows [lo, hi) for every neuron: running top-k per pool,
+    exact sums of activations and their squares, maxima, the number of windows a neuron is active
+    in per pool, and its window maxima on the sampled windows of [lo, hi). Memory is bounded by
+    neurons × (k + sample) and does not grow with the number of windows. States of consecutive
+    ranges merge exactly (`merge`), so a sharded build equals a single pass bit for bit."""
+
+    def __init__(self, n_neurons: int, k_top: dict[str, int], window: int, sample: dict[str, np.ndarray],
+                 lo: int, hi: int, device: torch.device):
+        self.lo, self.hi = lo, hi
+        self.seconds = 0.0  # time spent computing it
+        self.top = {p: TopK(n_neurons, k_top[p], window, device) for p in POOLS}
+        self.sum, self.sq = ExactSum(n_neurons, device), ExactSum(n_neurons, device)
+        self.max = torch.full((n_neurons,), -torch.inf, device=device)
+        self.active = {p: torch.zeros(n_neurons, dtype=torch.int64, device=device) for p in POOLS}
+        self.sample_windows = {p: s[(s >= lo) & (s < hi)] for p, s in sample.items()}
+        self.sample_max = {p: torch.zeros((len(w), n_neurons), device=device) for p, w in self.sample_windows.items()}
+
+    def batch(self, lo: int, hi: int, pool: np.ndarray, device: torch.device) -> dict:
+        """Index tensors for the windows [lo, hi) of one forward batch: per pool, the batch rows in
+        it, their window ids, and the rows and sample positions of its sampled windows."""
+        out = {}
+        for p, name in enumerate(POOLS):
+            rows = np.flatnonzero(pool[lo:hi] == p)
+            sampled = self.sample_windows[name]
+            in_batch = sampled[(sampled >= lo) & (sampled < hi)]
+            out[name] = [torch.as_tensor(x, dtype=torch.int64, device=device) for x in
+                         (rows, rows + lo, in_batch - lo, np.searchsorted(sampled, in_batch))]
+        return out
+
+    def update(self, cols: slice, acts: torch.Tensor, batch: dict, min_activation: float) -> None:
+        """One layer's activations `acts` [b, T, n] (neurons `cols`) on one batch."""
+        acts = acts.float()
+        self.sum.add(cols, acts.sum((0, 1)))
+        self.sq.add(cols, acts.square().sum((0, 1)))
+        wmax = acts.amax(1)
+        self.max[cols] = torch.maximum(self.max[cols], wmax.amax(0))
+        for name in POOLS:
+            rows, window_ids, sample_rows, sample_pos = batch[name]
+            if len(rows):
+                pool_max = wmax.index_select(0, rows)
+                self.active[name][cols] += (pool_max > min_activation).sum(0)
+                self.top[name].update(cols, pool_max, window_ids, acts, rows)
+            if len(sample_rows):
+                self.sample_max[name][sample_pos, cols] = wmax.index_select(0, sample_rows)
+
+    def merge(self, other: Pass1) -> Pass1:
+        """Add the state of the windows right after this one's ([self.hi, other.hi))."""
+        if other.lo != self.hi:
+            raise HarnessError(f"shard states must be merged in window order: [{self.lo}, {self.hi}) "
+                               f"then [{other.lo}, {other.hi})")
+        for p in POOLS:
+            self.top[p].merge(other.top[p])
+            self.active[p] += other.active[p]
+            self.sample_windows[p] = np.concatenate([self.sample_windows[p], other.sample_windows[p]])
+            self.sample_max[p] = torch.cat([self.sample_max[p], other.sample_max[p]])
+        self.sum.merge(other.sum)
+        self.sq.merge(other.sq)
+        self.max = torch.maximum(self.max, other.max)
+        self.hi = other.hi
+        self.seconds += other.seconds
+        return self
+
+    def state(self) -> dict:
+        """Everything, as CPU tensors and plain values (what a shard file holds)."""
+        flat = {"lo": self.lo, "hi": self.hi, "seconds": self.seconds, "max": self.max,
+                **{f"sum.{k}": v for k, v in self.sum.state().items()},
+                **{f"sq.{k}": v for k, v in self.sq.state().items()}}
+        for p in POOLS:
+            flat.update({f"top.{p}.{k}": v for k, v in self.top[p].state().items()})
+            flat.update({f"active.{p}": self.active[p], f"sample_windows.{p}": torch.from_numpy(self.sample_windows[p]),
+                         f"sample_max.{p}": self.sample_max[p]})
+        return {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in flat.items()}
+
+    def load_state(self, flat: dict) -> Pass1:
+        dev = self.max.device
+        self.lo, self.hi, self.seconds, self.max = flat["lo"], flat["hi"], flat["seconds"], flat["max"].to(dev)
+        for name, acc in (("sum", self.sum), ("sq", self.sq)):
+            acc.hi, acc.lo, acc.bad = (flat[f"{name}.{k}"].to(dev) for k in ("hi", "lo", "bad"))
+        for p in POOLS:
+            t = self.top[p]
+            t.values, t.windows, t.slots, t.acts = (flat[f"top.{p}.{k}"].to(dev)
+                                                    for k in ("values", "windows", "slots", "acts"))
+            self.active[p] = flat[f"active.{p}"].to(dev)
+            self.sample_windows[p] = flat[f"sample_windows.{p}"].numpy()
+            self.sample_max[p] = flat[f"sample_max.{p}"].to(dev)
+        return self
 
 
 def _free(sample: np.ndarray, taken: list[int], needed: int) -> np.ndarray:
@@ -119,7 +300,7 @@ def _free(sample: np.ndarray, taken: list[int], needed: int) -> np.ndarray:
 
 
 def forward_batches(subject: Subject, ids: np.ndarray, layers: list[int], batch_size: int, desc: str):
-    """Yield (batch slice, activations [b, T, len(layers) * n_neurons]) with a progress bar."""
+    """Yield (batch slice, activations [b, T, len(layers) * n_neurons] on the CPU) with a progress bar."""
     with tqdm(total=len(ids) * ids.shape[1], desc=desc, unit="tok", unit_scale=True) as bar:
         for lo in range(0, len(ids), batch_size):
             batch = torch.from_numpy(ids[lo:lo + batch_size])
@@ -128,7 +309,36 @@ def forward_batches(subject: Subject, ids: np.ndarray, layers: list[int], batch_
             bar.update(batch.numel())
 
 
+def run_pass1(subject: Subject, win: Windows, layers: list[int], batch_size: int, state: Pass1,
+              min_activation: float, desc: str = "pass 1: all neurons") -> Pass1:
+    """Stream the windows [state.lo, state.hi) through the subject in batches of `batch_size`
+    windows, updating `state` layer by layer as each layer's activations are computed."""
+    n = subject.neurons.n_neurons
+    cols = {layer: slice(i * n, (i + 1) * n) for i, layer in enumerate(layers)}
+    device = subject.device
+    with tqdm(total=(state.hi - state.lo) * win.ids.shape[1], desc=desc, unit="tok", unit_scale=True) as bar:
+        for lo in range(state.lo, state.hi, batch_size):
+            hi = min(lo + batch_size, state.hi)
+            batch = state.batch(lo, hi, win.pool, device)
+            subject.record(torch.from_numpy(win.ids[lo:hi]), layers,
+                           on_layer=lambda layer, acts: state.update(cols[layer], acts, batch, min_activation))
+            bar.update((hi - lo) * win.ids.shape[1])
+    return state
+
+
+def shard_ranges(n_windows: int, batch_size: int, shards: int) -> list[tuple[int, int]]:
+    """Consecutive window ranges of whole batches, one per shard: every shard runs exactly the
+    forward batches a single pass runs, so their activations (and the merged state) are the same."""
+    n_batches = -(-n_windows // batch_size)
+    if not 1 <= shards <= n_batches:
+        raise ConfigError(f"shards={shards}: must be between 1 and the number of batches ({n_batches} batches of "
+                          f"{batch_size} windows)")
+    return [(int(b[0]) * batch_size, min(int(b[-1] + 1) * batch_size, n_windows))
+            for b in np.array_split(np.arange(n_batches), shards)]
+
+
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def output_path(cfg: DictConfig) -> Path:
@@ -142,23 +352,64 @@ def output_path(cfg: DictConfig) -> Path:
     return out
 
 
-def build(cfg: DictConfig) -> str:
-    t0 = time.time()
-    out = output_path(cfg)
+def shard_dir(out: Path) -> Path:
+    """Where a sharded build keeps its shard files until the set is written: a hidden sibling of
+    the set's directory (derived from the checked output path, never from a config value)."""
+    return out.parent / f".{out.name}.shards"
+
+
+def place_subject(subject: Subject, device: str, dtype: str) -> None:
+    """Move the subject to `device` (cpu, cuda, cuda:1, …) in `dtype` (float32, bfloat16, float16)."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"device={device!r} is not a torch device (cpu, cuda, cuda:1, mps, …): {exc}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device} but torch sees no CUDA device here; use device=cpu or install a "
+                          "CUDA build of torch")
+    subject.model.to(device=dev, dtype=DTYPES[dtype])
+
+
+@dataclass
+class Setup:
+    """Everything pass 1 needs, the same in every shard job and in the merge."""
+
+    subject: Subject
+    layers: list[int]
+    corpus: Corpus
+    win: Windows
+    pools: dict[str, list[str]]
+    n_all_windows: int
+    sample: dict[str, np.ndarray]  # per pool: the sorted seeded sample of window ids
+    k_top: dict[str, int]
+    ranges: list[tuple[int, int]]  # the shards' window ranges
+
+    @property
+    def n_total(self) -> int:
+        return len(self.layers) * self.subject.neurons.n_neurons
+
+    def new_state(self, lo: int, hi: int) -> Pass1:
+        return Pass1(self.n_total, self.k_top, self.win.ids.shape[1], self.sample, lo, hi, self.subject.device)
+
+
+def prepare(cfg: DictConfig) -> Setup:
     subject = load_subject(cfg.subject)
+    place_subject(subject, cfg.device, cfg.dtype)
     layers = list(cfg.layers) if cfg.layers is not None else list(range(subject.neurons.n_layers))
     subject.check_layers(layers)
     n_per_layer = subject.neurons.n_neurons
-    n_total = len(layers) * n_per_layer
     if cfg.neurons_per_layer > n_per_layer:
         raise ConfigError(f"neurons_per_layer={cfg.neurons_per_layer} but {subject.name} has {n_per_layer} per layer")
     counts = cfg.counts
     corpus = load_corpus(cfg.corpus)
     win, pools, n_all_windows = make_windows(corpus, subject.tokenizer, cfg.window, cfg.explain_fraction,
-                              cfg.seeds.pools, cfg.max_windows)
+                                             cfg.seeds.pools, cfg.max_windows)
     n_windows, T = win.ids.shape
     log.info("%d documents → %d windows of %d tokens; %d layers × %d neurons", len(corpus.documents),
              n_windows, T, len(layers), n_per_layer)
+    ranges = shard_ranges(n_windows, cfg.batch_size, cfg.shards)
 
     # Stop before writing anything if the hooks disagree with the layer's own arithmetic.
     fidelity_check(subject, torch.from_numpy(win.ids[: min(4, n_windows)]), layers, cfg.fidelity_tolerance)
@@ -169,33 +420,101 @@ def build(cfg: DictConfig) -> str:
     for p, name in enumerate(POOLS):
         in_pool = np.flatnonzero(win.pool == p)
         sample[name] = np.sort(rng.choice(in_pool, size=min(cfg.sample_windows, len(in_pool)), replace=False))
-    sample_pos = {name: {int(w): i for i, w in enumerate(s)} for name, s in sample.items()}
-    sample_max = {name: torch.zeros((len(s), n_total)) for name, s in sample.items()}
     k_top = {"explain": counts.explain_top, "scoring": counts.calibration_top + counts.test_top}
     for p, name in enumerate(POOLS):
         if (win.pool == p).sum() < k_top[name]:
             raise ConfigError(f"the {name} pool has {(win.pool == p).sum()} windows but {k_top[name]} top "
                               "windows per neuron are asked for: use more documents or fewer top records.")
-    top = {name: TopK(n_total, k_top[name], T) for name in POOLS}
-    act_sum = torch.zeros(n_total, dtype=torch.float64)
-    act_sq = torch.zeros(n_total, dtype=torch.float64)
-    act_max = torch.full((n_total,), -torch.inf)
-    active = {name: torch.zeros(n_total, dtype=torch.int64) for name in POOLS}
+    return Setup(subject, layers, corpus, win, pools, n_all_windows, sample, k_top, ranges)
 
-    for sl, acts in forward_batches(subject, win.ids, layers, cfg.batch_size, "pass 1: all neurons"):
-        flat = acts.reshape(-1, n_total)
-        act_sum += flat.sum(0).double()
-        act_sq += flat.square().sum(0).double()
-        wmax = acts.amax(1)
-        act_max = torch.maximum(act_max, wmax.amax(0))
-        ids = torch.arange(sl.start, sl.stop)
-        for p, name in enumerate(POOLS):
-            m = torch.from_numpy(win.pool[sl] == p)
-            active[name] += (wmax[m] > cfg.alive.min_activation).sum(0)
-            top[name].update(wmax[m], ids[m], acts[m])
-            for row, w in enumerate(ids.tolist()):
-                if w in sample_pos[name]:
-                    sample_max[name][sample_pos[name][w]] = wmax[row]
+
+def fingerprint(cfg: DictConfig, setup: Setup) -> str:
+    """What decides a shard's content: a shard file with another fingerprint is never merged."""
+    keys = {"harness": __version__, "weights": setup.subject.weights_digest, "corpus": setup.corpus.digest,
+            "device": str(setup.subject.device), "dtype": cfg.dtype, "layers": setup.layers,
+            "ranges": setup.ranges, "k_top": setup.k_top, "sample": {p: s.tolist() for p, s in setup.sample.items()},
+            **{k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k]
+               for k in ("window", "explain_fraction", "max_windows", "batch_size", "seeds", "alive")}}
+    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()
+
+
+def compute_shard(cfg: DictConfig, setup: Setup, j: int, directory: Path, fp: str) -> Pass1:
+    """Shard j's pass-1 state: read from its file when a finished one is there, else computed and
+    written atomically (a killed job leaves no file, so only it runs again)."""
+    lo, hi = setup.ranges[j]
+    path = directory / f"shard-{j:04d}-of-{len(setup.ranges):04d}.pt"
+    state = setup.new_state(lo, hi)
+    if path.is_file():
+        try:
+            saved = torch.load(path, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is recomputed, never merged
+            log.warning("shard file %s is unreadable (%s); computing the shard again", path, exc)
+        else:
+            if saved.get("fingerprint") != fp:
+                raise ConfigError(f"{path} was written by a build with another configuration (subject, corpus, "
+                                  f"seeds, shards, batch size, device or dtype); delete {directory} to start "
+                                  "over, or build with the same configuration.")
+            log.info("shard %d/%d: windows [%d, %d) already done (%s)", j + 1, len(setup.ranges), lo, hi, path)
+            return state.load_state(saved["state"])
+    t0 = time.time()
+    run_pass1(setup.subject, setup.win, setup.layers, cfg.batch_size, state, cfg.alive.min_activation,
+              f"pass 1, shard {j + 1}/{len(setup.ranges)}")
+    state.seconds = time.time() - t0
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+    torch.save({"fingerprint": fp, "state": state.state()}, partial)
+    os.replace(partial, path)
+    log.info("shard %d/%d: windows [%d, %d) in %.0f s → %s", j + 1, len(setup.ranges), lo, hi, state.seconds, path)
+    return state
+
+
+def remove_shards(directory: Path) -> None:
+    """Delete the shard files of a finished build (and their directory, once nothing else is in it)."""
+    for path in directory.glob("shard-*-of-*.pt"):
+        path.unlink()
+    if directory.is_dir() and not any(directory.iterdir()):
+        directory.rmdir()
+
+
+def pass1(cfg: DictConfig, setup: Setup, out: Path) -> Pass1:
+    """The pass-1 state of every window: one pass (shards=1), or the shards' states merged in
+    window order, each read from its shard file or computed here."""
+    if len(setup.ranges) == 1:
+        t0 = time.time()
+        state = run_pass1(setup.subject, setup.win, setup.layers, cfg.batch_size,
+                          setup.new_state(0, len(setup.win.ids)), cfg.alive.min_activation)
+        state.seconds = time.time() - t0
+        return state
+    fp, directory = fingerprint(cfg, setup), shard_dir(out)
+    state = None
+    for j in range(len(setup.ranges)):
+        part = compute_shard(cfg, setup, j, directory, fp)
+        state = part if state is None else state.merge(part)
+    return state
+
+
+def build(cfg: DictConfig) -> str | None:
+    """Build the set (returns its hash); with `shard=J`, only compute shard J's pass-1 file (None)."""
+    t0 = time.time()
+    out = output_path(cfg)
+    setup = prepare(cfg)
+    if cfg.shard is not None:
+        if not 0 <= cfg.shard < len(setup.ranges):
+            raise ConfigError(f"shard={cfg.shard}: must be between 0 and shards-1={len(setup.ranges) - 1}")
+        compute_shard(cfg, setup, cfg.shard, shard_dir(out), fingerprint(cfg, setup))
+        return None
+    state = pass1(cfg, setup, out)
+    subject, layers, corpus, win, pools, sample = (setup.subject, setup.layers, setup.corpus, setup.win,
+                                                    setup.pools, setup.sample)
+    n_all_windows, n_total = setup.n_all_windows, setup.n_total
+    n_per_layer = subject.neurons.n_neurons
+    n_windows, T = win.ids.shape
+    counts, k_top = cfg.counts, setup.k_top
+    assert all(np.array_equal(state.sample_windows[p], sample[p]) for p in POOLS)
+    sample_pos = {name: {int(w): i for i, w in enumerate(s)} for name, s in sample.items()}
+    sample_max = {name: m.cpu() for name, m in state.sample_max.items()}
+    top = {name: SimpleNamespace(windows=t.windows.cpu(), acts=t.ranked_acts().cpu()) for name, t in state.top.items()}
+    active = {name: a.cpu() for name, a in state.active.items()}
 
     # Choose neurons: seeded, `neurons_per_layer` per layer, among neurons that are not dead.
     alive = (active["explain"] >= cfg.alive.min_windows) & (active["scoring"] >= cfg.alive.min_windows)
@@ -273,8 +592,9 @@ def build(cfg: DictConfig) -> str:
         "activations": pa.array([a.tolist() for (*_, a) in plan], pa.list_(pa.float32())),
     })
     n_tokens = n_windows * T
-    mean = act_sum / n_tokens
-    var = act_sq / n_tokens - mean.square()
+    mean = state.sum.value() / n_tokens
+    var = state.sq.value() / n_tokens - mean.square()
+    act_max = state.max.cpu()
     position = {f: int(i) for i, f in zip(np.argsort(order), chosen)}
     neurons_tab = pa.table({
         "order": pa.array([position[f] for f in chosen], pa.int32()),
@@ -317,10 +637,15 @@ def build(cfg: DictConfig) -> str:
             "random_from": f"a seeded sample of {cfg.sample_windows} windows per pool, excluding the neuron's top windows",
             "quantile_bins": f"{counts.test_quantile} equal-count bins of window maxima over the remaining scoring sample",
         },
-        "build": {"torch": torch.__version__, "device": str(subject.device)},
+        "build": {"torch": torch.__version__, "device": str(subject.device), "dtype": cfg.dtype},
+        # Not covered by the hash: how this build ran (the same set may be built many ways).
+        "timing": {"wall_seconds": round(time.time() - t0, 1), "shards": len(setup.ranges),
+                   "pass1_seconds": round(state.seconds, 1),
+                   "pass1_tokens_per_second": round(n_tokens / state.seconds, 1) if state.seconds else None},
     }
     digest = write_set(out, manifest, {"windows": windows_tab, "records": records_tab, "neurons": neurons_tab},
                        overwrite=cfg.overwrite)
+    remove_shards(shard_dir(out))
     log.info("wrote %s (%d neurons, hash %s) in %.0f s", out, len(chosen), digest, time.time() - t0)
     return digest
 

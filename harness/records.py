@@ -96,9 +96,14 @@ def _hash_array(h: "hashlib._Hash", arr: pa.Array) -> None:
         h.update(np.ascontiguousarray(arr.to_numpy(zero_copy_only=False)).tobytes())
 
 
+# Manifest keys the hash leaves out: the hash itself, and `timing` (how long a build took, how
+# many shards it ran in), which describes one build of the content, not the content.
+UNHASHED = ("hash", "timing")
+
+
 def content_hash(manifest: dict[str, Any], tables: dict[str, pa.Table]) -> str:
     h = hashlib.sha256()
-    body = {k: v for k, v in manifest.items() if k != "hash"}
+    body = {k: v for k, v in manifest.items() if k not in UNHASHED}
     h.update(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
     for name in TABLES:
         table = tables[name]

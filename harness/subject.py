@@ -213,16 +213,22 @@ class Subject:
         return decoder.ln_f if self.neurons.architecture == "gpt2" else decoder.norm
 
     @torch.no_grad()
-    def record(self, input_ids: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
+    def record(self, input_ids: torch.Tensor, layers: list[int],
+               on_layer: Callable[[int, torch.Tensor], None] | None = None) -> dict[int, torch.Tensor]:
         """Activations of every neuron of `layers`: {layer: [batch, tokens, n_neurons]}.
-        Runs the model only up to the last requested layer."""
+        Runs the model only up to the last requested layer. With `on_layer`, each layer's
+        activations are handed to `on_layer(layer, acts)` as they are computed and not kept
+        (memory stays at one layer's activations); the result is then empty."""
         self.check_layers(layers)
         out: dict[int, torch.Tensor] = {}
         last = max(layers)
 
         def make_hook(layer: int):
             def hook(_module, args):
-                out[layer] = args[0].detach()
+                if on_layer is None:
+                    out[layer] = args[0].detach()
+                else:
+                    on_layer(layer, args[0].detach())
                 if layer == last:
                     raise _StopForward
             return hook
