@@ -77,7 +77,7 @@ board-hf-local: install
 RANDOM_SET := neuron_set=smollm2_135m_random_brown_v1
 
 random-set: install
-	$(PY) -m harness.build_set subject=smollm2_135m_random name=smollm2-135m-random-brown-v1
+	$(PY) -m harness.build_set subject=smollm2_135m_random name=smollm2-135m-random-brown-v1 max_windows=4096  # v1's recipe
 
 board-random: install
 	$(PY) -m harness -m hydra.sweep.dir=multirun/board-random-baselines $(RANDOM_SET) explainer=$(BASELINES) 'scorer=$(BOARD_SCORERS)'
