@@ -393,7 +393,7 @@ def _load_hub(cfg: Any):
     return model, tokenizer
 
 
-def model_config_of(cfg: Any):
+def model_config_of(cfg: Any, _seen: tuple[str, ...] = ()):
     """The transformers config (architecture, sizes, initializer range) of a subject config, without
     loading its weights where that can be avoided."""
     from transformers import AutoConfig
@@ -403,7 +403,11 @@ def model_config_of(cfg: Any):
     if cfg["source"] == "hub":
         return AutoConfig.from_pretrained(cfg["hub_id"])
     if "config_from" in cfg:
-        return model_config_of(subject_config(cfg["config_from"]))
+        if cfg["config_from"] in _seen + (cfg["name"],):
+            raise ConfigError(f"subject {cfg['name']}: config_from {cfg['config_from']!r} leads back to itself "
+                              f"({' -> '.join(_seen + (cfg['name'], cfg['config_from']))}); name a subject with weights "
+                              "or a model_config")
+        return model_config_of(subject_config(cfg["config_from"]), _seen + (cfg["name"],))
     return AutoConfig.for_model(cfg["model_type"], **dict(cfg["model_config"]))
 
 

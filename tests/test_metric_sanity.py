@@ -38,6 +38,8 @@ def test_random_init_copies_another_subjects_architecture_under_its_own_seed(tin
     assert load_subject({**cfg, "seed": 4}).weights_digest != a.weights_digest
     with pytest.raises(ConfigError, match="either config_from"):
         load_subject({**cfg, "model_type": "llama"})
+    with pytest.raises(ConfigError, match="leads back to itself"):
+        load_subject({**cfg, "name": "tiny_llama_again", "config_from": "tiny_llama_again"})
 
 
 @pytest.mark.slow
