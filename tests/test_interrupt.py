@@ -16,6 +16,13 @@ from tests.test_leaderboard import lb_sets  # noqa: F401  (session fixture)
 from tests.test_sweeps import _cached_calls, _env
 
 
+def _sigint_default() -> None:
+    """Start the run as a terminal's foreground process does, with SIGINT's default disposition: a
+    test session launched in the background (`make test &`, many CI runners) ignores SIGINT, and a
+    child inherits that, so Ctrl-C would never reach it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_hung_requests_promptly_and_keeps_answers(lb_sets, tmp_path):  # noqa: F811
     cache = tmp_path / "calls.sqlite"
     with GatedServer(open_for=3) as server:  # 3 of the 8 neurons' requests answer, the other 5 hang
@@ -25,7 +32,7 @@ def test_ctrl_c_stops_hung_requests_promptly_and_keeps_answers(lb_sets, tmp_path
                  f"neuron_set.path={lb_sets / 'tiny'}", f"call_cache={cache}", "explainer=openai",
                  f"explainer.llm.base_url={server.url}/v1", "explainer.llm.max_retries=0",
                  "explainer.llm.timeout=600"],
-                cwd=REPO_ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=stderr)
+                cwd=REPO_ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=_sigint_default)
             try:
                 deadline = time.monotonic() + 300
                 while not (server.held == 5 and _cached_calls(cache) == 3):
