@@ -123,7 +123,9 @@ def test_windows_packed_per_request_read_the_same(tmp_path, form):
         packed = served(server, tmp_path / "b", pack=2, form=form).masses("hot drinks", records)
         assert len(server.requests) - alone == 2 + 1  # 3 windows in 2 requests; 2 continuations in 1
         assert alone == 3 + 2
-        assert [len(p) if isinstance(p := r["prompt"], list) else 1 for r in server.requests[alone:]] == [2, 1, 2]
+        sizes = [len(p) if isinstance(p := r["prompt"], list) else 1 for r in server.requests[alone:]]
+        # The two window requests run concurrently (either may arrive first); the continuations follow.
+        assert sorted(sizes[:2]) == [1, 2] and sizes[2] == 2
     for a, b in zip(one, packed):
         assert (a is None and b is None) or np.allclose(a, b)
 
