@@ -417,30 +417,21 @@ class SetViews:
         return {**entry, "neurons": neurons}
 
 
-def _headline_values(entry: dict[str, Any], scorer: str) -> list[tuple[int, float]]:
-    """(layer, headline metric) of every neuron on the board's common basis (undefined → no-information)."""
-    block = entry["summary"]["scores"][scorer]
-    key, fallback = f"{scorer}.{block['metric']}", block.get("no_information")
-    out = []
-    for n in entry["neurons"]:
-        v = (n.get("scores") or {}).get(key)
-        v = fallback if v is None or not math.isfinite(v) else v
-        if v is not None:
-            out.append((n["layer"], float(v)))
-    return out
-
-
 def _distribution(entry: dict[str, Any], scorer: str) -> dict[str, Any]:
-    """What the plots need without the per-neuron payload: quantiles of the per-neuron scores and
-    the mean per layer with a normal-approximation 95% CI (mean ± 1.96·sd/√n)."""
-    values = _headline_values(entry, scorer)
-    if not values:
+    """What the plots need without the per-neuron payload: quantiles of the per-neuron headline
+    scores (undefined at the metric's no-information value) and the mean per layer with a
+    normal-approximation 95% CI (mean ± 1.96·sd/√n)."""
+    block = entry["summary"]["scores"][scorer]
+    values = np.array(_neuron_values(entry, scorer, block["metric"], block.get("no_information")))
+    layers_of = np.array([n["layer"] for n in entry["neurons"]])
+    defined = np.isfinite(values)  # NaN only where a metric has no no-information value
+    values, layers_of = values[defined], layers_of[defined]
+    if not len(values):
         return {"box": None, "layers": []}
-    all_v = np.array([v for _, v in values])
-    box = [_round(q) for q in np.quantile(all_v, [0, 0.1, 0.25, 0.5, 0.75, 0.9, 1])]
+    box = [_round(q) for q in np.quantile(values, [0, 0.1, 0.25, 0.5, 0.75, 0.9, 1])]
     layers = []
-    for layer in sorted({layer for layer, _ in values}):
-        vs = np.array([v for lay, v in values if lay == layer])
+    for layer in sorted(set(layers_of.tolist())):
+        vs = values[layers_of == layer]
         half = 1.96 * vs.std(ddof=1) / math.sqrt(len(vs)) if len(vs) > 1 else 0.0
         layers.append([layer, _round(vs.mean()), _round(vs.mean() - half), _round(vs.mean() + half), len(vs)])
     return {"box": box, "layers": layers}
