@@ -118,7 +118,7 @@ def check_pr(base: str, head: str, cfg: dict[str, Any]) -> PRCheck:
     board_rel = entries_dir.parent.relative_to(repo).as_posix()
     result = PRCheck()
     new_files: dict[str, bytes] = {}
-    board_files: dict[str, bytes] = {}
+    touched: set[str] = set()  # rendered-board files and records the pull request changes
     for status, path in _changes(repo, base, head):
         p = PurePosixPath(path)
         if p.parent.as_posix() == entries_rel and p.suffix == ".json":
@@ -130,20 +130,18 @@ def check_pr(base: str, head: str, cfg: dict[str, Any]) -> PRCheck:
             else:
                 new_files[p.name] = b""
         elif p.parent.as_posix() == board_rel and p.name in (*RENDERED, RECORDS) and status == "M":
-            board_files[p.name] = b""
+            touched.add(p.name)
         elif path.startswith(f"{board_rel}/data/"):
-            board_files["data"] = b""  # the rendered page's data: compared as a whole below
+            touched.add("data")  # the rendered page's data: compared as a whole below
         else:
             result.problems.append(f"{path}: a submission changes only {entries_rel}/ (and the rendered board); "
                                    "changes to anything else need a maintainer's review")
-    for store in (new_files, board_files):
-        rel = entries_rel if store is new_files else board_rel
-        for name in [n for n in store if n != "data"]:
-            try:
-                store[name] = _blob(repo, head, f"{rel}/{name}", cfg["max_entry_bytes"])
-            except CheckPRError as exc:
-                result.problems.append(str(exc))
-                del store[name]
+    for name in list(new_files):
+        try:
+            new_files[name] = _blob(repo, head, f"{entries_rel}/{name}", cfg["max_entry_bytes"])
+        except CheckPRError as exc:
+            result.problems.append(str(exc))
+            del new_files[name]
     result.added = sorted(PurePosixPath(n).stem for n in new_files)
 
     with tempfile.TemporaryDirectory(prefix="check-pr-") as tmp:
@@ -169,9 +167,13 @@ def check_pr(base: str, head: str, cfg: dict[str, Any]) -> PRCheck:
                 result.problems.append(f"{a.path.name}: {a.status}: {a.reason}")
             elif a.status == "pending":
                 result.notes.append(f"{a.path.name}: pending: {a.reason}")
-        if RECORDS in board_files:
-            result.problems += _record_changes(records, board_files[RECORDS], set(result.added))
-        rendered = any(n in board_files for n in (*RENDERED, "data"))
+        if RECORDS in touched:
+            try:
+                pr_records = _blob(repo, head, f"{board_rel}/{RECORDS}", cfg["max_entry_bytes"])
+                result.problems += _record_changes(records, pr_records, set(result.added))
+            except CheckPRError as exc:
+                result.problems.append(str(exc))
+        rendered = bool(touched & {*RENDERED, "data"})
         if rendered and result.ok:
             out = Path(tmp) / "rendered"
             render(trial, out, assessed)
