@@ -150,8 +150,15 @@ def run_check(simulator_cfg: dict[str, Any], puzzle_files: list[str | Path], pla
     summary = {g: summarise(r, resamples, seed) for g, r in rows.items()}
     summary["all"] = summarise(every, resamples, seed)
     return {"simulator": simulator_cfg, "identity": simulator_identity(simulator_cfg),
-            "harness_version": __version__, "puzzle_files": [str(p) for p in puzzle_files],
+            "harness_version": __version__, "puzzle_files": [_shown(p) for p in puzzle_files],
             "wall_s": round(time.monotonic() - t0, 1), "summary": summary, "items": rows}
+
+
+def _shown(path: str | Path) -> str:
+    """A puzzle file as recorded: relative to the repository when in it (no checkout's absolute path
+    in a committed result)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
 def describe(simulator: dict[str, Any]) -> str:

@@ -64,6 +64,9 @@ def test_check_on_a_puzzle_file_stores_by_identity(tmp_path):
     assert stored_check(cfg, tmp_path / "store")["summary"] == json.loads(json.dumps(result["summary"]))
     assert stored_check({**cfg, "high": 5.0}, tmp_path / "store") is None  # another instrument
     assert simulator_identity(cfg) != simulator_identity({**cfg, "high": 5.0})
+    assert result["puzzle_files"] == [str(path.resolve())]  # a file outside the repository: its full path
+    project = run_check(cfg, [PUZZLE_DIR / "basic.json"], planted_corpus=None, resamples=200)
+    assert project["puzzle_files"] == ["harness/puzzles/basic.json"]  # no checkout's path in a stored result
 
 
 @pytest.mark.parametrize("content", ['{"puzzles": [{"text": "no marks here", "true": "a", "false": ["b"]}]}',
