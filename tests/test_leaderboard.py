@@ -323,6 +323,23 @@ def test_allowed_parameters_reach_the_simulator(honest):
     assert simulator["llm"]["api_key_env"] == "ANTHROPIC_API_KEY" and simulator["llm"]["model"] == "claude-3-5-haiku-latest"
 
 
+def test_a_literal_all_at_once_entry_is_verified_with_its_literal_flag(honest):
+    """simulator=all_at_once_literal is all_at_once with `literal: true`: the entry keeps the flag
+    (an allowed parameter), so verification rebuilds that simulator, not the plain one."""
+    from omegaconf import OmegaConf
+
+    from harness.leaderboard.entry import components
+    from harness.paths import CONF_DIR
+
+    entry, cfg = honest
+    literal = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "simulator" / "all_at_once_literal.yaml"))
+    config = {"explainer": {"kind": "top_tokens"}, "simulator": literal, "scorer": {"correlation": {}}}
+    entry["simulator"] = components(config, cfg)["simulator"]
+    assert entry["simulator"]["parameters"] == {"literal": True}
+    simulator, _ = lb.resolve_components(entry, cfg)
+    assert simulator == literal
+
+
 # --- hostile entries --------------------------------------------------------------------------
 
 @pytest.fixture
