@@ -7,10 +7,16 @@ dequantized once into the cache). Tests that use `smollm2` must be marked `@pyte
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
 import pytest
 import torch
 
-from harness.subject import Subject, load_subject, subject_config
+from harness.subject import Subject, _gguf_path, load_subject, subject_config
 
 
 def pytest_collection_modifyitems(config, items):  # noqa: ARG001
@@ -55,3 +61,33 @@ def sample_ids(tiny_llama) -> torch.Tensor:
     ids = [tiny_llama.tokenizer(t, add_special_tokens=False).input_ids[:12] for t in texts]
     assert all(len(i) == 12 for i in ids)
     return torch.tensor(ids)
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory):
+    """llama.cpp's OpenAI-compatible server (llama-cpp-python[server], built by `make install`) on
+    the SmolLM2 GGUF the project ships, one thread, on a free local port: its /v1 URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    gguf = _gguf_path(subject_config("smollm2_135m"))
+    log = (tmp_path_factory.mktemp("llama") / "server.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+                             "--port", str(port), "--n_ctx", "4096", "--n_threads", "1", "--logits_all", "true",
+                             "--model_alias", "smollm2"], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        for _ in range(300):
+            assert proc.poll() is None, f"llama.cpp server exited with {proc.returncode}; see {log.name}"
+            try:
+                urllib.request.urlopen(url + "/models", timeout=2)
+                break
+            except OSError:
+                time.sleep(1)
+        else:
+            raise AssertionError(f"llama.cpp server did not start within 300 s; see {log.name}")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()

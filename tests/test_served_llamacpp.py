@@ -6,52 +6,16 @@ logprobs, so the two agree to a stated tolerance, not bit for bit: within
 0.05 for every value mass, no failed slot, and every expected value within 0.5 on the 0–10 scale
 where the slot's value mass is at least 0.5 (SmolLM2 puts most of many slots' mass on non-value
 tokens; there the expected value, a ratio of tiny masses,
-magnifies the top-20 cut and quantisation noise: measured up to 1.8 on a mass of 0.007). Also prints served and
-in-process windows/s (one window each: a rough figure; the server's Python top-k over the whole
-echoed prompt dominates)."""
-
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
+magnifies the top-20 cut and quantisation noise: measured up to 1.8 on a mass of 0.007). The server
+is the `llama_server` fixture (tests/conftest.py); tests/benchmarks/test_served_benchmark.py times it."""
 
 import numpy as np
 import pytest
 
 from harness.records import load_set
 from harness.simulate import AllAtOnceSimulator, expected_values, make_simulator
-from harness.subject import _gguf_path, subject_config
 
 EXPLANATION = 'the word "the" and other articles'
-
-
-@pytest.fixture(scope="module")
-def llama_server(tmp_path_factory):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    gguf = _gguf_path(subject_config("smollm2_135m"))
-    log = (tmp_path_factory.mktemp("llama") / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-                             "--port", str(port), "--n_ctx", "4096", "--n_threads", "1", "--logits_all", "true",
-                             "--model_alias", "smollm2"], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        for _ in range(300):
-            assert proc.poll() is None, f"llama.cpp server exited with {proc.returncode}; see {log.name}"
-            try:
-                urllib.request.urlopen(url + "/models", timeout=2)
-                break
-            except OSError:
-                time.sleep(1)
-        else:
-            raise AssertionError(f"llama.cpp server did not start within 300 s; see {log.name}")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
 
 
 @pytest.mark.slow
@@ -65,12 +29,8 @@ def test_served_all_at_once_equals_in_process_on_llama_cpp(llama_server, smollm2
         "paid": False, "timeout": 600, "max_retries": 0, "concurrency": 1, "form": "echo", "echo_shift": 1,
         "top_logprobs": 20}})
     local = AllAtOnceSimulator(model=smollm2.model, tokenizer=smollm2.tokenizer)
-    t0 = time.monotonic()
     [m_served] = served.masses(EXPLANATION, [window])
-    t_served = time.monotonic() - t0
-    t0 = time.monotonic()
     [m_local] = local.masses(EXPLANATION, [window])
-    t_local = time.monotonic() - t0
     assert served.served.failed_slots == 0 and m_served is not None
     ev_served, ev_local = expected_values(m_served), expected_values(m_local)
     value_mass = m_local.sum(1)  # the probability, in-process, that the slot is written as a value at all
@@ -80,8 +40,7 @@ def test_served_all_at_once_equals_in_process_on_llama_cpp(llama_server, smollm2
     with capsys.disabled():
         print(f"\nllama.cpp parity on a {len(window.tokens)}-token frozen-set window: max |Δmass| "
               f"{np.abs(m_served - m_local).max():.4f}; max |ΔEV| {gap[sure].max():.3f} on the {sure.sum()} slots with "
-              f"value mass ≥ 0.5, {gap.max():.3f} on all; corr of EVs {np.corrcoef(ev_served, ev_local)[0, 1]:.4f}; "
-              f"windows/s served {1 / t_served:.4f} vs in-process {1 / t_local:.4f}")
+              f"value mass ≥ 0.5, {gap.max():.3f} on all; corr of EVs {np.corrcoef(ev_served, ev_local)[0, 1]:.4f}")
         for j in range(len(window.tokens)):
             print(f"  {window.tokens[j]!r:>14} value mass local {value_mass[j]:.3f} served {m_served[j].sum():.3f}  "
                   f"EV local {ev_local[j]:.2f} served {ev_served[j]:.2f}")
