@@ -3,8 +3,7 @@ llama.cpp's OpenAI-compatible server (the `llama_server` fixture: the project's 
 thread, echo + top-20 logprobs, a fresh call cache) against the in-process simulator on the dequantized
 float32 weights (one thread, prefix reused, windows batched), on the same real frozen-set windows.
 Both are timed alternately in one process, best of `REPEATS`, each repeat with its own explanation
-(llama.cpp reuses the evaluated prompt when a request repeats the last one, which would time
-nothing); the ratio is printed, not asserted.
+so that no request is answered from the call cache (asserted); the ratio is printed, not asserted.
 Runs once under the default `--benchmark-disable`; `pytest tests/benchmarks/test_served_benchmark.py
 -s` shows the report.
 """
