@@ -312,7 +312,9 @@ def forward_batches(subject: Subject, ids: np.ndarray, layers: list[int], batch_
 def run_pass1(subject: Subject, win: Windows, layers: list[int], batch_size: int, state: Pass1,
               min_activation: float, desc: str = "pass 1: all neurons") -> Pass1:
     """Stream the windows [state.lo, state.hi) through the subject in batches of `batch_size`
-    windows, updating `state` layer by layer as each layer's activations are computed."""
+    windows, updating `state` layer by layer as each layer's activations are computed (and adding
+    the time it took to `state.seconds`)."""
+    t0 = time.time()
     n = subject.neurons.n_neurons
     cols = {layer: slice(i * n, (i + 1) * n) for i, layer in enumerate(layers)}
     device = subject.device
@@ -323,6 +325,7 @@ def run_pass1(subject: Subject, win: Windows, layers: list[int], batch_size: int
             subject.record(torch.from_numpy(win.ids[lo:hi]), layers,
                            on_layer=lambda layer, acts: state.update(cols[layer], acts, batch, min_activation))
             bar.update((hi - lo) * win.ids.shape[1])
+    state.seconds += time.time() - t0
     return state
 
 
@@ -456,10 +459,8 @@ def compute_shard(cfg: DictConfig, setup: Setup, j: int, directory: Path, fp: st
                                   "over, or build with the same configuration.")
             log.info("shard %d/%d: windows [%d, %d) already done (%s)", j + 1, len(setup.ranges), lo, hi, path)
             return state.load_state(saved["state"])
-    t0 = time.time()
     run_pass1(setup.subject, setup.win, setup.layers, cfg.batch_size, state, cfg.alive.min_activation,
               f"pass 1, shard {j + 1}/{len(setup.ranges)}")
-    state.seconds = time.time() - t0
     directory.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
     torch.save({"fingerprint": fp, "state": state.state()}, partial)
@@ -480,11 +481,8 @@ def pass1(cfg: DictConfig, setup: Setup, out: Path) -> Pass1:
     """The pass-1 state of every window: one pass (shards=1), or the shards' states merged in
     window order, each read from its shard file or computed here."""
     if len(setup.ranges) == 1:
-        t0 = time.time()
-        state = run_pass1(setup.subject, setup.win, setup.layers, cfg.batch_size,
-                          setup.new_state(0, len(setup.win.ids)), cfg.alive.min_activation)
-        state.seconds = time.time() - t0
-        return state
+        return run_pass1(setup.subject, setup.win, setup.layers, cfg.batch_size,
+                         setup.new_state(0, len(setup.win.ids)), cfg.alive.min_activation)
     fp, directory = fingerprint(cfg, setup), shard_dir(out)
     state = None
     for j in range(len(setup.ranges)):

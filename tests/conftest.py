@@ -91,3 +91,13 @@ def llama_server(tmp_path_factory):
         proc.terminate()
         proc.wait(30)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def llama_simulator(llama_server) -> dict:
+    """The all_at_once config that reads `llama_server` (echo form, llama-cpp-python's shift, top-20
+    logprobs, one request at a time); a test adds its own `call_cache`."""
+    return {"kind": "all_at_once", "llm": {
+        "backend": "openai_compatible", "model": "smollm2", "base_url": llama_server, "api_key_required": False,
+        "paid": False, "timeout": 600, "max_retries": 0, "concurrency": 1, "form": "echo", "echo_shift": 1,
+        "top_logprobs": 20}}

@@ -20,14 +20,11 @@ EXPLANATION = 'the word "the" and other articles'
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
-def test_served_all_at_once_equals_in_process_on_llama_cpp(llama_server, smollm2, tmp_path, capsys, record_property):
+def test_served_all_at_once_equals_in_process_on_llama_cpp(llama_simulator, smollm2, tmp_path, capsys, record_property):
     neuron = load_set("smollm2-135m-brown-v1", limit=1).neurons[0]
     window = neuron.test[0]
     window = type(window)(tokens=window.tokens[:24], activations=window.activations[:24], kind=window.kind)
-    served = make_simulator({"kind": "all_at_once", "call_cache": str(tmp_path / "calls.sqlite"), "llm": {
-        "backend": "openai_compatible", "model": "smollm2", "base_url": llama_server, "api_key_required": False,
-        "paid": False, "timeout": 600, "max_retries": 0, "concurrency": 1, "form": "echo", "echo_shift": 1,
-        "top_logprobs": 20}})
+    served = make_simulator({**llama_simulator, "call_cache": str(tmp_path / "calls.sqlite")})
     local = AllAtOnceSimulator(model=smollm2.model, tokenizer=smollm2.tokenizer)
     [m_served] = served.masses(EXPLANATION, [window])
     [m_local] = local.masses(EXPLANATION, [window])

@@ -21,13 +21,10 @@ EXPLANATIONS = ['the word "the" and other articles', "verbs in the past tense"]
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
-def test_served_against_in_process_windows_per_second(benchmark, llama_server, smollm2, tmp_path):
+def test_served_against_in_process_windows_per_second(benchmark, llama_simulator, smollm2, tmp_path):
     windows = [type(w)(tokens=w.tokens[:TOKENS], activations=w.activations[:TOKENS], kind=w.kind)
                for w in load_set("smollm2-135m-brown-v1", limit=1).neurons[0].test[:N_WINDOWS]]
-    served = make_simulator({"kind": "all_at_once", "call_cache": str(tmp_path / "calls.sqlite"), "llm": {
-        "backend": "openai_compatible", "model": "smollm2", "base_url": llama_server, "api_key_required": False,
-        "paid": False, "timeout": 600, "max_retries": 0, "concurrency": 1, "form": "echo", "echo_shift": 1,
-        "top_logprobs": 20}})
+    served = make_simulator({**llama_simulator, "call_cache": str(tmp_path / "calls.sqlite")})
     local = AllAtOnceSimulator(model=smollm2.model, tokenizer=smollm2.tokenizer)
     local.masses(EXPLANATIONS[0], windows[:1])  # warm-up (and the few-shot block's cache, kept across calls)
     t_served = t_local = float("inf")
