@@ -26,15 +26,18 @@ BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u206
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def text_problem(text: str, allow_newlines: bool = False) -> str | None:
-    """Why `text` may not be stored as data, or None. Tabs and (when allowed) newlines pass."""
+def text_problem(text: str, allow_newlines: bool = False, allow_controls: bool = False) -> str | None:
+    """Why `text` may not be stored as data, or None. A tab always passes, line breaks with
+    `allow_newlines`, and every other control character only with `allow_controls`: for free text
+    that may quote a model's tokens (byte tokens such as U+001A are real tokens), escaped wherever
+    it is shown."""
     allowed = {"\t", "\n", "\r"} if allow_newlines else {"\t"}
     for ch in text:
         if _SURROGATE.match(ch):
             return f"a lone surrogate (U+{ord(ch):04X}) that cannot be written as UTF-8"
         if ch in BIDI_CONTROLS:
             return f"a bidirectional control character (U+{ord(ch):04X}) that reorders displayed text"
-        if ch not in allowed and unicodedata.category(ch) == "Cc":
+        if not allow_controls and ch not in allowed and unicodedata.category(ch) == "Cc":
             return f"a control character (U+{ord(ch):04X})"
     return None
 

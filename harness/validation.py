@@ -32,6 +32,9 @@ NON_NEGATIVE: Rule = (lambda x: _number(x) and x >= 0, "a number >= 0")
 FRACTION: Rule = (lambda x: _number(x) and 0 < x <= 1, "a number in (0, 1]")
 NUMBER: Rule = (_number, "a finite number")
 BOOL: Rule = (lambda x: isinstance(x, bool), "true or false")
+FRACTIONS: Rule = (lambda x: isinstance(x, list) and 1 <= len(x) <= 16 and all(FRACTION[0](v) for v in x),
+                   "a list of 1-16 numbers in (0, 1]")
+MAPPING: Rule = (lambda x: isinstance(x, dict), "a mapping")
 
 # Option paths, dotted (`*` matches one key, or one list item's index) and what each must be. Every
 # numeric or boolean option of every file under conf/ has a rule (tests/test_cell.py checks).
@@ -72,9 +75,12 @@ RULES: dict[str, Rule] = {
     "prompt.n_low": NON_NEGATIVE_INT,
     "prompt.k": COUNT,
     "prompt.rounds": NON_NEGATIVE_INT,
+    "scorer.ablation.windows_per_kind": MAPPING,
     "scorer.ablation.windows_per_kind.*": NON_NEGATIVE_INT,
     "scorer.ablation.batch_size": COUNT,
+    "scorer.threshold.max_fractions": FRACTIONS,
     "scorer.threshold.max_fractions.*": FRACTION,
+    "scorer.threshold.quantiles": FRACTIONS,
     "scorer.threshold.quantiles.*": FRACTION,
     "pricing.*.*": NON_NEGATIVE,
 }
@@ -99,15 +105,25 @@ def rule_for(path: tuple[str, ...]) -> Rule | None:
     return None
 
 
+def rule_problems(tree: Any) -> list[str]:
+    """Every node of a plain config tree (a mapping or list as well as a leaf) that breaks its rule,
+    as "path=value must be ...". A node whose rule fails is not descended into."""
+    problems, stack = [], [((), tree)]
+    while stack:
+        path, node = stack.pop()
+        rule = rule_for(path) if path else None
+        if rule is not None and not rule[0](node):
+            problems.append(f"{'.'.join(path)}={str(node)[:60]!r} must be {rule[1]}")
+            continue
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        stack += [((*path, str(k)), v) for k, v in items]
+    return sorted(problems)
+
+
 def validate_cell_config(cfg: DictConfig) -> None:
     """Raise one ConfigError listing every option of the cell's config that breaks its rule, and
     every scorer name the registry does not know."""
-    problems = []
-    values = leaves(OmegaConf.to_container(cfg, resolve=True))
-    for path, value in values.items():
-        rule = rule_for(path)
-        if rule is not None and not rule[0](value):
-            problems.append(f"{'.'.join(path)}={value!r} must be {rule[1]}")
+    problems = rule_problems(OmegaConf.to_container(cfg, resolve=True))
     for name in cfg.get("scorer") or {}:
         if name not in SCORERS:
             problems.append(f"unknown scorer {name!r}; available: {', '.join(sorted(SCORERS))}")

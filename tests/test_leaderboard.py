@@ -6,6 +6,7 @@ frozen set nor a network."""
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import hashlib
 import hmac
 import json
@@ -23,6 +24,7 @@ import pytest
 from harness import leaderboard as lb
 from harness.cell import run_cell
 from harness.paths import REPO_ROOT
+from harness.text import canonical_json
 from tests.cells import build_tiny_set, cell_cfg
 from tests.fake_llm_server import FakeLLMServer
 
@@ -303,7 +305,7 @@ def test_verify_and_render_never_use_entry_infrastructure(board, attack, monkeyp
     (lambda e: e["simulator"].update({"kind": "no_such_simulator"}), "not allowed on the board"),
     (lambda e: e["simulator"]["parameters"].update({"high": "1; rm -rf /"}), "not a plain number"),
     (lambda e: e["simulator"].update({"backend": "openai", "model": "x"}), "uses no LLM"),
-    (lambda e: e["scorers"].update({"evil": {}}), "scorer 'evil' is not allowed"),
+    (lambda e: e["scorers"].update({"evil": {}}), r"unknown scorer\(s\) \['evil'\]"),
 ])
 def test_components_outside_the_allow_list_are_refused(honest, mutate, match):
     entry, cfg = honest
@@ -479,7 +481,8 @@ def test_render_ranks_verified_entries_only_escapes_and_lists_the_rest(board, tm
             n["explanation"] = '"</script><script>alert(1)</script> <!--"'
     _entry_file(cfg, board["paths"]["empty"], "evil", evil)
     _write(cfg["entries_dir"] / "misnamed.json", _load(board["paths"]["empty"]))  # name inside is "empty"
-    _entry_file(cfg, board["paths"]["top-tokens"], "copycat", lambda e: e.update(date="2099-01-01"))
+    tomorrow = (dt.datetime.now(dt.timezone.utc).date() + dt.timedelta(days=1)).isoformat()  # the latest allowed
+    _entry_file(cfg, board["paths"]["top-tokens"], "copycat", lambda e: e.update(date=tomorrow))
     (cfg["entries_dir"] / "garbage.json").write_text("{not json")
     (cfg["entries_dir"] / "bomb.json").write_text("[" * 100_000 + "]" * 100_000)
     md, page = lb.render(cfg)
@@ -514,7 +517,7 @@ def test_render_ranks_verified_entries_only_escapes_and_lists_the_rest(board, tm
 
 def _sign(record: dict, key: str) -> str:
     body = {k: v for k, v in record.items() if k != "signature"}
-    return hmac.new(key.encode(), json.dumps(body, sort_keys=True).encode(), hashlib.sha256).hexdigest()
+    return hmac.new(key.encode(), canonical_json(body).encode(), hashlib.sha256).hexdigest()
 
 
 def test_api_entries_are_ranked_only_with_a_signed_record(board, monkeypatch):

@@ -8,7 +8,6 @@ and ranks verified entries only. See TRUST_MODEL.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import html
 import json
@@ -29,9 +28,9 @@ from harness import __version__
 from harness.errors import HarnessError
 from harness.formatting import fmt
 from harness.leaderboard.entry import fingerprint
-from harness.leaderboard.schema import entry_from_bytes, known_set, read_entry_bytes
-from harness.leaderboard.verify import (Verification, resolve_components, trusted_record, uses_api, verify,
-                                       verify_key)
+from harness.leaderboard.schema import EntryError, entry_from_bytes, known_set, read_entry_bytes
+from harness.leaderboard.verify import (Verification, code_digest, over_budget, recomputed_summary,
+                                       resolve_components, revoked, trusted_record, uses_api, verify, verify_key)
 from harness.paths import REPO_ROOT, cache_dir
 
 log = logging.getLogger(__name__)
@@ -82,31 +81,21 @@ def _reason(result: Verification) -> str:
                                             else "") or result.note
 
 
-@functools.lru_cache(maxsize=1)
-def code_digest() -> str:
-    """A digest of the code and configuration that verify an entry (harness/, baselines/, conf/)."""
-    h = hashlib.sha256(__version__.encode())
-    for root in ("harness", "baselines", "conf"):
-        for f in sorted((REPO_ROOT / root).rglob("*")):
-            if f.suffix in (".py", ".yaml") and f.is_file():
-                h.update(f.relative_to(REPO_ROOT).as_posix().encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()
-
-
 class VerdictCache:
     """Verdicts of local verification on this machine, keyed by the entry file's sha256 and
-    everything else a verdict depends on (code, conf/, tolerances, the frozen sets, the key). It
-    lives in the verifier's own cache directory, never in the repository, so a submitter cannot
-    write it; it spares re-verifying (and re-parsing) an unchanged entry at every render."""
+    everything else a verdict depends on (code, conf/, tolerances, every file of the frozen sets,
+    the key). It lives in the verifier's own cache directory, never in the repository, so a
+    submitter cannot write it; it spares re-verifying (and re-parsing) an unchanged entry at every
+    render. A hit still runs the checks that depend on the file's place (its name)."""
 
     def __init__(self, cfg: dict[str, Any]):
         key = verify_key(cfg)
         sets_dir = Path(cfg["sets_dir"])
-        sets = {m.parent.name: hashlib.sha256(m.read_bytes()).hexdigest()
-                for m in sorted(sets_dir.glob("*/manifest.json"))} if sets_dir.is_dir() else {}
+        sets = {f.relative_to(sets_dir).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
+                for f in sorted(sets_dir.rglob("*")) if f.is_file()} if sets_dir.is_dir() else {}
         context = {"code": code_digest(), "tolerance": cfg["tolerance"], "verify": cfg["verify"],
-                   "drilldown": cfg["drilldown"], "sets": sets, "sets_dir": str(sets_dir.resolve()),
-                   "key": hashlib.sha256(key).hexdigest() if key else None}
+                   "revoked": sorted(cfg.get("revoked") or ()), "drilldown": cfg["drilldown"], "sets": sets,
+                   "sets_dir": str(sets_dir.resolve()), "key": hashlib.sha256(key).hexdigest() if key else None}
         self.context = hashlib.sha256(json.dumps(context, sort_keys=True).encode()).hexdigest()
         self.dir = cache_dir("verdicts")
 
@@ -126,9 +115,34 @@ class VerdictCache:
         tmp.replace(path)
 
 
+def _read(path: Path, cfg: dict[str, Any], cache: VerdictCache, views: SetViews, use_cache: bool
+          ) -> tuple[Assessed, dict[str, str] | None, bool]:
+    """One entry file: (its Assessed, the cached verdict if any, whether it was parsed from the
+    file). Refused files come back rejected; a cache hit passes the same name and revocation checks."""
+    raw = read_entry_bytes(path, cfg)
+    sha = hashlib.sha256(raw).hexdigest()
+    if revoked(sha, cfg):
+        raise EntryError(f"this file (sha256 {sha[:12]}…) was withdrawn by the maintainers (conf/leaderboard.yaml "
+                         "revoked)")
+    cached = cache.get(sha) if use_cache else None
+    if cached:
+        entry, verdict, parsed = cached["entry"], cached["verdict"], False
+        if path.stem != entry["name"]:
+            raise EntryError(f"file name {path.name} does not match the entry's name {entry['name']!r}: an entry is "
+                             "stored as <name>.json")
+    else:
+        entry = entry_from_bytes(path, raw, cfg)
+        resolve_components(entry, cfg)
+        entry, verdict, parsed = views.slim(entry), None, True
+    return Assessed(path, entry, "unchecked", sha256=sha), verdict, parsed
+
+
 def assess(cfg: dict[str, Any], use_cache: bool = True) -> list[Assessed]:
     """Every file under the entries directory with its status, trusting nothing recorded for a
-    local simulator (it is re-verified here, or was on this machine: see VerdictCache)."""
+    local simulator within the verification budget (it is re-verified here, or was on this machine:
+    see VerdictCache). Of entries that are the same submission, the earliest verified one is
+    ranked and the later verified ones are rejected as duplicates: a failing or pending copy never
+    takes a verified entry's place."""
     entries_dir = cfg["entries_dir"]
     cache, views = VerdictCache(cfg), SetViews(cfg)
     out: list[Assessed] = []
@@ -137,36 +151,23 @@ def assess(cfg: dict[str, Any], use_cache: bool = True) -> list[Assessed]:
     for path in tqdm(sorted(entries_dir.glob("*.json")) if entries_dir.is_dir() else [], desc="reading entries",
                      unit="entry", leave=False):
         try:
-            raw = read_entry_bytes(path, cfg)
-            sha = hashlib.sha256(raw).hexdigest()
-            cached = cache.get(sha) if use_cache else None
-            if cached:
-                entry, verdicts[path] = cached["entry"], cached["verdict"]
-            else:
-                entry = entry_from_bytes(path, raw, cfg)
-                resolve_components(entry, cfg)
-                entry, verdicts[path] = views.slim(entry), None
+            a, verdicts[path], from_file = _read(path, cfg, cache, views, use_cache)
+            out.append(a)
+            if from_file:
                 parsed.add(path)
-            out.append(Assessed(path, entry, "unchecked", sha256=sha))
         except HarnessError as exc:
             out.append(Assessed(path, None, "rejected", str(exc)))
             log.warning("rejected %s: %s", path.name, exc)
-    # One submission is listed once: the earliest by its date (then name) keeps the place.
-    first: dict[str, Assessed] = {}
-    for a in sorted((a for a in out if a.entry), key=lambda a: (a.entry["date"], a.path.name)):
-        key = fingerprint(a.entry)
-        if key in first:
-            a.status, a.reason = "rejected", f"a duplicate of {first[key].path.stem} (same set, simulator, scorers " \
-                                             "and explanations)"
-        else:
-            first[key] = a
     for a in tqdm([a for a in out if a.status == "unchecked"], desc="verifying entries", unit="entry"):
-        simulator, _ = resolve_components(a.entry, cfg)
+        simulator, scorers = resolve_components(a.entry, cfg)
         a.simulator_check = simulator_check_label(simulator)
-        if uses_api(simulator):
+        # Not re-scored here: an API simulator (the verifier's key and spend), or a re-scoring over the budget.
+        needs_record = "its simulator is behind an API" if uses_api(simulator) else over_budget(a.entry, simulator,
+                                                                                                 scorers, cfg)
+        if needs_record:
             result = trusted_record(a.path, a.entry, cfg) or Verification(
-                a.entry["name"], "pending", note="its simulator is behind an API: ranked once the maintainers' CI "
-                                                 "records a signed verification")
+                a.entry["name"], "pending", note=f"{needs_record}: ranked once the maintainers' CI records a signed "
+                                                 "verification")
             a.status, a.reason = result.status, _reason(result)
         elif verdicts.get(a.path):
             a.status, a.reason = verdicts[a.path]["status"], verdicts[a.path]["reason"]
@@ -177,9 +178,18 @@ def assess(cfg: dict[str, Any], use_cache: bool = True) -> list[Assessed]:
                 continue
             result = verify(entry_from_bytes(a.path, raw, cfg), cfg, entry_sha256=a.sha256)
             a.status, a.reason = result.status, _reason(result)
-        if use_cache and a.path in parsed and a.status != "rejected":
-            verdict = None if uses_api(simulator) else {"status": a.status, "reason": a.reason}
+        if use_cache and a.path in parsed:
+            verdict = None if needs_record else {"status": a.status, "reason": a.reason}
             cache.put(a.sha256, a.entry, verdict)
+    # One submission is listed once: the earliest verified one by its date (then name) keeps the place.
+    first: dict[str, Assessed] = {}
+    for a in sorted((a for a in out if a.status == "verified"), key=lambda a: (a.entry["date"], a.path.name)):
+        key = fingerprint(a.entry)
+        if key in first:
+            a.status, a.reason = "rejected", f"a duplicate of {first[key].path.stem} (same set, simulator, scorers " \
+                                             "and explanations)"
+        else:
+            first[key] = a
     return out
 
 
@@ -403,10 +413,13 @@ class SetViews:
         return {"name": neuron_set.name, "neurons": neurons}
 
     def slim(self, entry: dict[str, Any]) -> dict[str, Any]:
-        """The entry with each neuron's test simulation kept only on the windows the page shows
-        (`shown_simulation`): all the board needs once the entry is verified."""
+        """The entry as the board uses it: each neuron's test simulation kept only on the windows the
+        page shows (`shown_simulation`), and the summary recomputed from its per-neuron values (the
+        submitter's own summary is compared by verification, never shown)."""
         view = self.get(entry["neuron_set"]["hash"], entry)
         shown = {(n["layer"], n["neuron"]): n["shown"] for n in view["neurons"]} if view else {}
+        listed = [(n["layer"], n["neuron"]) for n in entry["neurons"]]
+        order = list(shown) if set(shown) == set(listed) else listed
         neurons = []
         for n in entry["neurons"]:
             sims = n.get("test_simulation") or []
@@ -414,7 +427,7 @@ class SetViews:
             neurons.append({**{k: v for k, v in n.items() if k != "test_simulation"},
                             "shown_simulation": [[_round(v, 1) for v in sims[i]] if i < len(sims) and sims[i] is not None
                                                  else None for i in picks]})
-        return {**entry, "neurons": neurons}
+        return {**entry, "neurons": neurons, "summary": recomputed_summary(entry, order)}
 
 
 def _distribution(entry: dict[str, Any], scorer: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import pandas as pd
 from harness import __version__
 from harness.leaderboard.schema import (SAFE_SECRET_KEYS, SCHEMA_VERSION, SECRET_KEY_RE, EntryError, entry_path,
                                         known_set, parse_entry_text, validate_entry)
+from harness.text import canonical_json
 from harness.types import CONTROLS
 
 
@@ -205,7 +206,7 @@ def fingerprint(entry: dict[str, Any]) -> str:
     """What makes two entries the same submission: set, simulator, scorers and every explanation."""
     same = {"set": entry["neuron_set"]["hash"], "simulator": entry["simulator"], "scorers": entry["scorers"],
             "neurons": [(n["layer"], n["neuron"], n["explanation"]) for n in entry["neurons"]]}
-    return hashlib.sha256(json.dumps(same, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(canonical_json(same).encode()).hexdigest()
 
 
 def _no_key_values(text: str) -> None:

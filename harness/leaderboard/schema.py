@@ -8,6 +8,7 @@ restricted to a safe pattern so they cannot escape the entries directory.
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
 import math
 import re
@@ -19,6 +20,7 @@ from omegaconf import OmegaConf
 
 from harness.errors import HarnessError
 from harness.paths import CONF_DIR, REPO_ROOT
+from harness.text import text_problem
 
 SCHEMA_VERSION = 2  # 2: summaries over every neuron (undefined at no-information) beside the defined-only mean
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$"
@@ -27,6 +29,12 @@ SAFE_SECRET_KEYS = {"api_key_env", "api_key_required", "max_tokens", "n_tokens",
                     "input_tokens", "output_tokens", "cached_input_tokens"}
 MAX_DEPTH = 12        # an honest entry nests 6 deep
 MAX_INT_DIGITS = 20   # an honest entry's integers are counts and indices
+# ISO 8601 with ASCII digits only (`\d` would take any script's digits): a date, or a UTC/offset time
+DATE_RE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:[0-9]{2})?)?$"
+EARLIEST_DATE = dt.date(2023, 1, 1)  # before any entry could exist
+# Free text written by people or models, which may quote a subject's tokens, control characters
+# among them (they are escaped wherever shown); every other string holds no control character.
+FREE_TEXT_FIELDS = {"explanation", "failure", "description"}
 
 
 class EntryError(HarnessError):
@@ -85,7 +93,7 @@ ENTRY_SCHEMA: dict[str, Any] = {
         "schema_version": {"const": SCHEMA_VERSION},
         "name": {"type": "string", "pattern": NAME_RE},
         "submitter": _TEXT,
-        "date": {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}(T[0-9:.]+(Z|[+-]\d{2}:\d{2})?)?$"},
+        "date": {"type": "string", "pattern": DATE_RE},  # and a real date in range: _date_problem
         "description": {"type": "string", "maxLength": 2000},
         "explainer": _COMPONENT,
         "prompt": {"oneOf": [{"type": "null"}, {"type": "object", "required": ["variant", "parameters"],
@@ -97,7 +105,7 @@ ENTRY_SCHEMA: dict[str, Any] = {
                     "propertyNames": {"pattern": r"^[A-Za-z0-9_]{1,64}$"}, "additionalProperties": _PARAMS},
         # every render re-verifies local entries, so an entry may not ask for unbounded work
         "stats": {"type": "object", "required": ["seed", "bootstrap_resamples"],
-                  "properties": {"seed": {"type": "integer"},
+                  "properties": {"seed": {"type": "integer", "minimum": 0},
                                  "bootstrap_resamples": {"type": "integer", "minimum": 1, "maximum": 10000}},
                   "additionalProperties": False},
         "controls": {"type": "object", "required": ["floor", "ceiling"],
@@ -186,11 +194,23 @@ def _depth(obj: Any) -> int:
     return deepest
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys are all different: with a key twice, two readers may see two values."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise EntryError(f"the JSON holds the key {dup[:60]!r} twice in one object: each key may appear once")
+    return out
+
+
 def parse_entry_text(text: str) -> dict[str, Any]:
     """JSON → dict, refusing NaN/Infinity, numbers that overflow, integers longer than
-    MAX_INT_DIGITS and nesting deeper than MAX_DEPTH, each as an EntryError."""
+    MAX_INT_DIGITS, nesting deeper than MAX_DEPTH and duplicate keys, each as an EntryError.
+    Also the parser of verification.json."""
     try:
-        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_bounded_int)
+        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_bounded_int,
+                          object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         raise EntryError(f"the entry is not valid JSON ({exc})") from exc
     except RecursionError as exc:
@@ -248,10 +268,100 @@ def validate_entry(data: dict[str, Any], max_explanation_chars: int = 4000) -> d
     secrets = _secret_keys({k: data[k] for k in ("explainer", "prompt", "simulator", "scorers")})
     if secrets:
         problems.append(f"parameters that look like secrets: {', '.join(secrets)}")
+    problems += _text_problems(data) + _date_problems(data["date"]) + _score_problems(data)
     if problems:
         raise EntryError("the entry is invalid: " + "; ".join(problems[:10])
                          + (f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""))
     return data
+
+
+def _text_problems(data: Any) -> list[str]:
+    """Every string of the entry, keys included, is storable and displayable text (harness.text)."""
+    problems, stack = [], [("", data)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            why = text_problem(value, allow_controls=where.rsplit(".", 1)[-1] in FREE_TEXT_FIELDS)
+            if why:
+                problems.append(f"{where or '(root)'} holds {why}")
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                if text_problem(k):
+                    problems.append(f"a key under {where or '(root)'} holds {text_problem(k)}")
+                stack.append((f"{where}.{k}" if where else k, v))
+        elif isinstance(value, list):
+            stack += [(where, v) for v in value if isinstance(v, (str, dict, list))]
+    return sorted(problems)
+
+
+def _date_problems(text: str) -> list[str]:
+    """A real date (or time) between EARLIEST_DATE and tomorrow: it decides which of two duplicates
+    keeps its place."""
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return [f"date {text!r} is not a real ISO 8601 date"]
+    tomorrow = dt.datetime.now(dt.timezone.utc).date() + dt.timedelta(days=1)
+    if not EARLIEST_DATE <= when.date() <= tomorrow:
+        return [f"date {text!r} is outside {EARLIEST_DATE.isoformat()} … {tomorrow.isoformat()}"]
+    return []
+
+
+def _score_problems(data: dict[str, Any]) -> list[str]:
+    """The scores an entry claims are the scores its scorers produce: summary blocks exactly for
+    the scorers it ran (and for the controls it ran), each headed by the scorer's headline metric;
+    every metric one the scorer declares; every per-neuron value inside the metric's range."""
+    from harness.errors import ConfigError
+    from harness.scoring import SCORERS
+
+    unknown = sorted(set(data["scorers"]) - set(SCORERS))
+    if unknown:
+        return [f"unknown scorer(s) {unknown}; known: {sorted(SCORERS)}"]
+    ran = set(data["scorers"])
+    parts = ["scores"] + [c for c in ("floor", "ceiling") if data["controls"][c]]
+    problems = []
+
+    def metric(scorer: str, name: str, where: str):
+        try:
+            return SCORERS[scorer].metric(name)
+        except ConfigError:
+            problems.append(f"{where}: scorer {scorer} has no metric {name!r}")
+            return None
+
+    for part in ("scores", "floor", "ceiling"):
+        blocks = data["summary"].get(part)
+        if part not in parts:
+            if blocks is not None:
+                problems.append(f"summary.{part} is given, but the entry did not run that control")
+            continue
+        if set(blocks or {}) != ran:
+            problems.append(f"summary.{part} has blocks for {sorted(blocks or {})}; the entry ran {sorted(ran)}")
+            continue
+        for scorer, block in blocks.items():
+            headline = SCORERS[scorer].headline
+            if block["metric"] != headline or headline not in block["metrics"]:
+                problems.append(f"summary.{part}.{scorer}: the headline metric of {scorer} is {headline!r}, "
+                                f"not {block['metric']!r}")
+            for name in block["metrics"]:
+                metric(scorer, name, f"summary.{part}.{scorer}")
+    for n in data["neurons"]:
+        where = f"layer {n['layer']} neuron {n['neuron']}"
+        for part in ("scores", "floor", "ceiling"):
+            values = n.get(part)
+            if part not in parts:
+                if values:
+                    problems.append(f"{where}: {part} values are given, but the entry did not run that control")
+                continue
+            for key, value in (values or {}).items():
+                scorer, name = key.split(".", 1)
+                if scorer not in ran:
+                    problems.append(f"{where}: {part} {key}: the entry did not run scorer {scorer}")
+                    continue
+                m = metric(scorer, name, f"{where}: {part}")
+                if m is not None and value is not None and not m.in_range(value):
+                    problems.append(f"{where}: {part} {key} = {value:.6g} is outside the metric's range "
+                                    f"[{m.low:g}, {m.high:g}]")
+    return problems
 
 
 def read_entry_bytes(path: Path, cfg: dict[str, Any]) -> bytes:

@@ -1,19 +1,24 @@
 """Verification: re-score an entry's explanations with the verifier's own simulator and scorers.
 
 The simulator and scorers are rebuilt by name from this repository's conf/ (`resolve_components`),
-with only the parameters `conf/leaderboard.yaml` allows taken from the entry: an entry never
-chooses an endpoint, a key variable, a file path, a cache or a config to load. Re-scoring goes
-through the cell's own scoring core (`harness.cell.score_neurons`, `summarise`).
+with only the parameters `conf/leaderboard.yaml` allows taken from the entry, type-checked by the
+cell's own rule table: an entry never chooses an endpoint, a key variable, a file path, a cache or
+a config to load. Re-scoring goes through the cell's own scoring core (`harness.cell.score_neurons`,
+`summarise`).
 
 Simulators cheap enough (`verify.full`, e.g. token_match) are re-run on every neuron; the others
-on a seeded random subset of `verify.sample_neurons` neurons, drawn from the entry file's sha256
-keyed with the maintainers' secret ($NEURONBENCH_VERIFY_KEY), so a submitter cannot tune a file to
-the subset. A simulator behind an API whose key the verifier lacks leaves the entry `pending`.
+on a random subset of `verify.sample_neurons` neurons, drawn from the entry file's sha256 keyed
+with the maintainers' secret ($NEURONBENCH_VERIFY_KEY), so a submitter cannot aim a forgery at the
+neurons left out; without the key such an entry stays `pending`. Each re-scored value must match
+within the tolerance and so must their mean (a small shift on every neuron fails), and the schema
+range-checks every value of every neuron. An entry whose re-scoring would exceed the budget, or
+whose API key the verifier lacks, is `pending`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import json
@@ -31,8 +36,10 @@ from omegaconf import OmegaConf
 from harness import __version__
 from harness.errors import HarnessError, TransientLLMError
 from harness.leaderboard.entry import allowed_key, flatten
-from harness.leaderboard.schema import EntryError, known_set
-from harness.paths import CONF_DIR
+from harness.leaderboard.schema import EntryError, known_set, parse_entry_text
+from harness.paths import CONF_DIR, REPO_ROOT
+from harness.text import canonical_json
+from harness.validation import rule_problems
 
 MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,99}$")
 STATUSES = ("verified", "failed", "pending")
@@ -131,7 +138,16 @@ def resolve_components(entry: dict[str, Any], cfg: dict[str, Any]) -> tuple[dict
         base = _conf("scorer", name)[name] or {}
         _take_allowed(f"scorers.{name}", params, allowed["scorers"][name], base)
         scorers[name] = base
+    _check_types({"simulator": simulator, "scorer": scorers, "stats": entry["stats"]})
     return simulator, scorers
+
+
+def _check_types(config: dict[str, Any]) -> None:
+    """The rebuilt components against the cell's own rule table (harness.validation.RULES): a value
+    of the wrong type or range is refused here, never a crash inside verification."""
+    problems = rule_problems(config)
+    if problems:
+        raise EntryError("the entry's parameters are invalid: " + "; ".join(problems[:10]))
 
 
 def uses_api(simulator: dict[str, Any]) -> bool:
@@ -139,7 +155,7 @@ def uses_api(simulator: dict[str, Any]) -> bool:
 
 
 def components_digest(simulator: dict[str, Any], scorers: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps({"simulator": simulator, "scorers": scorers}, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(canonical_json({"simulator": simulator, "scorers": scorers}).encode()).hexdigest()
 
 
 def _missing_key(simulator: dict[str, Any]) -> str | None:
@@ -151,26 +167,60 @@ def _missing_key(simulator: dict[str, Any]) -> str | None:
     return None
 
 
-# --- Which neurons, and the secret that picks them --------------------------------------------
+# --- Which neurons, the secret that picks them, and what re-scoring them costs ------------------
 
 def verify_key(cfg: dict[str, Any]) -> bytes | None:
     value = os.environ.get(cfg["verify"]["key_env"])
     return value.encode() if value else None
 
 
-def subset_seed(entry_sha256: str, cfg: dict[str, Any]) -> int:
-    """Seed of the re-scored subset: the entry file's sha256 keyed with the maintainers' secret
-    (unkeyed where it is not set, e.g. on a submitter's machine)."""
-    digest = hmac.new(verify_key(cfg) or b"", entry_sha256.encode(), hashlib.sha256).digest()
-    return int.from_bytes(digest[:8], "big")
+def sampled(kind: str, n: int, cfg: dict[str, Any]) -> bool:
+    """Whether an entry with this simulator is re-scored on a subset of its `n` neurons, not all."""
+    return kind not in cfg["verify"]["full"] and cfg["verify"]["sample_neurons"] < n
+
+
+def subset_seed(entry_sha256: str, key: bytes) -> int:
+    """Seed of the re-scored subset: the entry file's sha256 keyed with the maintainers' secret, so
+    a submitter cannot know in advance which neurons will be re-scored."""
+    return int.from_bytes(hmac.new(key, entry_sha256.encode(), hashlib.sha256).digest()[:8], "big")
 
 
 def _chosen(kind: str, n: int, entry_sha256: str, cfg: dict[str, Any]) -> list[int]:
-    """Indices of the neurons to re-score: all for a cheap simulator, else a keyed seeded subset."""
-    k = cfg["verify"]["sample_neurons"]
-    if kind in cfg["verify"]["full"] or k >= n:
+    """Indices of the neurons to re-score: all for a cheap simulator, else a keyed seeded subset
+    (which needs the key: see `verify`)."""
+    if not sampled(kind, n, cfg):
         return list(range(n))
-    return sorted(np.random.default_rng(subset_seed(entry_sha256, cfg)).choice(n, size=k, replace=False).tolist())
+    key = verify_key(cfg)
+    if key is None:
+        raise EntryError(f"a sampled verification needs ${cfg['verify']['key_env']}")
+    rng = np.random.default_rng(subset_seed(entry_sha256, key))
+    return sorted(rng.choice(n, size=cfg["verify"]["sample_neurons"], replace=False).tolist())
+
+
+def estimated_seconds(entry: dict[str, Any], simulator: dict[str, Any], scorers: dict[str, Any],
+                      cfg: dict[str, Any]) -> float:
+    """What re-scoring the entry would take on the verifier's CPU, from `verify.seconds_per_neuron`:
+    per re-scored neuron, one simulation (two with the floor) and each scorer once per simulation
+    (and once more for the ceiling). A component without an estimate counts as over any budget."""
+    costs = cfg["verify"]["seconds_per_neuron"]
+    n = entry["neuron_set"]["n_neurons"]
+    checked = n if not sampled(simulator["kind"], n, cfg) else cfg["verify"]["sample_neurons"]
+    floor, ceiling = entry["controls"]["floor"], entry["controls"]["ceiling"]
+    per_neuron = costs["simulators"].get(simulator["kind"], math.inf) * (1 + floor)
+    per_neuron += sum(costs["scorers"].get(name, math.inf) for name in scorers) * (1 + floor + ceiling)
+    return checked * per_neuron
+
+
+def over_budget(entry: dict[str, Any], simulator: dict[str, Any], scorers: dict[str, Any],
+                cfg: dict[str, Any]) -> str | None:
+    """Why re-scoring this entry is left to the maintainers (too costly for a PR's CI), or None."""
+    budget = cfg["verify"]["budget_seconds"]
+    seconds = estimated_seconds(entry, simulator, scorers, cfg)
+    if budget is None or seconds <= budget:
+        return None
+    return (f"re-scoring it would take about {seconds:.0f} s, over the verification budget of {budget} s "
+            "(verify.budget_seconds): the maintainers verify it with `python -m harness.leaderboard verify "
+            "--budget-seconds N` and a signed record")
 
 
 # --- Re-scoring ------------------------------------------------------------------------------
@@ -186,12 +236,13 @@ def _show(x) -> str:
     return "null" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{float(x):.6g}"
 
 
-def _claimed_table(entry: dict[str, Any], neurons) -> pd.DataFrame:
-    """The entry's per-neuron claims as the cell's table (NaN for null), in the set's order."""
+def _claimed_table(entry: dict[str, Any], order: list[tuple[int, int]]) -> pd.DataFrame:
+    """The entry's per-neuron claims as the cell's table (NaN for null), in the set's `order` of
+    (layer, neuron)."""
     by_key = {(n["layer"], n["neuron"]): n for n in entry["neurons"]}
     rows = []
-    for record in neurons:
-        n = by_key[(record.layer, record.neuron)]
+    for key in order:
+        n = by_key[key]
         row = {"failure": n["failure"]}
         for part, prefix in (("scores", ""), ("floor", "floor."), ("ceiling", "ceiling.")):
             row.update({prefix + k: math.nan if v is None else v for k, v in (n.get(part) or {}).items()})
@@ -199,9 +250,54 @@ def _claimed_table(entry: dict[str, Any], neurons) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def recomputed_summary(entry: dict[str, Any], order: list[tuple[int, int]]) -> dict[str, Any]:
+    """The entry's summary as the cell computes it (the bootstrap over the set's `order` of
+    neurons), from the entry's own per-neuron values, which the schema range-checks on every
+    neuron and verification re-scores: what the board shows, never the submitter's own summary."""
+    from harness.cell import summarise
+    from harness.scoring import get_scorer
+
+    table = _claimed_table(entry, order)
+    scorers = [(get_scorer(name), params) for name, params in entry["scorers"].items()]
+    out = {"n_neurons": len(table), "n_failed": int(table["failure"].notna().sum()),
+           "scores": summarise(table, scorers, "", entry["stats"])}
+    for control in ("floor", "ceiling"):
+        if entry["controls"][control]:
+            out[control] = summarise(table, scorers, control + ".", entry["stats"])
+    return out
+
+
+def _summary_problems(entry: dict[str, Any], ours: dict[str, Any], tol: float) -> list[str]:
+    """Where the entry's own summary differs from `recomputed_summary`'s (it is refused then)."""
+    problems = []
+    for block_name in ("scores", "floor", "ceiling"):
+        for scorer, block in (ours.get(block_name) or {}).items():
+            c = (entry["summary"].get(block_name) or {}).get(scorer)
+            if c is None:
+                problems.append(f"summary {block_name}.{scorer} is missing")
+                continue
+            for metric, s in {None: block, **block["metrics"]}.items():
+                cs = c if metric is None else c["metrics"].get(metric)
+                label = f"summary {block_name}.{scorer}" + (f".{metric}" if metric else " headline")
+                if cs is None:
+                    problems.append(f"{label} is missing")
+                    continue
+                for key in ("mean", "mean_defined", "coverage", "ci95", "ci95_defined", "n", "n_defined"):
+                    want_v, have_v = (s[key], cs[key]) if isinstance(s[key], list) else ([s[key]], [cs[key]])
+                    if not all(_close(h, w, tol) for h, w in zip(have_v, want_v)):
+                        problems.append(f"{label} {key} claimed {cs[key]}, recomputed {s[key]}")
+    if (entry["summary"]["n_failed"], entry["summary"]["n_neurons"]) != (ours["n_failed"], ours["n_neurons"]):
+        problems.append(f"summary counts claimed {entry['summary']['n_neurons']} neurons, "
+                        f"{entry['summary']['n_failed']} failed; the entry lists {ours['n_neurons']}, "
+                        f"{ours['n_failed']} failed")
+    return problems
+
+
 def verify(entry: dict[str, Any], cfg: dict[str, Any], entry_sha256: str | None = None) -> Verification:
-    """Re-score `entry` (or the seeded subset of its neurons) and compare with every claim."""
-    from harness.cell import floor_partners, score_neurons, simulate, summarise
+    """Re-score `entry` (or the keyed random subset of its neurons) and compare with every claim:
+    each re-scored value within the tolerance, their mean difference within the mean tolerance (a
+    systematic shift), and the summary equal to the one computed from the per-neuron values."""
+    from harness.cell import floor_partners, score_neurons, simulate
     from harness.scoring import Simulated, get_scorer
     from harness.simulate import make_simulator
 
@@ -221,13 +317,21 @@ def verify(entry: dict[str, Any], cfg: dict[str, Any], entry_sha256: str | None 
     if missing_key:
         return Verification(name, "pending", of=len(neurons),
                             note=f"simulator {entry['simulator']['kind']} needs ${missing_key}, which is not set")
-    entry_sha256 = entry_sha256 or hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()
+    if sampled(sim_cfg["kind"], len(neurons), cfg) and verify_key(cfg) is None:
+        return Verification(name, "pending", of=len(neurons), note=(
+            f"its simulator is re-scored on a random subset of neurons, drawn with the maintainers' key "
+            f"${cfg['verify']['key_env']} so that a submitter cannot aim it; without the key it stays pending"))
+    too_costly = over_budget(entry, sim_cfg, scorer_params, cfg)
+    if too_costly:
+        return Verification(name, "pending", of=len(neurons), note=too_costly)
+    entry_sha256 = entry_sha256 or hashlib.sha256(canonical_json(entry).encode()).hexdigest()
     chosen = _chosen(sim_cfg["kind"], len(neurons), entry_sha256, cfg)
     result = Verification(name, of=len(neurons))
     if len(chosen) < len(neurons):
-        result.note = f"a seeded random subset of {len(chosen)} of {len(neurons)} neurons"
-        result.subset_seed = subset_seed(entry_sha256, cfg)
-    tol = cfg["tolerance"]["api" if uses_api(sim_cfg) else "local"]
+        result.note = f"a keyed random subset of {len(chosen)} of {len(neurons)} neurons"
+        result.subset_seed = subset_seed(entry_sha256, verify_key(cfg))
+    api = uses_api(sim_cfg)
+    tol, mean_tol = (cfg["tolerance"]["api"], cfg["tolerance"]["api_mean"]) if api else (cfg["tolerance"]["local"],) * 2
     scorers = [(get_scorer(s), params) for s, params in scorer_params.items()]
     by_key = {(n["layer"], n["neuron"]): n for n in entry["neurons"]}
     claims = [by_key[(r.layer, r.neuron)] for r in neurons]
@@ -254,6 +358,7 @@ def verify(entry: dict[str, Any], cfg: dict[str, Any], entry_sha256: str | None 
     except HarnessError as exc:
         return Verification(name, "failed", of=len(neurons), problems=[f"re-scoring failed: {exc}"])
 
+    shifts: dict[str, list[float]] = {}  # claimed - re-scored, per metric, where both are defined
     for i in chosen:
         record, claimed, row = neurons[i], claims[i], rows[i]
         where = f"layer {record.layer} neuron {record.neuron}"
@@ -269,9 +374,11 @@ def verify(entry: dict[str, Any], cfg: dict[str, Any], entry_sha256: str | None 
             claimed_scores = claimed.get(part) or {}
             for metric in sorted(set(recomputed) | set(claimed_scores)):
                 c, a = claimed_scores.get(metric), recomputed.get(metric)
+                label = metric if part == "scores" else f"{part} {metric}"
                 if not _close(c, a, tol):
-                    label = metric if part == "scores" else f"{part} {metric}"
                     result.problems.append(f"{where}: {label} claimed {_show(c)}, re-scored {_show(a)}")
+                elif c is not None:
+                    shifts.setdefault(label, []).append(float(c) - float(a))
         sim = claimed.get("test_simulation")
         if sim is not None and i in simulated:
             actual = simulated[i].test
@@ -280,33 +387,12 @@ def verify(entry: dict[str, Any], cfg: dict[str, Any], entry_sha256: str | None 
                         np.abs(np.asarray(s, float) - np.asarray(a, float)), initial=0) > max(tol, 10 ** -cfg["simulation_decimals"])))
                     for s, a in zip(sim, actual)):
                 result.problems.append(f"{where}: the stored test simulation differs from the re-run simulation")
-
-    # The summary must follow from the per-neuron claims (checked above on the re-scored neurons).
-    table = _claimed_table(entry, neurons)
-    for block_name, prefix in (("scores", ""), ("floor", "floor."), ("ceiling", "ceiling.")):
-        if block_name != "scores" and not entry["controls"][block_name]:
-            continue
-        expected = summarise(table, scorers, prefix, entry["stats"])
-        claimed_block = entry["summary"].get(block_name) or {}
-        for scorer, block in expected.items():
-            c = claimed_block.get(scorer)
-            if c is None:
-                result.problems.append(f"summary {block_name}.{scorer} is missing")
-                continue
-            for metric, s in {None: block, **block["metrics"]}.items():
-                cs = c if metric is None else c["metrics"].get(metric)
-                label = f"summary {block_name}.{scorer}" + (f".{metric}" if metric else " headline")
-                if cs is None:
-                    result.problems.append(f"{label} is missing")
-                    continue
-                for key in ("mean", "mean_defined", "coverage", "ci95", "ci95_defined", "n", "n_defined"):
-                    want_v, have_v = (s[key], cs[key]) if isinstance(s[key], list) else ([s[key]], [cs[key]])
-                    if not all(_close(h, w, cfg["tolerance"]["summary"]) for h, w in zip(have_v, want_v)):
-                        result.problems.append(f"{label} {key} claimed {cs[key]}, recomputed {s[key]}")
-    n_failed = int(table["failure"].notna().sum())
-    if entry["summary"]["n_failed"] != n_failed or entry["summary"]["n_neurons"] != len(neurons):
-        result.problems.append(f"summary counts claimed {entry['summary']['n_neurons']} neurons, "
-                               f"{entry['summary']['n_failed']} failed; the entry lists {len(neurons)}, {n_failed} failed")
+    for label, diffs in sorted(shifts.items()):
+        if abs(np.mean(diffs)) > mean_tol:
+            result.problems.append(f"{label}: the claimed values are {np.mean(diffs):+.4g} from the re-scored ones on "
+                                   f"average over {len(diffs)} neurons, beyond the mean tolerance of {mean_tol:g}")
+    ours = recomputed_summary(entry, [(r.layer, r.neuron) for r in neurons])
+    result.problems += _summary_problems(entry, ours, cfg["tolerance"]["summary"])
     if result.problems:
         result.status = "failed"
     return result
@@ -318,52 +404,96 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """A digest of the code and configuration that verify an entry (harness/, baselines/, conf/):
+    a record names it, so a record made by other code counts for nothing."""
+    h = hashlib.sha256(__version__.encode())
+    for root in ("harness", "baselines", "conf"):
+        for f in sorted((REPO_ROOT / root).rglob("*")):
+            if f.suffix in (".py", ".yaml") and f.is_file():
+                h.update(f.relative_to(REPO_ROOT).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
 def records_path(cfg: dict[str, Any]) -> Path:
     return cfg["entries_dir"].parent / "verification.json"
 
 
+def load_records(cfg: dict[str, Any]) -> dict[str, Any]:
+    """verification.json, read like an entry (size-bounded, no duplicate keys, bounded nesting);
+    a malformed store is an EntryError naming it, never a traceback."""
+    store = records_path(cfg)
+    if not store.is_file():
+        return {}
+    try:
+        raw = store.read_bytes()
+        if len(raw) > cfg["max_entry_bytes"]:
+            raise EntryError(f"it is {len(raw)} bytes, over max_entry_bytes")
+        return parse_entry_text(raw.decode("utf-8"))
+    except (EntryError, UnicodeDecodeError) as exc:
+        raise EntryError(f"{store} cannot be read ({exc}): restore it from git (or delete it: records are "
+                         "re-made by `python -m harness.leaderboard verify`)") from exc
+
+
 def _signature(record: dict[str, Any], key: bytes) -> str:
     body = {k: v for k, v in record.items() if k != "signature"}
-    return hmac.new(key, json.dumps(body, sort_keys=True).encode(), hashlib.sha256).hexdigest()
+    return hmac.new(key, canonical_json(body).encode(), hashlib.sha256).hexdigest()
+
+
+def revoked(sha256: str, cfg: dict[str, Any]) -> bool:
+    """Whether the maintainers withdrew this exact file (`revoked` in conf/leaderboard.yaml)."""
+    return sha256 in set(cfg.get("revoked") or ())
 
 
 def record_verification(path: Path, result: Verification, entry: dict[str, Any], cfg: dict[str, Any]) -> None:
-    """Record the outcome in verification.json under the entry's file name, with what was run
-    (harness version, components digest, entry sha256), signed with the maintainers' key when set."""
+    """Record the outcome in verification.json under the entry's file name, bound to what was run
+    (the entry file's sha256, the set's hash, the digest of the verifying code and of the rebuilt
+    components), signed with the maintainers' key when set. Written atomically."""
     try:
         digest = components_digest(*resolve_components(entry, cfg))
     except EntryError:  # refused components: the record says so in its problems
         digest = None
     record = {**{k: v for k, v in asdict(result).items() if k != "problems"}, "problems": result.problems[:20],
-              "entry_sha256": file_sha256(path), "components_digest": digest,
-              "harness_version": __version__,
+              "entry_sha256": file_sha256(path), "set_hash": entry["neuron_set"]["hash"],
+              "components_digest": digest, "harness_version": __version__, "harness_digest": code_digest(),
               "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()}
     key = verify_key(cfg)
     record["signature"] = _signature(record, key) if key else None
-    store = records_path(cfg)
-    records = json.loads(store.read_text()) if store.is_file() else {}
+    records = load_records(cfg)
     records[Path(path).stem] = record
-    store.write_text(json.dumps(dict(sorted(records.items())), indent=1) + "\n")
+    store = records_path(cfg)
+    tmp = store.with_name(f".{store.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(dict(sorted(records.items())), indent=1) + "\n")
+        tmp.replace(store)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def trusted_record(path: Path, entry: dict[str, Any], cfg: dict[str, Any]) -> Verification | None:
-    """The recorded verification of an API-simulated entry, if it can be trusted: signed with the
-    maintainers' key (which this process must hold to check it), for this file's exact bytes, this
-    harness version and these components. None otherwise: the entry is then pending."""
-    key, store = verify_key(cfg), records_path(cfg)
-    if key is None or not store.is_file():
+    """The recorded verification of an entry the board does not re-score itself (an API simulator,
+    or one over the verification budget), if it can be trusted: signed with the maintainers' key
+    (which this process must hold to check it), for this file's exact bytes (not revoked), this
+    set, this verifying code and these components. None otherwise: the entry is then pending."""
+    key = verify_key(cfg)
+    if key is None:
         return None
     try:
-        record = json.loads(store.read_text()).get(Path(path).stem)
+        record = load_records(cfg).get(Path(path).stem)
+        sha = file_sha256(path)
         simulator, scorers = resolve_components(entry, cfg)
         ok = (isinstance(record, dict) and isinstance(record.get("signature"), str)
               and hmac.compare_digest(record["signature"], _signature(record, key))
-              and record.get("entry_sha256") == file_sha256(path) and record.get("harness_version") == __version__
+              and record.get("entry_sha256") == sha and not revoked(sha, cfg)
+              and record.get("set_hash") == entry["neuron_set"]["hash"]
+              and record.get("harness_digest") == code_digest()
               and record.get("components_digest") == components_digest(simulator, scorers)
               and record.get("status") in STATUSES)
-    except (ValueError, AttributeError, TypeError):
-        return None
-    if not ok:
-        return None
-    return Verification(record["name"], record["status"], record["checked"], record["of"], record["problems"],
-                        record["note"], record.get("subset_seed"))
+        if ok:
+            known_set(entry, cfg["sets_dir"])  # the set the record was made on is the one here, intact
+            return Verification(record["name"], record["status"], record["checked"], record["of"],
+                                record["problems"], record["note"], record.get("subset_seed"))
+    except (HarnessError, ValueError, AttributeError, TypeError, KeyError):
+        pass
+    return None

@@ -11,6 +11,7 @@ prediction) and counts as a failure, never as 0. Parameters come from `conf/scor
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, Callable
@@ -30,6 +31,9 @@ class Simulated:
     calibration: list[list[float] | None]
 
 
+RANGE_SLACK = 1e-6
+
+
 @dataclass(frozen=True)
 class Metric:
     """What a family of a scorer's metrics (names matching `pattern`, fnmatch-style) means on a board.
@@ -37,11 +41,19 @@ class Metric:
     `no_information` is the value an uninformative simulation gets (correlation 0, AUROC 0.5): a
     neuron whose metric is undefined (a constant prediction, a failed explanation) counts at this
     value in the mean over every neuron, so coverage cannot be traded for score. None: the metric
-    has no such value (e.g. a KL in nats) and is averaged over the neurons where it is defined only."""
+    has no such value (e.g. a KL in nats) and is averaged over the neurons where it is defined only.
+    `low`/`high` bound every defined value, so a leaderboard entry's per-neuron claims are
+    range-checked on every neuron, re-scored or not."""
 
     pattern: str
     no_information: float | None
     higher_is_better: bool = True
+    low: float = -math.inf   # every defined value lies in [low, high]: a claimed value outside is refused
+    high: float = math.inf
+
+    def in_range(self, value: float) -> bool:
+        """Within [low, high], give or take float32 rounding (a KL of -1e-8, a Pearson r of 1 + 1e-7)."""
+        return self.low - RANGE_SLACK <= value <= self.high + RANGE_SLACK
 
 
 @dataclass(frozen=True)
@@ -70,17 +82,21 @@ SCORERS = Registry("scorer", {
                                                                                  s.neuron.calibration, s.calibration)),
                           headline="ev_correlation_score", needs_calibration=True,
                           # no prediction counts as predicting 0 everywhere: rsquared = absolute_dev_explained = 0
-                          metrics=(Metric("ev_correlation_*", 0.0), Metric("rsquared*", 0.0),
-                                   Metric("absolute_dev_explained*", 0.0))),
+                          # Pearson r in [-1, 1]; both explained-variance ratios are 1 - (a mean of >= 0 terms)
+                          metrics=(Metric("ev_correlation_*", 0.0, low=-1.0, high=1.0),
+                                   Metric("rsquared*", 0.0, high=1.0),
+                                   Metric("absolute_dev_explained*", 0.0, high=1.0))),
     "threshold": Scorer("threshold", per_neuron(lambda s, **params: threshold_scores(s.neuron, s.test, s.calibration,
                                                                                      **params)),
                         headline=THRESHOLD_HEADLINE, needs_calibration=True,
                         # F1 of an uninformative rule depends on the share of positives: no fixed value
-                        metrics=(Metric("auroc_*", 0.5), Metric("balacc_*", 0.5), Metric("f1_*", None))),
+                        metrics=(Metric("auroc_*", 0.5, low=0.0, high=1.0), Metric("balacc_*", 0.5, low=0.0, high=1.0),
+                                 Metric("f1_*", None, low=0.0, high=1.0))),
     "ablation": Scorer("ablation", ablation_scores, headline=ABLATION_HEADLINE, needs_context=True,
                        needs_calibration=True,
                        # score 0 = no better than mean-ablation; KLs are nats/token, lower is better
-                       metrics=(Metric("score*", 0.0), Metric("kl_*", None, higher_is_better=False))),
+                       # score = 1 - KL(simulated)/KL(reference) with KLs >= 0
+                       metrics=(Metric("score*", 0.0, high=1.0), Metric("kl_*", None, higher_is_better=False, low=0.0))),
 })
 
 
