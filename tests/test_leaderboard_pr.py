@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from harness import leaderboard as lb
 from harness.leaderboard.__main__ import verify_files
@@ -172,10 +173,31 @@ def test_check_pr_command_exit_codes(repo, lb_sets):  # noqa: F811
 
 
 def test_the_workflow_runs_the_base_code_on_the_pull_requests_data():
-    workflow = (REPO_ROOT / ".github" / "workflows" / "leaderboard.yml").read_text()
-    assert "pull_request_target" not in workflow.split("# ")[-1]
-    assert "ref: ${{ github.event.pull_request.base.sha }}" in workflow
-    assert "harness.leaderboard check-pr" in workflow
+    """check-pr comes from the base's workflow (pull_request_target), so a pull request cannot edit
+    it away; it runs the base checkout's code, holds no secret and no token, and every action is
+    pinned by commit; a push to main re-verifies and re-renders the whole board."""
+    text = (REPO_ROOT / ".github" / "workflows" / "leaderboard.yml").read_text()
+    workflow = yaml.safe_load(text)
+    triggers = workflow.get("on", workflow.get(True))  # YAML 1.1 reads the key `on` as true
+    assert set(triggers) == {"pull_request_target", "push"} and triggers["push"]["branches"] == ["main"]
+    assert workflow["permissions"] == {"contents": "read"}
+    check, board = workflow["jobs"]["check-pr"], workflow["jobs"]["board"]
+    checkout = check["steps"][0]
+    assert checkout["with"]["ref"] == "${{ github.event.pull_request.base.sha }}"
+    assert checkout["with"]["persist-credentials"] is False
+    assert "secrets." not in yaml.safe_dump(check)
+    runs = [step.get("run", "") for step in check["steps"]]
+    assert any(r.startswith("make install") for r in runs)
+    assert any("harness.leaderboard check-pr" in r for r in runs)
+    # The pull request's files are never checked out: the base's is the only checkout.
+    assert [step for step in check["steps"] if "actions/checkout" in step.get("uses", "")] == [checkout]
+    assert not any(re.search(r"\bgit (checkout|switch|worktree|reset|restore)\b", r) for r in runs)
+    board_runs = "\n".join(step.get("run", "") for step in board["steps"])
+    assert "harness.leaderboard verify" in board_runs and "harness.leaderboard render --out" in board_runs
+    assert "diff" in board_runs
+    assert "${{" not in "\n".join(runs) + board_runs  # event data reaches scripts through env only
+    uses = re.findall(r"uses:\s*(\S+)", text)
+    assert uses and all(re.fullmatch(r"actions/[a-z-]+@[0-9a-f]{40}", u) for u in uses), uses
 
 
 def test_export_writes_one_row_per_neuron_of_each_ranked_entry(board, tmp_path):  # noqa: F811
