@@ -17,16 +17,16 @@ import yaml
 
 from harness import leaderboard as lb
 from harness.leaderboard.__main__ import verify_files
-from harness.leaderboard.check_pr import check_pr
+from harness.leaderboard.check_pr import CheckPRError, check_pr
 from harness.leaderboard.export import export
 from harness.paths import REPO_ROOT
 from harness.records import load_set
 from tests.test_leaderboard import board, lb_cells, lb_sets  # noqa: F401  (fixtures)
 
 
-def git(repo: Path, *args: str) -> str:
+def git(repo: Path, *args: str, stdin: str | None = None) -> str:
     return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
-                          check=True, capture_output=True, text=True).stdout
+                          input=stdin, check=True, capture_output=True, text=True).stdout
 
 
 @pytest.fixture
@@ -139,6 +139,19 @@ def _symlink(repo):
     _entry(root, "link").symlink_to("/etc/passwd")
 
 
+def _case_variant(repo):
+    root = repo["root"]
+    source = json.loads(_entry(root, "empty").read_text())
+    source.update(name="EMPTY")
+    _entry(root, "EMPTY").write_text(json.dumps(source))
+
+
+def _unicode_variant(repo):
+    data = repo["root"] / "leaderboard" / "data"
+    (data / "caf\u00e9.json").write_text("{}")   # é composed (NFC)
+    (data / "cafe\u0301.json").write_text("{}")  # e + a combining acute (NFD): the same name on macOS
+
+
 @pytest.mark.parametrize("change, match", [
     (_endpoint, r"top-tokens\.json: rejected: .*base_url"),
     (_forged, r"top-tokens\.json: failed"),
@@ -149,11 +162,66 @@ def _symlink(repo):
     (_stale_board, r"not what render gives with these entries .*README\.md"),
     (_backdated_copy, r"empty\.json would become a duplicate of a new entry"),
     (_symlink, r"link\.json is not a regular file"),
+    (_case_variant, r"EMPTY\.json, leaderboard/entries/empty\.json: one name twice"),
+    (_unicode_variant, r"leaderboard/data/caf.*\.json, leaderboard/data/caf.*\.json: one name twice"),
 ])
 def test_hostile_pull_requests_are_refused(repo, change, match):
     result = check_pr("main", pull_request(repo, "hostile", change), repo["cfg"])
     assert not result.ok
     assert any(re.search(match, p) for p in result.problems), result.report()
+
+
+def _with_tree_line(root: Path, rev: str, folder: str, line: str) -> str:
+    """A commit on main whose tree is `rev`'s with `line` (an `ls-tree` line) added to `folder`: a
+    tree no checkout can produce, such as one holding a name twice."""
+    oid = git(root, "mktree", stdin=git(root, "ls-tree", f"{rev}:{folder}") + line + "\n").strip()
+    parts = folder.split("/")
+    for depth in range(len(parts) - 1, -1, -1):
+        parent = "/".join(parts[:depth])
+        listing = git(root, "ls-tree", f"{rev}:{parent}")
+        listing = re.sub(rf"^(040000 tree )[0-9a-f]+(\t{re.escape(parts[depth])})$", rf"\g<1>{oid}\g<2>", listing,
+                         flags=re.M)
+        oid = git(root, "mktree", stdin=listing).strip()
+    return git(root, "commit-tree", oid, "-p", "main", "-m", "a name twice").strip()
+
+
+def test_a_tree_holding_an_entry_twice_is_refused(repo):
+    """git reads the first `top-tokens.json` of the tree and a checkout may write the second: the
+    pull request is refused before either is read."""
+    root = repo["root"]
+    pull_request(repo, "honest", add_honest)
+    decoy = git(root, "hash-object", "-w", "--stdin", stdin='{"name": "top-tokens"}').strip()
+    head = _with_tree_line(root, "honest", "leaderboard/entries", f"100644 blob {decoy}\ttop-tokens.json")
+    assert git(root, "ls-tree", "--name-only", f"{head}:leaderboard/entries").count("top-tokens.json") == 2
+    result = check_pr("main", head, repo["cfg"])
+    assert not result.ok and result.added == []
+    assert result.problems == ["leaderboard/entries/top-tokens.json, leaderboard/entries/top-tokens.json: one name "
+                               "twice in the pull request's tree (or names equal apart from case or Unicode "
+                               "normalization): a checkout would keep only one of them"]
+
+
+def test_an_entry_the_base_gained_meanwhile_is_not_added_again(repo):
+    """Against the merge base, a pull request adding `top-tokens` while the base gained its own
+    `top-tokens` looked like an addition; against the base tip it is a change, and is refused."""
+    root = repo["root"]
+    stale = pull_request(repo, "stale", add_honest)
+    lb.submit(repo["honest_cell"], "top-tokens", "the first submitter", repo["cfg"])
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "the base gains top-tokens")
+    result = check_pr("main", stale, repo["cfg"])
+    assert not result.ok and any("does not contain the base tip main: rebase it" in p for p in result.problems)
+    # Brought up to date by a merge that keeps the submitter's file: a change of the base's entry.
+    git(root, "checkout", "-q", stale)
+    git(root, "merge", "-q", "-s", "ours", "main", "-m", "merge main")
+    git(root, "checkout", "-q", "main")
+    result = check_pr("main", stale, repo["cfg"])
+    assert not result.ok
+    assert any(re.search(r"top-tokens\.json: an entry is never changed", p) for p in result.problems), result.report()
+
+
+def test_an_unknown_ref_is_one_typed_error(repo):
+    with pytest.raises(CheckPRError, match=r"'no-such-branch' is not a commit of .*: fetch it first"):
+        check_pr("main", "no-such-branch", repo["cfg"])
 
 
 def test_check_pr_command_exit_codes(repo, lb_sets):  # noqa: F811

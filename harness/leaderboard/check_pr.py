@@ -11,6 +11,12 @@ an entry that fails the board's checks (schema, name, set, allow-list, duplicate
 verification, a change to another entry's verification record, and a rendered board that does not
 match what `render` gives with the new entries. Entries whose simulator is behind an API pass as
 pending: the maintainers' CI verifies them, with its key, after the merge.
+
+The pull request is compared with the base tip itself (a tree diff, `base head`), not with the merge
+base, and must contain the base tip (else: rebase it), so what is checked is what the merge gives: an
+entry the base holds is "changed" by a pull request that adds it again. Refused too: a tree under the
+board that holds one name twice (git trees can; a checkout keeps one of them), or names equal apart
+from case or Unicode normalization (one file on some checkouts, two in git).
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import logging
 import shutil
 import subprocess
 import tempfile
+import unicodedata
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -63,9 +71,37 @@ def _git(repo: Path, *args: str) -> bytes:
         raise CheckPRError(f"git {' '.join(args)} failed in {repo}: {detail.decode(errors='replace').strip() or exc}")
 
 
+def _commit(repo: Path, rev: str) -> str:
+    """The sha of commit `rev` (a ref given to check-pr), so that a ref that moves meanwhile changes nothing."""
+    try:
+        return _git(repo, "rev-parse", "--verify", "--end-of-options", f"{rev}^{{commit}}").decode().strip()
+    except CheckPRError as exc:
+        raise CheckPRError(f"{rev!r} is not a commit of {repo}: fetch it first") from exc
+
+
+def _fold(path: str) -> str:
+    """The name a case-insensitive or normalizing file system gives `path`."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", path).casefold())
+
+
+def _paths(repo: Path, rev: str, rel: str) -> list[str]:
+    """Every path (files and folders) under `rel` at `rev`, as the tree holds them: duplicates kept."""
+    raw = _git(repo, "ls-tree", "-r", "-t", "-z", "--name-only", rev, "--", rel).split(b"\0")
+    return [p.decode(errors="surrogateescape") for p in raw if p]
+
+
+def _same_names(paths: list[str]) -> list[list[str]]:
+    """Groups of paths that one checkout cannot hold apart: the same name twice, or names equal
+    apart from case or Unicode normalization."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for path in paths:
+        groups[_fold(path)].append(path)
+    return [sorted(g) for _, g in sorted(groups.items()) if len(g) > 1]
+
+
 def _changes(repo: Path, base: str, head: str) -> list[tuple[str, str]]:
-    """(status letter, path) of every file the pull request changes against the merge base."""
-    raw = _git(repo, "diff", "--name-status", "--no-renames", "-z", f"{base}...{head}").split(b"\0")
+    """(status letter, path) of every file that differs between the base tip and the pull request."""
+    raw = _git(repo, "diff", "--name-status", "--no-renames", "-z", base, head).split(b"\0")
     fields = [f.decode(errors="replace") for f in raw if f]
     return list(zip(fields[0::2], fields[1::2]))
 
@@ -110,13 +146,25 @@ def _tree(repo: Path, head: str, rel: str) -> dict[str, bytes]:
 
 
 def check_pr(base: str, head: str, cfg: dict[str, Any]) -> PRCheck:
-    """Check the pull request `base...head` of the git repository holding `cfg['entries_dir']`,
-    whose working tree is the trusted base checkout."""
+    """Check the pull request `head` against the base tip `base`, in the git repository holding
+    `cfg['entries_dir']`, whose working tree is the trusted base checkout."""
     entries_dir = Path(cfg["entries_dir"]).resolve()
     repo = Path(_git(entries_dir.parent, "rev-parse", "--show-toplevel").decode().strip()).resolve()
     entries_rel = entries_dir.relative_to(repo).as_posix()
     board_rel = entries_dir.parent.relative_to(repo).as_posix()
+    base_ref, base, head = base, _commit(repo, base), _commit(repo, head)  # shas: fixed for the whole check
     result = PRCheck()
+    try:
+        _git(repo, "merge-base", "--is-ancestor", base, head)
+    except CheckPRError:
+        result.problems.append(f"the pull request does not contain the base tip {base_ref}: rebase it on the base "
+                               "branch, so that what is checked is what the merge gives")
+        return result
+    for group in _same_names(_paths(repo, head, board_rel)):
+        result.problems.append(f"{', '.join(group)}: one name twice in the pull request's tree (or names equal "
+                               "apart from case or Unicode normalization): a checkout would keep only one of them")
+    if result.problems:
+        return result  # which of the files a path means is ambiguous: nothing below could be trusted
     new_files: dict[str, bytes] = {}
     touched: set[str] = set()  # rendered-board files and records the pull request changes
     for status, path in _changes(repo, base, head):
