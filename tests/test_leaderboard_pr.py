@@ -152,6 +152,32 @@ def _unicode_variant(repo):
     (data / "cafe\u0301.json").write_text("{}")  # e + a combining acute (NFD): the same name on macOS
 
 
+def _escape_codes(repo):
+    _entry(repo["root"], "\x1b]0;owned\x07\x1b[2J").write_text("{}")
+
+
+def _deep_records(repo):
+    add_honest(repo, render=False)
+    records = repo["root"] / "leaderboard" / "verification.json"
+    records.write_text(records.read_text().rstrip()[:-1] + ', "top-tokens": ' + "[" * 100_000 + "]" * 100_000 + "}")
+
+
+def _float_for_int(repo):
+    records = repo["root"] / "leaderboard" / "verification.json"
+    _edit(records, lambda r: r["empty"].update(checked=float(r["empty"]["checked"])))
+
+
+def _foreign_record(repo):
+    records = repo["root"] / "leaderboard" / "verification.json"
+    _edit(records, lambda r: r.update(later=r["empty"]))  # ready for an entry `later` to come
+
+
+def _duplicate_key(repo):
+    # Python keeps the last "empty" (the base's own record); another reader may keep the first.
+    records = repo["root"] / "leaderboard" / "verification.json"
+    records.write_text(records.read_text().replace("{", '{"empty": {"status": "verified"}, ', 1))
+
+
 @pytest.mark.parametrize("change, match", [
     (_endpoint, r"top-tokens\.json: rejected: .*base_url"),
     (_forged, r"top-tokens\.json: failed"),
@@ -164,11 +190,18 @@ def _unicode_variant(repo):
     (_symlink, r"link\.json is not a regular file"),
     (_case_variant, r"EMPTY\.json, leaderboard/entries/empty\.json: one name twice"),
     (_unicode_variant, r"leaderboard/data/caf.*\.json, leaderboard/data/caf.*\.json: one name twice"),
+    (_escape_codes, r"\\x1b\]0;owned\\x07\\x1b\[2J\.json: not a valid entry name"),
+    (_deep_records, r"verification\.json: .*nested too deeply"),
+    (_float_for_int, r"verification\.json: the record of 'empty' is changed"),
+    (_foreign_record, r"verification\.json: a record of 'later' is added, an entry this pull request does not add"),
+    (_duplicate_key, r"verification\.json: .*the key 'empty' twice"),
 ])
 def test_hostile_pull_requests_are_refused(repo, change, match):
     result = check_pr("main", pull_request(repo, "hostile", change), repo["cfg"])
     assert not result.ok
-    assert any(re.search(match, p) for p in result.problems), result.report()
+    # What the pull request named is shown escaped: its paths and reasons cannot drive the terminal.
+    assert any(re.search(match, line) for line in result.report().splitlines()), result.report()
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", result.report())
 
 
 def _with_tree_line(root: Path, rev: str, folder: str, line: str) -> str:
@@ -227,14 +260,19 @@ def test_an_unknown_ref_is_one_typed_error(repo):
 def test_check_pr_command_exit_codes(repo, lb_sets):  # noqa: F811
     pull_request(repo, "honest", add_honest)
     pull_request(repo, "hostile", _forged)
+    pull_request(repo, "deep", _deep_records)
+    pull_request(repo, "escapes", _escape_codes)
 
     def run(head):
         return subprocess.run([sys.executable, "-m", "harness.leaderboard", "--entries-dir",
                                str(repo["root"] / "leaderboard" / "entries"), "--sets-dir", str(lb_sets),
                                "check-pr", "main", "--head", head], cwd=REPO_ROOT, capture_output=True, text=True)
-    ok, bad = run("honest"), run("hostile")
+    ok = run("honest")
     assert ok.returncode == 0 and "ACCEPTED" in ok.stdout, ok.stdout + ok.stderr
-    assert bad.returncode == 1 and "REFUSED" in bad.stdout, bad.stdout + bad.stderr
+    for head in ("hostile", "deep", "escapes"):  # refused in one report: no traceback, no raw escape code
+        bad = run(head)
+        assert bad.returncode == 1 and "REFUSED" in bad.stdout, bad.stdout + bad.stderr
+        assert "Traceback" not in bad.stderr and "\x1b" not in bad.stdout + bad.stderr, bad.stdout + bad.stderr
     # The base checkout is untouched: check-pr reads the pull request from git, never checks it out.
     assert git(repo["root"], "status", "--porcelain") == ""
     assert not _entry(repo["root"], "top-tokens").exists()
