@@ -13,19 +13,20 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from harness import leaderboard as lb
 from harness.leaderboard.__main__ import verify_files
-from harness.leaderboard.check_pr import check_pr
+from harness.leaderboard.check_pr import CheckPRError, check_pr
 from harness.leaderboard.export import export
 from harness.paths import REPO_ROOT
 from harness.records import load_set
 from tests.test_leaderboard import board, lb_cells, lb_sets  # noqa: F401  (fixtures)
 
 
-def git(repo: Path, *args: str) -> str:
+def git(repo: Path, *args: str, stdin: str | None = None) -> str:
     return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
-                          check=True, capture_output=True, text=True).stdout
+                          input=stdin, check=True, capture_output=True, text=True).stdout
 
 
 @pytest.fixture
@@ -138,6 +139,45 @@ def _symlink(repo):
     _entry(root, "link").symlink_to("/etc/passwd")
 
 
+def _case_variant(repo):
+    root = repo["root"]
+    source = json.loads(_entry(root, "empty").read_text())
+    source.update(name="EMPTY")
+    _entry(root, "EMPTY").write_text(json.dumps(source))
+
+
+def _unicode_variant(repo):
+    data = repo["root"] / "leaderboard" / "data"
+    (data / "caf\u00e9.json").write_text("{}")   # é composed (NFC)
+    (data / "cafe\u0301.json").write_text("{}")  # e + a combining acute (NFD): the same name on macOS
+
+
+def _escape_codes(repo):
+    _entry(repo["root"], "\x1b]0;owned\x07\x1b[2J").write_text("{}")
+
+
+def _deep_records(repo):
+    add_honest(repo, render=False)
+    records = repo["root"] / "leaderboard" / "verification.json"
+    records.write_text(records.read_text().rstrip()[:-1] + ', "top-tokens": ' + "[" * 100_000 + "]" * 100_000 + "}")
+
+
+def _float_for_int(repo):
+    records = repo["root"] / "leaderboard" / "verification.json"
+    _edit(records, lambda r: r["empty"].update(checked=float(r["empty"]["checked"])))
+
+
+def _foreign_record(repo):
+    records = repo["root"] / "leaderboard" / "verification.json"
+    _edit(records, lambda r: r.update(later=r["empty"]))  # ready for an entry `later` to come
+
+
+def _duplicate_key(repo):
+    # Python keeps the last "empty" (the base's own record); another reader may keep the first.
+    records = repo["root"] / "leaderboard" / "verification.json"
+    records.write_text(records.read_text().replace("{", '{"empty": {"status": "verified"}, ', 1))
+
+
 @pytest.mark.parametrize("change, match", [
     (_endpoint, r"top-tokens\.json: rejected: .*base_url"),
     (_forged, r"top-tokens\.json: failed"),
@@ -148,34 +188,122 @@ def _symlink(repo):
     (_stale_board, r"not what render gives with these entries .*README\.md"),
     (_backdated_copy, r"empty\.json would become a duplicate of a new entry"),
     (_symlink, r"link\.json is not a regular file"),
+    (_case_variant, r"EMPTY\.json, leaderboard/entries/empty\.json: one name twice"),
+    (_unicode_variant, r"leaderboard/data/caf.*\.json, leaderboard/data/caf.*\.json: one name twice"),
+    (_escape_codes, r"\\x1b\]0;owned\\x07\\x1b\[2J\.json: not a valid entry name"),
+    (_deep_records, r"verification\.json: .*nested too deeply"),
+    (_float_for_int, r"verification\.json: the record of 'empty' is changed"),
+    (_foreign_record, r"verification\.json: a record of 'later' is added, an entry this pull request does not add"),
+    (_duplicate_key, r"verification\.json: .*the key 'empty' twice"),
 ])
 def test_hostile_pull_requests_are_refused(repo, change, match):
     result = check_pr("main", pull_request(repo, "hostile", change), repo["cfg"])
     assert not result.ok
-    assert any(re.search(match, p) for p in result.problems), result.report()
+    # What the pull request named is shown escaped: its paths and reasons cannot drive the terminal.
+    assert any(re.search(match, line) for line in result.report().splitlines()), result.report()
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", result.report())
+
+
+def _with_tree_line(root: Path, rev: str, folder: str, line: str) -> str:
+    """A commit on main whose tree is `rev`'s with `line` (an `ls-tree` line) added to `folder`: a
+    tree no checkout can produce, such as one holding a name twice."""
+    oid = git(root, "mktree", stdin=git(root, "ls-tree", f"{rev}:{folder}") + line + "\n").strip()
+    parts = folder.split("/")
+    for depth in range(len(parts) - 1, -1, -1):
+        parent = "/".join(parts[:depth])
+        listing = git(root, "ls-tree", f"{rev}:{parent}")
+        listing = re.sub(rf"^(040000 tree )[0-9a-f]+(\t{re.escape(parts[depth])})$", rf"\g<1>{oid}\g<2>", listing,
+                         flags=re.M)
+        oid = git(root, "mktree", stdin=listing).strip()
+    return git(root, "commit-tree", oid, "-p", "main", "-m", "a name twice").strip()
+
+
+def test_a_tree_holding_an_entry_twice_is_refused(repo):
+    """git reads the first `top-tokens.json` of the tree and a checkout may write the second: the
+    pull request is refused before either is read."""
+    root = repo["root"]
+    pull_request(repo, "honest", add_honest)
+    decoy = git(root, "hash-object", "-w", "--stdin", stdin='{"name": "top-tokens"}').strip()
+    head = _with_tree_line(root, "honest", "leaderboard/entries", f"100644 blob {decoy}\ttop-tokens.json")
+    assert git(root, "ls-tree", "--name-only", f"{head}:leaderboard/entries").count("top-tokens.json") == 2
+    result = check_pr("main", head, repo["cfg"])
+    assert not result.ok and result.added == []
+    assert result.problems == ["leaderboard/entries/top-tokens.json, leaderboard/entries/top-tokens.json: one name "
+                               "twice in the pull request's tree (or names equal apart from case or Unicode "
+                               "normalization): a checkout would keep only one of them"]
+
+
+def test_an_entry_the_base_gained_meanwhile_is_not_added_again(repo):
+    """Against the merge base, a pull request adding `top-tokens` while the base gained its own
+    `top-tokens` looked like an addition; against the base tip it is a change, and is refused."""
+    root = repo["root"]
+    stale = pull_request(repo, "stale", add_honest)
+    lb.submit(repo["honest_cell"], "top-tokens", "the first submitter", repo["cfg"])
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "the base gains top-tokens")
+    result = check_pr("main", stale, repo["cfg"])
+    assert not result.ok and any("does not contain the base tip main: rebase it" in p for p in result.problems)
+    # Brought up to date by a merge that keeps the submitter's file: a change of the base's entry.
+    git(root, "checkout", "-q", stale)
+    git(root, "merge", "-q", "-s", "ours", "main", "-m", "merge main")
+    git(root, "checkout", "-q", "main")
+    result = check_pr("main", stale, repo["cfg"])
+    assert not result.ok
+    assert any(re.search(r"top-tokens\.json: an entry is never changed", p) for p in result.problems), result.report()
+
+
+def test_an_unknown_ref_is_one_typed_error(repo):
+    with pytest.raises(CheckPRError, match=r"'no-such-branch' is not a commit of .*: fetch it first"):
+        check_pr("main", "no-such-branch", repo["cfg"])
 
 
 def test_check_pr_command_exit_codes(repo, lb_sets):  # noqa: F811
     pull_request(repo, "honest", add_honest)
     pull_request(repo, "hostile", _forged)
+    pull_request(repo, "deep", _deep_records)
+    pull_request(repo, "escapes", _escape_codes)
 
     def run(head):
         return subprocess.run([sys.executable, "-m", "harness.leaderboard", "--entries-dir",
                                str(repo["root"] / "leaderboard" / "entries"), "--sets-dir", str(lb_sets),
                                "check-pr", "main", "--head", head], cwd=REPO_ROOT, capture_output=True, text=True)
-    ok, bad = run("honest"), run("hostile")
+    ok = run("honest")
     assert ok.returncode == 0 and "ACCEPTED" in ok.stdout, ok.stdout + ok.stderr
-    assert bad.returncode == 1 and "REFUSED" in bad.stdout, bad.stdout + bad.stderr
+    for head in ("hostile", "deep", "escapes"):  # refused in one report: no traceback, no raw escape code
+        bad = run(head)
+        assert bad.returncode == 1 and "REFUSED" in bad.stdout, bad.stdout + bad.stderr
+        assert "Traceback" not in bad.stderr and "\x1b" not in bad.stdout + bad.stderr, bad.stdout + bad.stderr
     # The base checkout is untouched: check-pr reads the pull request from git, never checks it out.
     assert git(repo["root"], "status", "--porcelain") == ""
     assert not _entry(repo["root"], "top-tokens").exists()
 
 
 def test_the_workflow_runs_the_base_code_on_the_pull_requests_data():
-    workflow = (REPO_ROOT / ".github" / "workflows" / "leaderboard.yml").read_text()
-    assert "pull_request_target" not in workflow.split("# ")[-1]
-    assert "ref: ${{ github.event.pull_request.base.sha }}" in workflow
-    assert "harness.leaderboard check-pr" in workflow
+    """check-pr comes from the base's workflow (pull_request_target), so a pull request cannot edit
+    it away; it runs the base checkout's code, holds no secret and no token, and every action is
+    pinned by commit; a push to main re-verifies and re-renders the whole board."""
+    text = (REPO_ROOT / ".github" / "workflows" / "leaderboard.yml").read_text()
+    workflow = yaml.safe_load(text)
+    triggers = workflow.get("on", workflow.get(True))  # YAML 1.1 reads the key `on` as true
+    assert set(triggers) == {"pull_request_target", "push"} and triggers["push"]["branches"] == ["main"]
+    assert workflow["permissions"] == {"contents": "read"}
+    check, board = workflow["jobs"]["check-pr"], workflow["jobs"]["board"]
+    checkout = check["steps"][0]
+    assert checkout["with"]["ref"] == "${{ github.event.pull_request.base.sha }}"
+    assert checkout["with"]["persist-credentials"] is False
+    assert "secrets." not in yaml.safe_dump(check)
+    runs = [step.get("run", "") for step in check["steps"]]
+    assert any(r.startswith("make install") for r in runs)
+    assert any("harness.leaderboard check-pr" in r for r in runs)
+    # The pull request's files are never checked out: the base's is the only checkout.
+    assert [step for step in check["steps"] if "actions/checkout" in step.get("uses", "")] == [checkout]
+    assert not any(re.search(r"\bgit (checkout|switch|worktree|reset|restore)\b", r) for r in runs)
+    board_runs = "\n".join(step.get("run", "") for step in board["steps"])
+    assert "harness.leaderboard verify" in board_runs and "harness.leaderboard render --out" in board_runs
+    assert "diff" in board_runs
+    assert "${{" not in "\n".join(runs) + board_runs  # event data reaches scripts through env only
+    uses = re.findall(r"uses:\s*(\S+)", text)
+    assert uses and all(re.fullmatch(r"actions/[a-z-]+@[0-9a-f]{40}", u) for u in uses), uses
 
 
 def test_export_writes_one_row_per_neuron_of_each_ranked_entry(board, tmp_path):  # noqa: F811

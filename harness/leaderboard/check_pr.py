@@ -8,9 +8,17 @@ or configuration is never run by it, it is refused and left to a maintainer's re
 
 Refused: a change to any other path, a changed or deleted entry, a file that is not a regular file,
 an entry that fails the board's checks (schema, name, set, allow-list, duplicate) or fails
-verification, a change to another entry's verification record, and a rendered board that does not
+verification, a change to any record the base holds in `verification.json` (down to the type of a
+number) or a record of an entry the pull request does not add, a `verification.json` that cannot be
+read within bounds (nesting, number length) or holds a key twice, and a rendered board that does not
 match what `render` gives with the new entries. Entries whose simulator is behind an API pass as
 pending: the maintainers' CI verifies them, with its key, after the merge.
+
+The pull request is compared with the base tip itself (a tree diff, `base head`), not with the merge
+base, and must contain the base tip (else: rebase it), so what is checked is what the merge gives: an
+entry the base holds is "changed" by a pull request that adds it again. Refused too: a tree under the
+board that holds one name twice (git trees can; a checkout keeps one of them), or names equal apart
+from case or Unicode normalization (one file on some checkouts, two in git).
 """
 
 from __future__ import annotations
@@ -20,13 +28,16 @@ import logging
 import shutil
 import subprocess
 import tempfile
+import unicodedata
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from harness.errors import HarnessError
 from harness.leaderboard.board import assess, render
-from harness.leaderboard.schema import safe_name
+from harness.leaderboard.schema import EntryError, parse_entry_text, safe_name
+from harness.text import for_terminal
 
 log = logging.getLogger(__name__)
 RENDERED = ("README.md", "index.html")  # and every file under data/
@@ -49,23 +60,52 @@ class PRCheck:
         return not self.problems
 
     def report(self) -> str:
+        """The verdict, with every string from the pull request (paths, reasons) escaped for a terminal."""
         lines = [f"check-pr: {'ACCEPTED' if self.ok else 'REFUSED'} ({len(self.added)} new "
                  f"entr{'y' if len(self.added) == 1 else 'ies'}: {', '.join(self.added) or 'none'})"]
         lines += [f"  refused: {p}" for p in self.problems] + [f"  note: {n}" for n in self.notes]
-        return "\n".join(lines)
+        return "\n".join(for_terminal(line) for line in lines)
 
 
-def _git(repo: Path, *args: str) -> bytes:
+def _git(repo: Path, *args: str, stdin: bytes | None = None) -> bytes:
     try:
-        return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True).stdout
+        return subprocess.run(["git", "-C", str(repo), *args], input=stdin, check=True, capture_output=True).stdout
     except (OSError, subprocess.CalledProcessError) as exc:
-        detail = getattr(exc, "stderr", b"") or b""
-        raise CheckPRError(f"git {' '.join(args)} failed in {repo}: {detail.decode(errors='replace').strip() or exc}")
+        detail = (getattr(exc, "stderr", b"") or b"").decode(errors="replace").strip() or str(exc)
+        raise CheckPRError(for_terminal(f"git {' '.join(args)} failed in {repo}: {detail}"))
+
+
+def _commit(repo: Path, rev: str) -> str:
+    """The sha of commit `rev` (a ref given to check-pr), so that a ref that moves meanwhile changes nothing."""
+    try:
+        return _git(repo, "rev-parse", "--verify", "--end-of-options", f"{rev}^{{commit}}").decode().strip()
+    except CheckPRError as exc:
+        raise CheckPRError(f"{for_terminal(rev)!r} is not a commit of {repo}: fetch it first") from exc
+
+
+def _fold(path: str) -> str:
+    """The name a case-insensitive or normalizing file system gives `path`."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", path).casefold())
+
+
+def _paths(repo: Path, rev: str, rel: str) -> list[str]:
+    """Every path (files and folders) under `rel` at `rev`, as the tree holds them: duplicates kept."""
+    raw = _git(repo, "ls-tree", "-r", "-t", "-z", "--name-only", rev, "--", rel).split(b"\0")
+    return [p.decode(errors="surrogateescape") for p in raw if p]
+
+
+def _same_names(paths: list[str]) -> list[list[str]]:
+    """Groups of paths that one checkout cannot hold apart: the same name twice, or names equal
+    apart from case or Unicode normalization."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for path in paths:
+        groups[_fold(path)].append(path)
+    return [sorted(g) for _, g in sorted(groups.items()) if len(g) > 1]
 
 
 def _changes(repo: Path, base: str, head: str) -> list[tuple[str, str]]:
-    """(status letter, path) of every file the pull request changes against the merge base."""
-    raw = _git(repo, "diff", "--name-status", "--no-renames", "-z", f"{base}...{head}").split(b"\0")
+    """(status letter, path) of every file that differs between the base tip and the pull request."""
+    raw = _git(repo, "diff", "--name-status", "--no-renames", "-z", base, head).split(b"\0")
     fields = [f.decode(errors="replace") for f in raw if f]
     return list(zip(fields[0::2], fields[1::2]))
 
@@ -98,8 +138,7 @@ def _tree(repo: Path, head: str, rel: str) -> dict[str, bytes]:
         names.append(PurePosixPath(path).relative_to(PurePosixPath(rel).parent).as_posix())
     if not oids:
         return {}
-    out = subprocess.run(["git", "-C", str(repo), "cat-file", "--batch"], input="\n".join(oids).encode() + b"\n",
-                         check=True, capture_output=True).stdout
+    out = _git(repo, "cat-file", "--batch", stdin="\n".join(oids).encode() + b"\n")
     files, pos = {}, 0
     for name in names:
         header_end = out.index(b"\n", pos)
@@ -110,13 +149,25 @@ def _tree(repo: Path, head: str, rel: str) -> dict[str, bytes]:
 
 
 def check_pr(base: str, head: str, cfg: dict[str, Any]) -> PRCheck:
-    """Check the pull request `base...head` of the git repository holding `cfg['entries_dir']`,
-    whose working tree is the trusted base checkout."""
+    """Check the pull request `head` against the base tip `base`, in the git repository holding
+    `cfg['entries_dir']`, whose working tree is the trusted base checkout."""
     entries_dir = Path(cfg["entries_dir"]).resolve()
     repo = Path(_git(entries_dir.parent, "rev-parse", "--show-toplevel").decode().strip()).resolve()
     entries_rel = entries_dir.relative_to(repo).as_posix()
     board_rel = entries_dir.parent.relative_to(repo).as_posix()
+    base_ref, base, head = base, _commit(repo, base), _commit(repo, head)  # shas: fixed for the whole check
     result = PRCheck()
+    try:
+        _git(repo, "merge-base", "--is-ancestor", base, head)
+    except CheckPRError:
+        result.problems.append(f"the pull request does not contain the base tip {base_ref}: rebase it on the base "
+                               "branch, so that what is checked is what the merge gives")
+        return result
+    for group in _same_names(_paths(repo, head, board_rel)):
+        result.problems.append(f"{', '.join(group)}: one name twice in the pull request's tree (or names equal "
+                               "apart from case or Unicode normalization): a checkout would keep only one of them")
+    if result.problems:
+        return result  # which of the files a path means is ambiguous: nothing below could be trusted
     new_files: dict[str, bytes] = {}
     touched: set[str] = set()  # rendered-board files and records the pull request changes
     for status, path in _changes(repo, base, head):
@@ -198,13 +249,35 @@ def check_pr(base: str, head: str, cfg: dict[str, Any]) -> PRCheck:
 
 
 def _record_changes(base_records: Path, pr_records: bytes, added: set[str]) -> list[str]:
-    """A pull request may add records for its own entries only: other records (the maintainers'
-    signed ones among them) stay as they are."""
+    """A pull request may add records for its own entries only: every record of the base (the
+    maintainers' signed ones among them) stays exactly as it is, down to the type of each number
+    (30.0 for 30 would read as another record)."""
     try:
-        new = json.loads(pr_records)
-        old = json.loads(base_records.read_text()) if base_records.is_file() else {}
-        assert isinstance(new, dict) and isinstance(old, dict)
-    except (ValueError, AssertionError):
-        return [f"{RECORDS} is not a JSON object"]
-    return [f"{RECORDS}: the record of {name!r} is changed or removed; a submission adds records of its own entries "
-            "only" for name in sorted(set(old) | set(new)) if name not in added and old.get(name) != new.get(name)]
+        text = pr_records.decode("utf-8")
+        parse_entry_text(text)  # bounds: depth, number lengths, NaN, a JSON object
+        new = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
+    except UnicodeDecodeError:
+        return [f"{RECORDS} is not UTF-8 text"]
+    except EntryError as exc:
+        return [f"{RECORDS}: {exc}"]
+    old = json.loads(base_records.read_text()) if base_records.is_file() else {}
+    changed = sorted(name for name in old if name not in new or _as_written(old[name]) != _as_written(new[name]))
+    foreign = sorted(set(new) - set(old) - added)
+    return ([f"{RECORDS}: the record of {name!r} is changed or removed; a submission adds records of its own "
+             "entries only" for name in changed]
+            + [f"{RECORDS}: a record of {name!r} is added, an entry this pull request does not add"
+               for name in foreign])
+
+
+def _as_written(record: Any) -> str:
+    """`record` as JSON with every key, value and number type as parsed (unlike `==` or `canonical_json`,
+    which take 30.0 for 30); only key order and spacing are set aside."""
+    return json.dumps(record, sort_keys=True)
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise EntryError(f"a JSON object holds the key {next(k for k in keys if keys.count(k) > 1)!r} twice "
+                         "(readers disagree on which one counts)")
+    return dict(pairs)
