@@ -16,7 +16,6 @@ import logging
 import math
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from harness import __version__
+from harness.atomic import WriteError, replace_together
 from harness.errors import HarnessError
 from harness.formatting import fmt
 from harness.leaderboard.entry import fingerprint
@@ -532,33 +532,24 @@ def _payload_js(kind: str, key: str, data: Any) -> str:
     return f"NB_LOAD({json.dumps(kind)},{json.dumps(key)},{_script_json(data)});\n"
 
 
-def _replace_data_dir(out_dir: Path, payloads: dict[str, Any]) -> None:
-    """Write the payload files to out_dir/data, replacing the previous render's (and only a render's)."""
-    target, tmp = out_dir / "data", out_dir / f".data-{os.getpid()}"
-    if target.exists() and not (target / DATA_MARK).is_file():
-        raise HarnessError(f"{target} exists and was not written by render: move it away first")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for rel, (kind, key, data) in sorted(payloads.items()):
-        path = tmp / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(_payload_js(kind, key, data))
-    (tmp / DATA_MARK).write_text("written by python -m harness.leaderboard render: replaced at every render\n")
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
+def _check_data_dir(target: Path) -> None:
+    """Refuse to replace a data/ directory that render did not write."""
+    if os.path.lexists(target) and not (target / DATA_MARK).is_file():
+        raise WriteError(f"{target} exists and was not written by render: move it away first")
 
 
 def render(cfg: dict[str, Any], out_dir: Path | None = None,
            assessed: list[Assessed] | None = None) -> tuple[Path, Path]:
     """Write README.md, index.html and the page's data/ from the entries as `assess` finds them
-    (done here unless given)."""
+    (done here unless given): all three are built first and then replaced together, so a failure
+    leaves the previous board as it was."""
     board_dir = cfg["entries_dir"].parent
     out_dir = Path(out_dir) if out_dir else board_dir
+    md, page, data = out_dir / "README.md", out_dir / "index.html", out_dir / "data"
+    _check_data_dir(data)
     assessed = assess(cfg) if assessed is None else assessed
     index, payloads = page_data(assessed, cfg, load_connections(board_dir))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    md, page = out_dir / "README.md", out_dir / "index.html"
-    md.write_text(render_markdown(assessed, cfg) + "\n")
-    page.write_text(render_html(index))
-    _replace_data_dir(out_dir, payloads)
+    files = {rel: _payload_js(kind, key, value) for rel, (kind, key, value) in payloads.items()}
+    files[DATA_MARK] = "written by python -m harness.leaderboard render: replaced at every render\n"
+    replace_together({md: render_markdown(assessed, cfg) + "\n", page: render_html(index), data: files})
     return md, page
