@@ -11,7 +11,7 @@ import pytest
 from harness import leaderboard as lb
 from harness.atomic import WriteError
 from harness.leaderboard.__main__ import main
-from harness.leaderboard.board import DATA_MARK
+from harness.leaderboard.board import DATA_MARK, TEMPLATE
 from tests.test_atomic import _snapshot
 from tests.test_leaderboard import board, lb_cells, lb_sets  # noqa: F401  (fixtures)
 
@@ -85,3 +85,27 @@ def test_render_without_verified_entries_into_a_fresh_out_dir(lb_sets, tmp_path)
     assert json.loads(page.split('id="data">', 1)[1].split("</script>", 1)[0])["entries"] == []
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "data", "index.html"]
     assert [p.name for p in (out / "data").iterdir()] == [DATA_MARK]
+
+
+# --- what README.md and index.html show -------------------------------------------------------
+
+def test_readme_shows_links_images_and_bidi_controls_in_entries_as_inert_text(rendered):
+    """L14, L19: every entry-derived string in README.md goes through harness.text.for_markdown."""
+    cfg, assessed, out = rendered
+    top = _by_name(assessed, "top-tokens").entry
+    top["submitter"] = "[x](http://evil) ![i](http://evil/i.png) \u202eevil"
+    top["explainer"] = {**top["explainer"], "kind": "llm", "backend": "openai", "model": "[m](http://evil)"}
+    lb.render(cfg, out, assessed)
+    text = (out / "README.md").read_text()
+    assert r"\[x\]\(http://evil\) \!\[i\]\(http://evil/i.png\) \\u202eevil" in text
+    assert r"openai:\[m\]\(http://evil\)" in text
+    assert "](" not in text.replace("[index.html](index.html)", "") and "![" not in text and "\u202e" not in text
+    # In the page the same strings are data: JSON inside the data script, shown by textContent only.
+    page = (out / "index.html").read_text()
+    head, data = page.split('<script type="application/json" id="data">', 1)
+    data, tail = data.split("</script>", 1)
+    assert "evil" not in head + tail
+    assert {e["name"]: e["submitter"] for e in json.loads(data)["entries"]}["top-tokens"] == top["submitter"]
+    template = TEMPLATE.read_text()
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write"):
+        assert sink not in template
