@@ -4,6 +4,7 @@ without page data), through `harness.atomic`; README.md shows entry text as iner
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from harness import leaderboard as lb
 from harness.atomic import WriteError
 from harness.leaderboard.__main__ import main
 from harness.leaderboard.board import DATA_MARK, TEMPLATE
+from harness.leaderboard.export import export
 from tests.test_atomic import _snapshot
 from tests.test_leaderboard import board, lb_cells, lb_sets  # noqa: F401  (fixtures)
 
@@ -109,3 +111,39 @@ def test_readme_shows_links_images_and_bidi_controls_in_entries_as_inert_text(re
     template = TEMPLATE.read_text()
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write"):
         assert sink not in template
+
+
+# --- export -----------------------------------------------------------------------------------
+
+@pytest.fixture
+def exported(board, tmp_path, monkeypatch):  # noqa: F811
+    """An earlier export in tmp_path/exports, and `export` made to export these assessed entries."""
+    cfg = board["cfg"]
+    out = tmp_path / "exports" / "board.parquet"
+    export(cfg, out)
+    assessed = lb.assess(cfg)
+    monkeypatch.setattr("harness.leaderboard.export.assess", lambda cfg: assessed)
+    return cfg, assessed, out
+
+
+def test_export_of_text_that_cannot_be_written_is_a_clear_error_and_changes_nothing(exported):
+    """L5: `export` died with a bare UnicodeEncodeError."""
+    cfg, assessed, out = exported
+    before = _snapshot(out.parent)
+    _by_name(assessed, "empty").entry["neurons"][0]["explanation"] = "x\ud800"
+    with pytest.raises(WriteError, match="cannot be written as UTF-8"):
+        export(cfg, out)
+    assert _snapshot(out.parent) == before
+
+
+def test_a_failed_export_leaves_the_previous_file_intact(exported, monkeypatch):
+    """A write that fails (here, moving the new file into place) leaves the old file and no temporary."""
+    cfg, assessed, out = exported
+    before = _snapshot(out.parent)
+
+    def refuse(src, dst):
+        raise PermissionError(13, "Permission denied", str(dst))
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(WriteError, match="Permission denied"):
+        export(cfg, out)
+    assert _snapshot(out.parent) == before
