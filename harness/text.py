@@ -54,16 +54,16 @@ def for_terminal(text: str) -> str:
     return "".join(out)
 
 
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|<>~])")
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~])")
 
 
 def for_markdown(text: Any, max_chars: int = 200) -> str:
     """Plain text safe inside a Markdown table cell: controls escaped as for a terminal, line breaks
-    folded, HTML entities escaped and every Markdown metacharacter backslash-escaped (no links,
-    images, emphasis, headings or cell breaks)."""
+    folded, `&`, `<` and `>` written as HTML entities and every other Markdown metacharacter
+    backslash-escaped (no HTML, links, images, emphasis, headings or cell breaks)."""
     s = re.sub(r"[\r\n]+", " ", "" if text is None else str(text))
     s = for_terminal(s)[:max_chars]
-    s = s.replace("&", "&amp;")
+    s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return _MARKDOWN_SPECIAL.sub(r"\\\1", s)
 
 

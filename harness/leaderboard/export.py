@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from harness.atomic import WriteError, write_atomic
 from harness.leaderboard.board import Assessed, assess, explainer_label
 
 
@@ -45,11 +46,12 @@ def export_table(assessed: list[Assessed], include_unverified: bool = False) -> 
 
 
 def export(cfg: dict[str, Any], out: Path, include_unverified: bool = False) -> tuple[Path, int]:
-    """Write the table to `out` (parquet); returns the path and its number of rows."""
-    table = export_table(assess(cfg), include_unverified)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    table.to_parquet(tmp, index=False)
-    tmp.replace(out)
-    return out, len(table)
+    """Write the table to `out` (parquet), all or nothing; returns the path and its number of rows."""
+    assessed = assess(cfg)
+    try:  # the whole file is built in memory first: a failure leaves a previous export as it was
+        table = export_table(assessed, include_unverified)
+        data = table.to_parquet(index=False)
+    except UnicodeEncodeError as exc:
+        raise WriteError(f"{out}: an entry holds text that cannot be written as UTF-8 ({exc}); nothing was "
+                         "written") from exc
+    return write_atomic(out, data), len(table)
