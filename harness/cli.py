@@ -5,6 +5,7 @@ import sys
 
 from harness.errors import HarnessError
 from harness.redact import redact
+from harness.text import for_terminal
 
 
 def exit_on_harness_error(task):
@@ -16,7 +17,7 @@ def exit_on_harness_error(task):
         try:
             return task(*args, **kwargs)
         except HarnessError as exc:
-            print(f"error: {type(exc).__name__}: {redact(str(exc))}", file=sys.stderr)
+            print(f"error: {type(exc).__name__}: {for_terminal(redact(str(exc)))}", file=sys.stderr)
             raise SystemExit(2) from exc
         except KeyboardInterrupt:
             print("interrupted (Ctrl-C): stopped; every LLM answer already received is kept in the call cache",

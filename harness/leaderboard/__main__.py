@@ -8,7 +8,8 @@
   parameters) and compares every per-neuron score, the controls, the stored test simulations and
   the summary with what the entry claims. The outcome is recorded in
   `leaderboard/verification.json` under the entry's file name, signed with $NEURONBENCH_VERIFY_KEY
-  when it is set. Exit code: 0 verified, 1 failed, 3 pending (an API key is missing).
+  when it is set. Exit code: 0 verified, 1 failed, 3 pending (an API key or the maintainers' key is
+  missing, or re-scoring would exceed `verify.budget_seconds`; `--budget-seconds N` raises it).
 - `render` writes `leaderboard/README.md`, `leaderboard/index.html` and the page's `leaderboard/data/`,
   ranking verified entries only (it re-verifies every entry whose simulator runs locally, or takes
   the verdict this machine reached on the same file before).
@@ -35,7 +36,7 @@ from harness.errors import HarnessError
 from harness.leaderboard.board import render
 from harness.leaderboard.entry import cell_entry_name, submit
 from harness.leaderboard.schema import ENTRY_SCHEMA, entry_path, read_entry, safe_name
-from harness.leaderboard.verify import Verification, file_sha256, record_verification, verify
+from harness.leaderboard.verify import Verification, file_sha256, load_records, record_verification, verify
 
 EXIT_CODES = {"verified": 0, "failed": 1, "pending": 3}
 SEVERITY = ("verified", "pending", "failed")  # the exit code is the worst outcome's
@@ -44,6 +45,8 @@ SEVERITY = ("verified", "pending", "failed")  # the exit code is the worst outco
 def verify_files(paths: list[Path], cfg: dict, record: bool) -> int:
     """Verify each entry file (a name means a file under the entries directory), print the report,
     record it for files in the entries directory; the exit code of the worst outcome."""
+    if record:
+        load_records(cfg)  # a malformed verification.json is refused before any verdict is printed
     worst = "verified"
     for path in paths:
         if not path.exists() and safe_name(str(path)):
@@ -85,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     v = sub.add_parser("verify", help="re-score entries and compare with their claims")
     v.add_argument("entries", nargs="+", type=Path, help="entry files (or names under the entries directory)")
     v.add_argument("--no-record", action="store_true", help="do not record the outcome in verification.json")
+    v.add_argument("--budget-seconds", type=float, default=None,
+                   help="verify entries whose estimated re-scoring time exceeds verify.budget_seconds (maintainers)")
     r = sub.add_parser("render", help="write leaderboard/README.md, index.html and data/")
     r.add_argument("--out", type=Path, default=None)
     c = sub.add_parser("check-pr", help="check a submission pull request: only new entries, each verified")
@@ -115,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {written[-1]}")
         return verify_files(written, cfg, True) if args.verify else 0
     if args.command == "verify":
+        if args.budget_seconds is not None:
+            cfg["verify"] = {**cfg["verify"], "budget_seconds": args.budget_seconds}
         return verify_files(args.entries, cfg, not args.no_record)
     if args.command == "check-pr":
         from harness.leaderboard.check_pr import check_pr

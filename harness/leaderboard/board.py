@@ -22,7 +22,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from harness import __version__
-from harness.atomic import WriteError, replace_together
+from harness.atomic import WriteError, replace_together, write_atomic
 from harness.errors import HarnessError
 from harness.formatting import fmt
 from harness.leaderboard.entry import fingerprint
@@ -30,6 +30,7 @@ from harness.leaderboard.schema import EntryError, entry_from_bytes, known_set, 
 from harness.leaderboard.verify import (Verification, code_digest, over_budget, recomputed_summary,
                                        resolve_components, revoked, trusted_record, uses_api, verify, verify_key)
 from harness.paths import REPO_ROOT, cache_dir
+from harness.text import canonical_json
 from harness.text import for_markdown as _md  # every entry-derived string in README.md
 
 log = logging.getLogger(__name__)
@@ -108,10 +109,7 @@ class VerdictCache:
             return None
 
     def put(self, sha256: str, slim_entry: dict[str, Any], verdict: dict[str, str] | None) -> None:
-        path = self._path(sha256)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"entry": slim_entry, "verdict": verdict}, allow_nan=False))
-        tmp.replace(path)
+        write_atomic(self._path(sha256), json.dumps({"entry": slim_entry, "verdict": verdict}, allow_nan=False))
 
 
 def _read(path: Path, cfg: dict[str, Any], cache: VerdictCache, views: SetViews, use_cache: bool
@@ -252,16 +250,21 @@ RANDOM_WEIGHTS_NOTE = (
     "learned nothing should score worse (Heap et al. 2025 recommend such randomised baselines). The two sets hold "
     "different neurons of different models, so nothing pairs neuron by neuron (the same seeded draw may pick the "
     "same (layer, index), but a random-model neuron has nothing in common with the trained neuron at that index): "
-    "entries are paired by explainer (same explainer, prompt, simulator and scorer parameters), and the 95% CI of "
+    "each entry has its own row, paired with an entry on the control set that states the same explainer and the "
+    "same prompt, simulator and scorer parameters (of several, the one it beats least: an explainer's label is the "
+    "submitter's word, so an extra weak control cannot lift a flag), and the 95% CI of "
     "*trained − random* is an unpaired bootstrap over each set's neurons, each resampled on its own, every neuron "
     "counted (undefined at the metric's no-information value). **⚠** flags a scoring rule under which the explainer "
     "does not score better on trained weights than on random ones (the CI reaches 0): that number alone does not show "
     "that the explanations capture anything the model learned.")
 
 
-def _pairing_key(entry) -> tuple:
-    return (explainer_label(entry), (entry["prompt"] or {}).get("variant") or "—", entry["simulator"]["kind"],
-            json.dumps(entry["simulator"]["parameters"], sort_keys=True))
+def _pairing_key(entry) -> str:
+    """What entries on the two sets must share to be compared: the explainer (kind, backend and
+    model; its parameters name the set's own subject, so they differ by design), the prompt and the
+    simulator, parameters and all."""
+    return canonical_json({"explainer": explainer_label(entry), "prompt": entry["prompt"],
+                           "simulator": entry["simulator"]})
 
 
 def _neuron_values(entry, scorer: str, metric: str, no_information: float | None) -> list[float]:
@@ -283,23 +286,27 @@ def random_weight_rows(assessed: list[Assessed], cfg) -> dict[tuple[str, str, st
     from harness.scoring.stats import difference_ci
 
     controls = cfg.get("random_weights_controls") or {}
-    by_set: dict[str, dict[tuple, dict[str, Any]]] = {}
-    verified = sorted((a.entry for a in assessed if a.status == "verified"), key=lambda e: (e["date"], e["name"]))
-    for e in verified:  # one entry per explainer and set: the earliest, as for duplicates
-        by_set.setdefault(e["neuron_set"]["name"], {}).setdefault(_pairing_key(e), e)
+    by_set: dict[str, list[dict[str, Any]]] = {}
+    for e in sorted((a.entry for a in assessed if a.status == "verified"), key=lambda e: e["name"]):
+        by_set.setdefault(e["neuron_set"]["name"], []).append(e)
     out: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for trained_set, control_set in controls.items():
-        for key, trained in by_set.get(trained_set, {}).items():
-            control = by_set.get(control_set, {}).get(key)
+        for trained in by_set.get(trained_set, []):  # a row per entry: no entry can take another's row
+            key = _pairing_key(trained)
             for scorer, block in trained["summary"]["scores"].items():
                 metric = get_scorer(scorer).metric(block["metric"])
-                row = {"explainer": key[0], "prompt": key[1], "simulator": key[2], "metric": block["metric"],
+                sign = 1.0 if metric.higher_is_better else -1.0
+                row = {"explainer": explainer_label(trained), "prompt": (trained["prompt"] or {}).get("variant") or "—",
+                       "simulator": trained["simulator"]["kind"], "metric": block["metric"],
                        "trained_entry": trained["name"], "random_entry": None, "trained": block["mean"],
                        "random": None, "diff": None, "ci95": [None, None], "flagged": None}
-                if (control is not None and scorer in control["summary"]["scores"]
-                        and control["scorers"].get(scorer) == trained["scorers"].get(scorer)
-                        and control["summary"]["scores"][scorer]["metric"] == block["metric"]):
-                    sign = 1.0 if metric.higher_is_better else -1.0
+                matches = [c for c in by_set.get(control_set, []) if _pairing_key(c) == key
+                           and scorer in c["summary"]["scores"] and c["scorers"].get(scorer) == trained["scorers"][scorer]]
+                if matches:
+                    # Explainer labels are the submitter's word: of several controls claiming the same
+                    # configuration, the one the trained entry beats least is compared (an extra, weak
+                    # control cannot lift a flag).
+                    control = max(matches, key=lambda c: (sign * c["summary"]["scores"][scorer]["mean"], c["name"]))
                     d = difference_ci(_neuron_values(trained, scorer, block["metric"], metric.no_information),
                                       _neuron_values(control, scorer, block["metric"], metric.no_information),
                                       trained["stats"]["bootstrap_resamples"], trained["stats"]["seed"])
@@ -346,13 +353,15 @@ def render_markdown(assessed: list[Assessed], cfg: dict[str, Any] | None = None)
         lines += ["## Trained vs random weights", "", RANDOM_WEIGHTS_NOTE, ""]
     for (trained_set, control_set, scorer), rows in sorted(comparisons.items()):
         lines += [f"### {_md(trained_set)} vs {_md(control_set)} — {_md(scorer)}: {_md(rows[0]['metric'])}", "",
-                  "| explainer | prompt | simulator | trained | random weights | trained − random | 95% CI | flag |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| trained entry | random-weights entry | explainer | prompt | simulator | trained | random weights | "
+                  "trained − random | 95% CI | flag |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             lo, hi = r["ci95"]
             flag = "no entry on the random-weights set" if r["random_entry"] is None else (
                 "⚠ not better than on random weights" if r["flagged"] else "")
-            lines.append(f"| {_md(r['explainer'])} | {_md(r['prompt'])} | {_md(r['simulator'])} | {fmt(r['trained'])} | "
+            lines.append(f"| {_md(r['trained_entry'])} | {_md(r['random_entry'] or '—')} | {_md(r['explainer'])} | "
+                         f"{_md(r['prompt'])} | {_md(r['simulator'])} | {fmt(r['trained'])} | "
                          f"{fmt(r['random'])} | {fmt(r['diff'])} | [{fmt(lo)}, {fmt(hi)}] | {flag} |")
         lines.append("")
     titles = {"failed": "Failed verification", "pending": "Pending verification", "rejected": "Rejected entry files"}

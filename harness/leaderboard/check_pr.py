@@ -253,9 +253,7 @@ def _record_changes(base_records: Path, pr_records: bytes, added: set[str]) -> l
     maintainers' signed ones among them) stays exactly as it is, down to the type of each number
     (30.0 for 30 would read as another record)."""
     try:
-        text = pr_records.decode("utf-8")
-        parse_entry_text(text)  # bounds: depth, number lengths, NaN, a JSON object
-        new = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
+        new = parse_entry_text(pr_records.decode("utf-8"))  # bounds, duplicate keys, NaN, a JSON object
     except UnicodeDecodeError:
         return [f"{RECORDS} is not UTF-8 text"]
     except EntryError as exc:
@@ -273,11 +271,3 @@ def _as_written(record: Any) -> str:
     """`record` as JSON with every key, value and number type as parsed (unlike `==` or `canonical_json`,
     which take 30.0 for 30); only key order and spacing are set aside."""
     return json.dumps(record, sort_keys=True)
-
-
-def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise EntryError(f"a JSON object holds the key {next(k for k in keys if keys.count(k) > 1)!r} twice "
-                         "(readers disagree on which one counts)")
-    return dict(pairs)

@@ -34,11 +34,12 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from harness import __version__
+from harness.atomic import write_atomic
 from harness.errors import HarnessError, TransientLLMError
 from harness.leaderboard.entry import allowed_key, flatten
 from harness.leaderboard.schema import EntryError, known_set, parse_entry_text
 from harness.paths import CONF_DIR, REPO_ROOT
-from harness.text import canonical_json
+from harness.text import canonical_json, for_terminal
 from harness.validation import rule_problems
 
 MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,99}$")
@@ -63,7 +64,7 @@ class Verification:
         lines = [head] + [f"  - {p}" for p in self.problems[:50]]
         if len(self.problems) > 50:
             lines.append(f"  - … and {len(self.problems) - 50} more")
-        return "\n".join(lines)
+        return "\n".join(for_terminal(line) for line in lines)  # problems quote the entry's text
 
 
 # --- Rebuilding the simulator and scorers from conf/ ------------------------------------------
@@ -462,13 +463,7 @@ def record_verification(path: Path, result: Verification, entry: dict[str, Any],
     record["signature"] = _signature(record, key) if key else None
     records = load_records(cfg)
     records[Path(path).stem] = record
-    store = records_path(cfg)
-    tmp = store.with_name(f".{store.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(dict(sorted(records.items())), indent=1) + "\n")
-        tmp.replace(store)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(records_path(cfg), json.dumps(dict(sorted(records.items())), indent=1) + "\n")
 
 
 def trusted_record(path: Path, entry: dict[str, Any], cfg: dict[str, Any]) -> Verification | None:
