@@ -32,8 +32,7 @@ NON_NEGATIVE: Rule = (lambda x: _number(x) and x >= 0, "a number >= 0")
 FRACTION: Rule = (lambda x: _number(x) and 0 < x <= 1, "a number in (0, 1]")
 NUMBER: Rule = (_number, "a finite number")
 BOOL: Rule = (lambda x: isinstance(x, bool), "true or false")
-FRACTIONS: Rule = (lambda x: isinstance(x, list) and 1 <= len(x) <= 16 and all(FRACTION[0](v) for v in x),
-                   "a list of 1-16 numbers in (0, 1]")
+SHORT_LIST: Rule = (lambda x: isinstance(x, list) and 1 <= len(x) <= 16, "a list of 1 to 16 values")  # items: own rule
 MAPPING: Rule = (lambda x: isinstance(x, dict), "a mapping")
 
 # Option paths, dotted (`*` matches one key, or one list item's index) and what each must be. Every
@@ -78,9 +77,9 @@ RULES: dict[str, Rule] = {
     "scorer.ablation.windows_per_kind": MAPPING,
     "scorer.ablation.windows_per_kind.*": NON_NEGATIVE_INT,
     "scorer.ablation.batch_size": COUNT,
-    "scorer.threshold.max_fractions": FRACTIONS,
+    "scorer.threshold.max_fractions": SHORT_LIST,
     "scorer.threshold.max_fractions.*": FRACTION,
-    "scorer.threshold.quantiles": FRACTIONS,
+    "scorer.threshold.quantiles": SHORT_LIST,
     "scorer.threshold.quantiles.*": FRACTION,
     "pricing.*.*": NON_NEGATIVE,
 }
