@@ -1,6 +1,7 @@
-"""Checking a cell's configuration before anything runs: every numeric (and boolean) option against
-one table of rules, and the scorer names against the scorer registry. A bad value is a ConfigError
-naming each offending option, never a traceback deep inside a run."""
+"""Checking a configuration before anything runs: every numeric (and boolean) option of a cell or a
+corruption run against one table of rules, and a cell's scorer names against the
+scorer registry. A bad value is a ConfigError naming each offending option, never a traceback deep
+inside a run."""
 
 from __future__ import annotations
 
@@ -77,6 +78,15 @@ RULES: dict[str, Rule] = {
     "scorer.threshold.max_fractions.*": FRACTION,
     "scorer.threshold.quantiles.*": FRACTION,
     "pricing.*.*": NON_NEGATIVE,
+    # conf/corruption_measures/ (python -m harness.corrupt and python -m harness.agent)
+    "measure.n_windows": COUNT,
+    "measure.window": (lambda x: _int(x) and x >= 2, "an integer >= 2"),
+    "measure.batch_size": COUNT,
+    "measure.explain_fraction": FRACTION,
+    "measure.top_k": (lambda x: _int(x) and 1 <= x <= 100, "an integer in [1, 100]"),
+    "measure.max_new_tokens": COUNT,
+    "measure.bootstrap_resamples": COUNT,
+    "measure.seeds.*": NON_NEGATIVE_INT,
 }
 
 
@@ -99,15 +109,23 @@ def rule_for(path: tuple[str, ...]) -> Rule | None:
     return None
 
 
-def validate_cell_config(cfg: DictConfig) -> None:
-    """Raise one ConfigError listing every option of the cell's config that breaks its rule, and
-    every scorer name the registry does not know."""
-    problems = []
-    values = leaves(OmegaConf.to_container(cfg, resolve=True))
+def option_problems(tree: Any, required: tuple[str, ...] = ()) -> list[str]:
+    """What is wrong with a plain config tree: each option of `required` (dotted paths) that is
+    missing, and each option that breaks its rule."""
+    values = leaves(tree)
+    present = {".".join(path) for path in values}
+    problems = [f"{name} is missing" for name in required if name not in present]
     for path, value in values.items():
         rule = rule_for(path)
         if rule is not None and not rule[0](value):
             problems.append(f"{'.'.join(path)}={value!r} must be {rule[1]}")
+    return problems
+
+
+def validate_cell_config(cfg: DictConfig) -> None:
+    """Raise one ConfigError listing every option of the cell's config that breaks its rule, and
+    every scorer name the registry does not know."""
+    problems = option_problems(OmegaConf.to_container(cfg, resolve=True))
     for name in cfg.get("scorer") or {}:
         if name not in SCORERS:
             problems.append(f"unknown scorer {name!r}; available: {', '.join(sorted(SCORERS))}")
