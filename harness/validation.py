@@ -1,5 +1,5 @@
-"""Checking a configuration before anything runs: every numeric (and boolean) option of a cell or a
-corruption run against one table of rules, and a cell's scorer names against the
+"""Checking a configuration before anything runs: every numeric (and boolean) option of a cell, a
+corruption run or an agent run against one table of rules, and a cell's scorer names against the
 scorer registry. A bad value is a ConfigError naming each offending option, never a traceback deep
 inside a run."""
 
@@ -87,6 +87,17 @@ RULES: dict[str, Rule] = {
     "measure.max_new_tokens": COUNT,
     "measure.bootstrap_resamples": COUNT,
     "measure.seeds.*": NON_NEGATIVE_INT,
+    # conf/agent.yaml
+    "budget.max_steps": COUNT,
+    "budget.max_cost_usd": NON_NEGATIVE,
+    "budget.max_wall_seconds": POSITIVE,
+    "max_answer_chars": COUNT,
+    "max_note_chars": COUNT,
+    "min_experiments": NON_NEGATIVE_INT,
+    "sampling.temperature": NON_NEGATIVE,
+    "sampling.max_tokens": COUNT,
+    "sampling.n": COUNT,
+    "sampling.seed": NON_NEGATIVE_INT,
 }
 
 
