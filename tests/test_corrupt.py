@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -264,6 +265,21 @@ def test_a_window_or_continuation_longer_than_the_context_is_one_clear_error(tmp
                     f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert message in proc.stderr
+
+
+def test_the_report_shows_model_text_and_tokens_as_inert_markdown(tiny_llama, sample_ids):
+    from harness.corrupt.report import report_markdown
+
+    rows = pd.DataFrame(measure(tiny_llama, corruption_spec({"kind": "none"}, 2), _probe(tiny_llama, sample_ids),
+                                MEASURE))
+    hostile = "<script>x</script>\n# Heading | cell"
+    rows.loc[rows["measure"] == "continuation", "text"] = hostile
+    readout = rows["measure"] == "readout"
+    rows.loc[readout, "text"] = [json.dumps({**json.loads(t), "top": [["<b>", 0.5]]}) for t in rows.loc[readout, "text"]]
+    report = report_markdown(rows)
+    assert not re.search(r"(?<!\\)<", report)  # no tag: every < is escaped
+    assert "\\<script\\>x\\</script\\> \\# Heading \\| cell" in report
+    assert "'\\<b\\>' 0.500" in report  # a token as a quoted literal
 
 
 @pytest.mark.slow
