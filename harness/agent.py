@@ -7,13 +7,21 @@ JSON action: `{"action": "run", "corruption": {...}, "hypothesis": "..."}` or
 with bounded size and validated against the corruption schema (`harness.corrupt.corruption_spec`);
 an invalid one is a step that tells the agent why on the next turn, and is counted. A valid run is
 measured like `python -m harness.corrupt` does, its result table shown, and the agent asked for a
-note relating it to its hypothesis.
+note relating it to its hypothesis. Model text the run keeps as data (a hypothesis, a summary, a note)
+must pass `harness.text.text_problem` (no lone surrogate, control or bidi character): a hypothesis or
+summary that does not makes the action invalid, a note that does not is refused. The raw answer and
+error messages are kept as a record: cut to `max_answer_chars`, written as ASCII JSON (so no text can
+break the write) and escaped wherever they are shown.
 
 Budgets (`budget.*`): steps, USD (the ledger, over every call of the run) and wall time; checked
-before each step, so a run stops cleanly between steps. Every finished step is appended as one JSON
-line to `steps.jsonl` (flushed and fsynced), so a killed run loses at most the step in progress: a
-re-run with the same output directory continues after the last complete step, and the LLM calls it
-repeats are answered by the call cache. Outputs: `steps.jsonl`, `summary.json` and `report.md`.
+before each step, so a run stops cleanly between steps. A paid model without a price in
+`conf/pricing/` is refused before the first call (its cost would read $0). Every finished step is
+appended as one JSON line to `steps.jsonl` (flushed and fsynced), so a killed run loses at most the
+step in progress: a re-run with the same output directory continues after the last complete step,
+and the LLM calls it repeats are answered by the call cache. A step cut short by an outage (a
+TransientLLMError) stops the run after appending an `interrupted` line with what its answered calls
+cost, which the re-run's cached answers no longer do. Outputs: `steps.jsonl`, `summary.json` and
+`report.md`.
 """
 
 from __future__ import annotations
@@ -34,22 +42,22 @@ from harness import __version__
 from harness.cell import _write_atomic, lock_output_dir
 from harness.cli import exit_on_harness_error
 from harness.corrupt import check_measure, corruption_spec, make_probe, measure, schema_text
-from harness.corrupt.report import md_cell
 from harness.errors import ConfigError, LLMError, TransientLLMError
 from harness.formatting import fmt
 from harness.llm import LLM, make_backend
 from harness.llm.cache import CallCache, Ledger
 from harness.redact import redact
 from harness.subject import Subject, load_subject
-from harness.validation import COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, leaves
+from harness.text import for_markdown, for_terminal, text_problem
+from harness.validation import option_problems
 
 log = logging.getLogger(__name__)
 
 # Options a resumed run may change (how far it may go, not what it does).
 RUNTIME_ONLY = ("budget", "call_cache")
-OPTION_RULES = {"budget.max_steps": COUNT, "budget.max_cost_usd": NON_NEGATIVE, "budget.max_wall_seconds": POSITIVE,
-                "max_answer_chars": COUNT, "max_note_chars": COUNT, "min_experiments": NON_NEGATIVE_INT,
-                "sampling.max_tokens": COUNT, "sampling.temperature": NON_NEGATIVE}
+# Options the agent reads; their rules (and those of every other option) are harness.validation.RULES.
+AGENT_OPTIONS = ("budget.max_steps", "budget.max_cost_usd", "budget.max_wall_seconds", "max_answer_chars",
+                 "max_note_chars", "min_experiments", "sampling.temperature", "sampling.max_tokens")
 ACTION_PROMPT = "Your next action (one JSON object):"
 
 SYSTEM = """You are a researcher running experiments on a language model to find out which of its decoder layers it needs, and for what.
@@ -78,7 +86,7 @@ EXAMPLE = [{"role": "user", "content": "Results so far:\n(no experiment yet)\n\n
 def parse_action(text: str, n_layers: int, max_chars: int) -> tuple[dict[str, Any] | None, str | None]:
     """(action, None) for a valid answer, else (None, why). The first JSON object in the answer
     (a code fence or words around it are allowed) must be a run with a valid corruption or a
-    finish with a summary."""
+    finish with a summary; a summary or hypothesis must be storable text (`text_problem`)."""
     if len(text) > max_chars:
         return None, f"the answer is {len(text)} characters long; at most {max_chars} are read"
     start = text.find("{")
@@ -94,8 +102,12 @@ def parse_action(text: str, n_layers: int, max_chars: int) -> tuple[dict[str, An
         summary = obj.get("summary")
         if not isinstance(summary, str) or not summary.strip():
             return None, 'a finish needs a non-empty "summary" string'
+        if problem := text_problem(summary, allow_newlines=True):
+            return None, f'the "summary" holds {problem}; write plain text'
         return {"action": "finish", "summary": summary.strip()[:max_chars]}, None
     hypothesis = obj.get("hypothesis")
+    if isinstance(hypothesis, str) and (problem := text_problem(hypothesis, allow_newlines=True)):
+        return None, f'the "hypothesis" holds {problem}; write plain text'
     try:
         spec = corruption_spec(obj.get("corruption"), n_layers)
     except ConfigError as exc:
@@ -166,7 +178,7 @@ class StepLog:
 
     def append(self, step: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
-            f.write(json.dumps(step, ensure_ascii=False) + "\n")
+            f.write(json.dumps(step) + "\n")  # ASCII: a lone surrogate is written as an escape, never an error
             f.flush()
             os.fsync(f.fileno())
 
@@ -186,6 +198,13 @@ def run_agent(cfg: DictConfig, output_dir: Path, clock: Callable[[], float] = ti
         raise ConfigError(f"the agent needs an LLM: explainer={cfg.explainer.get('kind')} is not one; use an LLM "
                           "backend of conf/explainer/ (hf_local, openai, anthropic, openai_compatible)")
     m = check_measure(cfg.measure)
+    prices = OmegaConf.to_container(cfg.pricing, resolve=True)
+    backend = make_backend(cfg.explainer.llm)
+    if backend.paid and backend.model not in prices:
+        raise ConfigError(f"explainer.llm.model={backend.model!r} is a paid model with no price in conf/pricing/, so "
+                          "its calls would cost $0 and budget.max_cost_usd would never stop the run; add its price "
+                          f"(USD per million tokens), e.g. '+pricing.{backend.model}={{input: 0.15, output: 0.6}}', "
+                          "or set explainer.llm.paid=false if it costs nothing")
     config = redact(OmegaConf.to_container(cfg, resolve=True))
     saved = output_dir / "run.json"
     if saved.is_file():
@@ -195,32 +214,34 @@ def run_agent(cfg: DictConfig, output_dir: Path, clock: Callable[[], float] = ti
             raise ConfigError(f"{output_dir} holds an agent run with a different configuration (only budget and "
                               "call_cache may change on resume); choose another hydra.run.dir or pass "
                               "+overwrite=true to start over")
-    _write_atomic(saved, lambda p: p.write_text(json.dumps(config, indent=1) + "\n"))
 
     subject = load_subject(cfg.subject)
     n_layers = subject.neurons.n_layers
     probe = make_probe(subject, cfg.corpus, m)
-    ledger = Ledger(prices=OmegaConf.to_container(cfg.pricing, resolve=True))
-    llm = LLM(make_backend(cfg.explainer.llm), ledger=ledger, cache=CallCache(cfg.call_cache) if cfg.call_cache else None)
+    # saved once every check has passed, so a run refused for a bad option may be re-run with it fixed
+    _write_atomic(saved, lambda p: p.write_text(json.dumps(config, indent=1) + "\n"))
+    ledger = Ledger(prices=prices)
+    llm = LLM(backend, ledger=ledger, cache=CallCache(cfg.call_cache) if cfg.call_cache else None)
     sampling = OmegaConf.to_container(cfg.sampling, resolve=True)
     system = SYSTEM.format(subject=subject_description(subject), last=n_layers - 1, schema=schema_text())
     budget = cfg.budget
     steps_log = StepLog(output_dir / "steps.jsonl")
-    steps = steps_log.read()
+    records = steps_log.read()  # the steps, and the attempts an outage interrupted (their cost)
+    steps = [r for r in records if "step" in r]
     if steps:
         log.info("resuming after step %d", len(steps))
     if steps and (steps[-1].get("action") or {}).get("action") == "finish":
-        return finish(cfg, output_dir, subject, steps, "finished")
+        return finish(cfg, output_dir, subject, records, "finished")
 
     start = clock()
-    spent_before = sum(s["seconds"] for s in steps)
+    spent_before = sum(r["seconds"] for r in records)
 
     def ask(messages: list[dict[str, str]]) -> str:
         return llm.chat(messages, **sampling).texts[0]
 
     stop = None
     while stop is None:
-        cost = sum(s["cost_usd"] for s in steps)
+        cost = sum(r["cost_usd"] for r in records)
         elapsed = spent_before + clock() - start
         if len(steps) >= budget.max_steps:
             stop = "max_steps"
@@ -239,9 +260,9 @@ def run_agent(cfg: DictConfig, output_dir: Path, clock: Callable[[], float] = ti
         try:
             answer = ask([{"role": "system", "content": system}, *EXAMPLE, {"role": "user", "content": user}])
             action, error = parse_action(answer, n_layers, cfg.max_answer_chars)
-            step.update(answer=answer, action=action, error=error)
+            step.update(answer=answer[:cfg.max_answer_chars], action=action, error=error)
             if error:
-                log.info("step %d: invalid action: %s", step["step"], error)
+                log.info("step %d: invalid action: %s", step["step"], for_terminal(error))
             elif action["action"] == "finish":
                 if sum(1 for s in steps if s.get("result")) < cfg.min_experiments:
                     action, error = None, f"finish only after at least {cfg.min_experiments} experiment(s): run one first"
@@ -257,40 +278,63 @@ def run_agent(cfg: DictConfig, output_dir: Path, clock: Callable[[], float] = ti
                 step["result"] = result
                 note = ask([{"role": "system", "content": system},
                             {"role": "user", "content": note_request([*steps, step], spec.label, action["hypothesis"])}])
-                step["note"] = note.strip()[:cfg.max_note_chars] or "(empty note)"
-        except TransientLLMError:
-            raise  # an outage is not a step: the run stops; a re-run continues here
-        except LLMError as exc:  # refused for good: counted as an invalid step, the run goes on
-            step.update(answer=None, action=None, error=f"the model call failed: {exc}")
+                note = note.strip()[:cfg.max_note_chars]
+                problem = text_problem(note, allow_newlines=True)
+                step["note"] = f"(note refused: it held {problem})" if problem else note or "(empty note)"
+        except TransientLLMError as exc:
+            # An outage is not a step: the run stops and a re-run continues here, the calls this attempt
+            # had answered coming from the call cache at no cost; so what they cost is logged now.
+            steps_log.append({"interrupted": step["step"], "error": str(exc)[:cfg.max_answer_chars],
+                              "cost_usd": ledger.usd - usd0, "seconds": clock() - t0})
+            raise
+        except LLMError as exc:  # refused for good
+            failed = f"the model call failed: {for_terminal(str(exc))}"
+            if "result" in step:  # the note's call: the experiment stands, without a note
+                step["note"] = f"(no note: {failed})"[:cfg.max_note_chars]
+            else:  # counted as an invalid step, the run goes on
+                step.update(answer=None, action=None, error=failed[:cfg.max_answer_chars])
         step.update(cost_usd=ledger.usd - usd0, seconds=clock() - t0)
         steps_log.append(step)
         steps.append(step)
-    return finish(cfg, output_dir, subject, steps, stop, ledger)
+        records.append(step)
+    return finish(cfg, output_dir, subject, records, stop, ledger)
 
 
-def finish(cfg, output_dir: Path, subject: Subject, steps: list[dict[str, Any]], stop: str,
+def finish(cfg, output_dir: Path, subject: Subject, records: list[dict[str, Any]], stop: str,
            ledger: Ledger | None = None) -> dict[str, Any]:
+    """summary.json and report.md from every line of steps.jsonl (steps, and interrupted attempts,
+    whose cost and time count)."""
+    steps = [r for r in records if "step" in r]
     final = next((s["action"]["summary"] for s in steps if (s.get("action") or {}).get("action") == "finish"), None)
     summary = {"harness_version": __version__, "subject": subject.name, "agent": redact(OmegaConf.to_container(cfg.explainer.llm, resolve=True)),
                "stop_reason": stop, "steps": len(steps),
                "experiments": sum(1 for s in steps if s.get("result")),
                "invalid_actions": sum(1 for s in steps if s.get("error")),
-               "cost_usd": sum(s["cost_usd"] for s in steps), "seconds": sum(s["seconds"] for s in steps),
+               "interrupted_attempts": len(records) - len(steps),
+               "cost_usd": sum(r["cost_usd"] for r in records), "seconds": sum(r["seconds"] for r in records),
                "summary": final, "ledger_this_session": ledger.summary() if ledger else None}
     _write_atomic(output_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=1) + "\n"))
-    (output_dir / "report.md").write_text(report_markdown(summary, steps))
+    _write_atomic(output_dir / "report.md", lambda p: p.write_text(report_markdown(summary, steps)))
     return summary
 
 
 def report_markdown(summary: dict[str, Any], steps: list[dict[str, Any]]) -> str:
+    """The run as Markdown; every text from outside (model text, error messages, the model's name) is
+    shown as inert plain text (`harness.text.for_markdown`)."""
     stop = {"finished": "the agent finished", "max_steps": "the step budget was reached",
             "max_cost_usd": "the cost budget was reached", "max_wall_seconds": "the wall-time budget was reached"}
-    parts = [f"# Corruption agent on {summary['subject']}", "",
-             f"Agent LLM: `{summary['agent'].get('backend')}` / `{summary['agent'].get('model')}`. "
+    interrupted = summary["interrupted_attempts"]
+    parts = [f"# Corruption agent on {for_markdown(summary['subject'])}", "",
+             f"Agent LLM: {for_markdown(summary['agent'].get('backend'))} / "
+             f"{for_markdown(summary['agent'].get('model'))}. "
              f"{summary['steps']} step(s): {summary['experiments']} experiment(s), {summary['invalid_actions']} invalid "
              f"action(s); stopped because {stop.get(summary['stop_reason'], summary['stop_reason'])}. Cost "
-             f"${summary['cost_usd']:.4f}, {summary['seconds']:.0f} s. Every step is in `steps.jsonl`.", "",
-             "## Final summary", "", summary["summary"] or "(none: the agent did not finish before a budget stopped it)",
+             f"${summary['cost_usd']:.4f}, {summary['seconds']:.0f} s"
+             + (f", {interrupted} attempt(s) interrupted by an outage included" if interrupted else "")
+             + ". Every step is in `steps.jsonl`.", "",
+             "## Final summary", "",
+             for_markdown(summary["summary"], 4000) if summary["summary"]
+             else "(none: the agent did not finish before a budget stopped it)",
              "", "## Results", ""]
     results = [(s["step"], s["result"]) for s in steps if s.get("result")]
     if results:
@@ -309,23 +353,25 @@ def report_markdown(summary: dict[str, Any], steps: list[dict[str, Any]]) -> str
         parts.append("")
         a = s.get("action") or {}
         if s.get("error"):
-            parts += [f"Invalid action: {s['error']}", "", f"Answer: `{md_cell(s.get('answer') or '', 300)}`"]
+            parts += [f"Invalid action: {for_markdown(s['error'], 500)}", "",
+                      f"Answer: {for_markdown(s.get('answer') or '', 300)}"]
         elif a.get("action") == "finish":
             parts.append("Finished.")
         else:
             r = s["result"]
-            parts += [f"- hypothesis: {md_cell(a.get('hypothesis') or '(none)', 500)}",
+            parts += [f"- hypothesis: {for_markdown(a.get('hypothesis') or '(none)', 500)}",
                       f"- experiment: `{r['corruption']}` ({r['layers_run']} layers run)",
                       f"- result: loss {r['loss']:.3f} ({r['loss_delta']:+.3f}), KL {r['kl']:.3f}, clean top-1 kept on "
                       f"{r['top1_kept']} prompts",
-                      f"- note: {md_cell(s.get('note') or '', 600)}"]
+                      f"- note: {for_markdown(s.get('note') or '', 600)}"]
         parts += ["", f"(cost ${s['cost_usd']:.4f}, {s['seconds']:.0f} s)", ""]
     return "\n".join(parts)
 
 
 def check_options(cfg: DictConfig) -> None:
-    found = {".".join(p): v for p, v in leaves(OmegaConf.to_container(cfg, resolve=True)).items()}
-    problems = [f"{k}={found.get(k)!r} must be {what}" for k, (ok, what) in OPTION_RULES.items() if not ok(found.get(k))]
+    """Every option against harness.validation.RULES (the same table as a cell's), the agent's own
+    options required."""
+    problems = option_problems(OmegaConf.to_container(cfg, resolve=True), required=AGENT_OPTIONS)
     if problems:
         raise ConfigError("invalid agent options: " + "; ".join(problems))
 

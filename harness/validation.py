@@ -1,6 +1,7 @@
-"""Checking a cell's configuration before anything runs: every numeric (and boolean) option against
-one table of rules, and the scorer names against the scorer registry. A bad value is a ConfigError
-naming each offending option, never a traceback deep inside a run."""
+"""Checking a configuration before anything runs: every numeric (and boolean) option of a cell, a
+corruption run or an agent run against one table of rules, and a cell's scorer names against the
+scorer registry. A bad value is a ConfigError naming each offending option, never a traceback deep
+inside a run."""
 
 from __future__ import annotations
 
@@ -82,6 +83,26 @@ RULES: dict[str, Rule] = {
     "scorer.threshold.quantiles": SHORT_LIST,
     "scorer.threshold.quantiles.*": FRACTION,
     "pricing.*.*": NON_NEGATIVE,
+    # conf/corruption_measures/ (python -m harness.corrupt and python -m harness.agent)
+    "measure.n_windows": COUNT,
+    "measure.window": (lambda x: _int(x) and x >= 2, "an integer >= 2"),
+    "measure.batch_size": COUNT,
+    "measure.explain_fraction": FRACTION,
+    "measure.top_k": (lambda x: _int(x) and 1 <= x <= 100, "an integer in [1, 100]"),
+    "measure.max_new_tokens": COUNT,
+    "measure.bootstrap_resamples": COUNT,
+    "measure.seeds.*": NON_NEGATIVE_INT,
+    # conf/agent.yaml
+    "budget.max_steps": COUNT,
+    "budget.max_cost_usd": NON_NEGATIVE,
+    "budget.max_wall_seconds": POSITIVE,
+    "max_answer_chars": COUNT,
+    "max_note_chars": COUNT,
+    "min_experiments": NON_NEGATIVE_INT,
+    "sampling.temperature": NON_NEGATIVE,
+    "sampling.max_tokens": COUNT,
+    "sampling.n": COUNT,
+    "sampling.seed": NON_NEGATIVE_INT,
 }
 
 
@@ -104,25 +125,27 @@ def rule_for(path: tuple[str, ...]) -> Rule | None:
     return None
 
 
-def rule_problems(tree: Any) -> list[str]:
-    """Every node of a plain config tree (a mapping or list as well as a leaf) that breaks its rule,
-    as "path=value must be ...". A node whose rule fails is not descended into."""
-    problems, stack = [], [((), tree)]
+def option_problems(tree: Any, required: tuple[str, ...] = ()) -> list[str]:
+    """What is wrong with a plain config tree: each option of `required` (dotted paths) that is
+    missing, and every node (a mapping or list as well as a leaf) that breaks its rule, as
+    "path=value must be ...". A node whose rule fails is not descended into."""
+    problems, present, stack = [], set(), [((), tree)]
     while stack:
         path, node = stack.pop()
+        present.add(".".join(path))
         rule = rule_for(path) if path else None
         if rule is not None and not rule[0](node):
             problems.append(f"{'.'.join(path)}={str(node)[:60]!r} must be {rule[1]}")
             continue
         items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
         stack += [((*path, str(k)), v) for k, v in items]
-    return sorted(problems)
+    return [f"{name} is missing" for name in required if name not in present] + sorted(problems)
 
 
 def validate_cell_config(cfg: DictConfig) -> None:
     """Raise one ConfigError listing every option of the cell's config that breaks its rule, and
     every scorer name the registry does not know."""
-    problems = rule_problems(OmegaConf.to_container(cfg, resolve=True))
+    problems = option_problems(OmegaConf.to_container(cfg, resolve=True))
     for name in cfg.get("scorer") or {}:
         if name not in SCORERS:
             problems.append(f"unknown scorer {name!r}; available: {', '.join(sorted(SCORERS))}")

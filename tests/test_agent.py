@@ -1,17 +1,25 @@
 """The corruption agent: action parsing, and whole runs driven by a scripted LLM behind the loopback
 OpenAI-compatible server on the tiny subject (an invalid action, each budget stop, finish, resume
-after a kill), plus a real run with the offline hf_local model on SmolLM2."""
+after a kill, hostile answers, an outage mid-step, options out of range, an unpriced paid model),
+plus a real run with the offline hf_local model on SmolLM2."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
+import subprocess
+import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from harness.agent import ACTION_PROMPT, parse_action, run_agent
-from harness.errors import ConfigError
-from harness.paths import CONF_DIR
+from harness.errors import ConfigError, TransientLLMError
+from harness.paths import CONF_DIR, REPO_ROOT
+from harness.text import text_problem
+from harness.validation import leaves, rule_for
 from tests.fake_llm_server import FakeLLMServer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -26,10 +34,11 @@ def agent_cfg(*overrides):
 
 
 class Script:
-    """Answers action requests from `actions` in order and note requests with numbered notes."""
+    """Answers action requests from `actions` in order and note requests with numbered notes (or,
+    while there are any, from `notes`)."""
 
-    def __init__(self, actions: list[str]):
-        self.actions, self.asked, self.notes = list(actions), [], 0
+    def __init__(self, actions: list[str], notes: list[str] = ()):
+        self.actions, self.asked, self.notes, self.note_texts = list(actions), [], 0, list(notes)
 
     def __call__(self, body: dict) -> str:
         last = body["messages"][-1]["content"]
@@ -37,7 +46,7 @@ class Script:
             self.asked.append(last)
             return self.actions.pop(0)
         self.notes += 1
-        return f"note {self.notes}: the loss moved as expected."
+        return self.note_texts.pop(0) if self.note_texts else f"note {self.notes}: the loss moved as expected."
 
 
 def scripted_cfg(server, tmp_path, *overrides):
@@ -179,3 +188,173 @@ def test_a_repeated_experiment_reuses_its_result(tmp_path, monkeypatch):
     steps = _steps(tmp_path)
     assert calls == ["skip_last(n=1)"] and summary["invalid_actions"] == 1
     assert steps[2]["result"] == steps[0]["result"]
+
+
+# --- Hostile or broken answers ------------------------------------------------------------------
+
+RUN = {"action": "run", "corruption": {"kind": "skip_last", "n": 1}, "hypothesis": "h"}
+FINISH_OBJ = {"action": "finish", "summary": "s"}
+ODD_VALUES = [None, True, -1, 1.5, 10**30, float("inf"), "x", "\ud800", "\x1b[2J", "\u202e", [], [1], [[0]], {},
+              {"kind": "none"}, {"a": {"b": [None]}}]
+
+
+def _with(obj: dict, path: tuple[str, ...], value) -> str:
+    out = json.loads(json.dumps(obj))
+    node = out
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return json.dumps(out)  # a lone surrogate is written as the escape \ud800, as a model would
+
+
+@pytest.mark.parametrize("answer", [_with(base, path, value) for (base, path), value in itertools.product(
+    [(RUN, ("action",)), (RUN, ("corruption",)), (RUN, ("corruption", "kind")), (RUN, ("corruption", "n")),
+     (RUN, ("corruption", "layers")), (RUN, ("hypothesis",)), (FINISH_OBJ, ("summary",))], ODD_VALUES)]
+                         + ["[1, 2]", '"run"', "null", '[{"action": "run"}]'])
+def test_an_action_of_any_json_shape_is_parsed_or_refused_with_a_reason_never_an_exception(answer):
+    action, why = parse_action(answer, 2, max_chars=4000)
+    assert (action is None) != (why is None) and (why is None or isinstance(why, str) and why)
+    if action is not None:  # what is accepted can be stored as data
+        json.dumps(action).encode()
+        assert text_problem(action.get("hypothesis") or action.get("summary") or "", allow_newlines=True) is None
+
+
+@pytest.mark.parametrize("field, value, error", [
+    ("summary", "done \ud800", "lone surrogate (U+D800)"),
+    ("summary", "\x1b]0;owned\x07 done", "control character (U+001B)"),
+    ("hypothesis", "the \u202eeno tsal", "bidirectional control character (U+202E)"),
+])
+def test_model_text_that_cannot_be_stored_as_data_makes_the_action_invalid(field, value, error):
+    action, why = parse_action(_with(FINISH_OBJ if field == "summary" else RUN, (field,), value), 2, max_chars=4000)
+    assert action is None and error in why and f'"{field}"' in why
+
+
+KIND_LIST = '{"action": "run", "corruption": {"kind": ["skip_last"], "n": 1}, "hypothesis": "h"}'
+KIND_DICT = '{"action": "run", "corruption": {"kind": {"skip_last": 1}}, "hypothesis": "h"}'
+SURROGATE_HYPOTHESIS = '{"action": "run", "corruption": {"kind": "repeat", "layer": 0}, "hypothesis": "h \\ud800"}'
+SURROGATE_FINISH = '{"action": "finish", "summary": "done \udfff"}'  # a lone surrogate in the answer itself
+
+
+def test_hostile_answers_are_invalid_steps_and_the_run_and_its_resume_go_on(tmp_path, monkeypatch):
+    """A `kind` of the wrong type and a lone surrogate in a summary or hypothesis are invalid steps,
+    explained to the agent; the surrogate hypothesis's experiment is not run. Resuming the finished
+    run replays nothing and does not crash."""
+    import harness.agent
+
+    measured = []
+    real = harness.agent.measure
+    monkeypatch.setattr(harness.agent, "measure", lambda *a: measured.append(a[1].label) or real(*a))
+    script = Script([KIND_LIST, KIND_DICT, SURROGATE_HYPOTHESIS, RUN_1, SURROGATE_FINISH, FINISH])
+    with FakeLLMServer(script) as server:
+        cfg = scripted_cfg(server, tmp_path)
+        summary = run_agent(cfg, tmp_path)
+        assert (summary["stop_reason"], summary["steps"], summary["experiments"], summary["invalid_actions"]) == (
+            "finished", 6, 1, 4)
+        assert measured == ["skip_last(n=1)"]
+        steps = _steps(tmp_path)
+        assert "unknown corruption kind ['skip_last']" in steps[0]["error"]
+        assert "unknown corruption kind {'skip_last': 1}" in steps[1]["error"]
+        assert "lone surrogate" in steps[2]["error"] and "result" not in steps[2]
+        assert "lone surrogate" in steps[4]["error"] and steps[4]["answer"] == SURROGATE_FINISH  # kept, escaped
+        assert "Your previous answer was invalid: the \"summary\" holds a lone surrogate" in script.asked[5]
+        received = len(server.requests)
+        assert run_agent(cfg, tmp_path) == {**summary, "ledger_this_session": None}
+        assert len(server.requests) == received
+
+
+def test_an_over_long_answer_is_an_invalid_step_stored_cut_to_the_bound(tmp_path):
+    with FakeLLMServer(Script(["x" * 50_000])) as server:
+        summary = run_agent(scripted_cfg(server, tmp_path, "budget.max_steps=1", "max_answer_chars=300"), tmp_path)
+    step = _steps(tmp_path)[0]
+    assert summary["invalid_actions"] == 1 and "the answer is 50000 characters long; at most 300" in step["error"]
+    assert step["answer"] == "x" * 300
+
+
+HTML_HYPOTHESIS = ('{"action": "run", "corruption": {"kind": "skip_last", "n": 1}, "hypothesis": '
+                   '"<img src=x onerror=alert(1)> **bold**"}')
+HTML_FINISH = ('{"action": "finish", "summary": "<script>alert(1)</script>\\n\\n# Fake heading\\n'
+               '[click](http://evil.example) | a | b |"}')
+
+
+def test_the_report_shows_model_text_as_inert_markdown(tmp_path):
+    with FakeLLMServer(Script([HTML_HYPOTHESIS, '{"action": "run", "corruption": {"kind": "<b>"}}', HTML_FINISH])) \
+            as server:
+        summary = run_agent(scripted_cfg(server, tmp_path), tmp_path)
+    assert summary["summary"].startswith("<script>alert(1)</script>\n\n# Fake heading")  # kept verbatim as data
+    report = (tmp_path / "report.md").read_text()
+    # every metacharacter of the model's text is backslash-escaped: no tag, emphasis, link or table cell
+    for live in ("<script>", "<img", "<b>", "**bold**", "](http", "| a | b |"):
+        assert not re.search(r"(?<!\\)" + re.escape(live), report), live
+    assert not [line for line in report.splitlines() if line.startswith("# Fake")]
+    assert "\\<script\\>alert\\(1\\)\\</script\\> \\# Fake heading \\[click\\]" in report
+    assert "\\<img src=x onerror=alert\\(1\\)\\> \\*\\*bold\\*\\*" in report
+
+
+def test_a_paid_model_without_a_price_is_refused_before_the_first_call(tmp_path):
+    with FakeLLMServer(Script([RUN_1])) as server:
+        cfg = agent_cfg(*TINY, "explainer=openai_compatible", f"explainer.llm.base_url={server.url}/v1",
+                        "explainer.llm.model=unpriced-model", "explainer.llm.paid=true",
+                        f"call_cache={tmp_path / 'calls.sqlite'}")
+        with pytest.raises(ConfigError, match=r"explainer.llm.model='unpriced-model' is a paid model with no price") \
+                as err:
+            run_agent(cfg, tmp_path)
+        assert server.requests == [] and not (tmp_path / "run.json").exists()
+    assert "+pricing.unpriced-model=" in str(err.value) and "explainer.llm.paid=false" in str(err.value)
+
+
+def test_a_note_that_cannot_be_stored_or_whose_call_fails_leaves_the_experiment_valid(tmp_path):
+    with FakeLLMServer(Script([RUN_1, REPEAT], notes=["\x1b[2J\x1b[31mall good"])) as server:
+        server.faults = [None, None, None, "400"]  # step 2's note call is refused for good
+        summary = run_agent(scripted_cfg(server, tmp_path, "budget.max_steps=2"), tmp_path)
+    steps = _steps(tmp_path)
+    assert (summary["experiments"], summary["invalid_actions"]) == (2, 0)
+    assert steps[0]["note"] == "(note refused: it held a control character (U+001B))"
+    assert steps[1]["action"]["corruption"]["kind"] == "repeat" and steps[1]["result"]["layers_run"] == 3
+    assert steps[1]["note"].startswith("(no note: the model call failed: openai_compatible: HTTP 400")
+
+
+def test_the_cost_of_answered_calls_survives_an_outage_mid_step(tmp_path):
+    """Step 1's action is answered ($0.01), then its note call meets an outage: the run stops, logging
+    what the step had cost. The re-run gets the action from the cache for free, and still counts it."""
+    script = Script([RUN_1, FINISH])
+    with FakeLLMServer(script) as server:
+        cfg = scripted_cfg(server, tmp_path)
+        server.faults = [None, "500"]  # the action answered, the note refused (5xx: transient)
+        with pytest.raises(TransientLLMError):
+            run_agent(cfg, tmp_path)
+        [line] = _steps(tmp_path)
+        assert line["interrupted"] == 1 and line["cost_usd"] == pytest.approx(0.01) and "HTTP 500" in line["error"]
+        summary = run_agent(cfg, tmp_path)
+    assert (summary["steps"], summary["experiments"], summary["interrupted_attempts"]) == (2, 1, 1)
+    assert summary["ledger_this_session"]["usd"] == pytest.approx(0.02)  # this session paid the note and finish
+    assert summary["cost_usd"] == pytest.approx(0.03)  # three answered calls in all
+    assert "1 attempt(s) interrupted by an outage" in (tmp_path / "report.md").read_text()
+
+
+def test_out_of_range_options_are_config_errors_naming_each_option(tmp_path):
+    cfg = agent_cfg(*TINY, "explainer=openai_compatible", "explainer.llm.max_retries=-1", "explainer.llm.timeout=-1",
+                    "measure.top_k=100000", "budget.max_steps=0")
+    with pytest.raises(ConfigError) as err:
+        run_agent(cfg, tmp_path)
+    for problem in ("explainer.llm.max_retries=-1 must be an integer >= 0", "explainer.llm.timeout=-1 must be a "
+                    "number > 0", "measure.top_k=100000 must be an integer in [1, 100]",
+                    "budget.max_steps=0 must be a positive integer"):
+        assert problem in str(err.value)
+    proc = subprocess.run([sys.executable, "-m", "harness.agent", "explainer=openai_compatible", "explainer.llm.timeout=-1",
+                           f"hydra.run.dir={tmp_path / 'cli'}"], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "explainer.llm.timeout=-1 must be a number > 0" in proc.stderr
+
+
+def test_every_numeric_option_of_the_agent_and_corrupt_configs_has_a_rule():
+    """The agent and `python -m harness.corrupt` check their options against the cell's rule table,
+    so a new numeric option must get a rule there (subject and corpus options are checked where
+    they are loaded; a corruption's by its schema)."""
+    configs = [("agent", f"explainer={p.stem}") for p in sorted((CONF_DIR / "explainer").glob("*.yaml"))]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for name, override in configs + [("corrupt", "corruption=none")]:
+            values = leaves(OmegaConf.to_container(compose(name, overrides=[override]), resolve=True))
+            for path, value in values.items():
+                if isinstance(value, (bool, int, float)) and path[0] not in ("subject", "corpus", "corruption"):
+                    assert rule_for(path) is not None, f"{name} {override}: no rule for {'.'.join(path)}"

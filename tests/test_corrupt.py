@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -47,6 +48,8 @@ def test_seeded_permutation_is_a_reproducible_shuffle_of_the_range():
 @pytest.mark.parametrize("raw, message", [
     ({"kind": "drop_everything"}, "unknown corruption kind 'drop_everything'; known:"),
     ({"n": 3}, "unknown corruption kind None"),
+    ({"kind": ["skip_last"], "n": 3}, "unknown corruption kind ['skip_last']"),
+    ({"kind": {"skip_last": 3}}, "unknown corruption kind {'skip_last': 3}"),
     ({"kind": "skip_last", "n": 7}, "n=7 must be in 0..6"),
     ({"kind": "skip_last", "n": True}, "must be an integer"),
     ({"kind": "skip_last", "n": "3"}, "must be an integer"),
@@ -246,8 +249,37 @@ def test_a_bad_corruption_on_the_command_line_is_one_clear_error(tmp_path):
     proc = _corrupt(*TINY, "corruption=repeat", "corruption.layer=5", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "layer index [5] out of range: the subject has layers 0..1" in proc.stderr
-    proc = _corrupt(*TINY, "measure.n_windows=0", f"hydra.run.dir={tmp_path}")
-    assert proc.returncode == 2 and "measure.n_windows=0 must be a positive integer" in proc.stderr
+    proc = _corrupt(*TINY, "measure.n_windows=0", "measure.top_k=100000", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "measure.n_windows=0 must be a positive integer" in proc.stderr
+    assert "measure.top_k=100000 must be an integer in [1, 100]" in proc.stderr
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["measure.window=200", "measure.max_new_tokens=2"], "measure.window=200 is longer than the context of tiny_gpt2 "
+                                                         "(128 tokens)"),
+    (["measure.window=16", "measure.max_new_tokens=120"], "measure.max_new_tokens=120: the longest prompt"),
+])
+def test_a_window_or_continuation_longer_than_the_context_is_one_clear_error(tmp_path, overrides, message):
+    proc = _corrupt("subject=tiny_gpt2", "corpus.max_documents=12", "measure.n_windows=3", *overrides,
+                    f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert message in proc.stderr
+
+
+def test_the_report_shows_model_text_and_tokens_as_inert_markdown(tiny_llama, sample_ids):
+    from harness.corrupt.report import report_markdown
+
+    rows = pd.DataFrame(measure(tiny_llama, corruption_spec({"kind": "none"}, 2), _probe(tiny_llama, sample_ids),
+                                MEASURE))
+    hostile = "<script>x</script>\n# Heading | cell"
+    rows.loc[rows["measure"] == "continuation", "text"] = hostile
+    readout = rows["measure"] == "readout"
+    rows.loc[readout, "text"] = [json.dumps({**json.loads(t), "top": [["<b>", 0.5]]}) for t in rows.loc[readout, "text"]]
+    report = report_markdown(rows)
+    assert not re.search(r"(?<!\\)<", report)  # no tag: every < is escaped
+    assert "\\<script\\>x\\</script\\> \\# Heading \\| cell" in report
+    assert "'\\<b\\>' 0.500" in report  # a token as a quoted literal
 
 
 @pytest.mark.slow

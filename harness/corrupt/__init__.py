@@ -38,7 +38,7 @@ from harness.errors import ConfigError
 from harness.scoring.ablation import kl_from_logits
 from harness.scoring.stats import bootstrap_ci
 from harness.subject import Subject
-from harness.validation import COUNT, FRACTION, NON_NEGATIVE_INT, Rule, leaves
+from harness.validation import option_problems
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def corruption_spec(raw: Mapping[str, Any], n_layers: int) -> Corruption:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"a corruption must be an object with a `kind`, got {type(raw).__name__}")
     kind = raw.get("kind")
-    if kind not in CORRUPTIONS:
+    if not isinstance(kind, str) or kind not in CORRUPTIONS:
         raise ConfigError(f"unknown corruption kind {kind!r}; known: {sorted(CORRUPTIONS)}")
     schema = CORRUPTIONS[kind]
     unknown = sorted(set(raw) - set(schema) - {"kind"})
@@ -222,23 +222,15 @@ class Probe:
     prompt_ids: list[list[int]]
 
 
-# Options of `measure` (conf/corruption_measures/) and what each must be.
-MEASURE_RULES: dict[str, Rule] = {
-    "n_windows": COUNT, "window": (lambda x: _is_int(x) and x >= 2, "an integer >= 2"), "batch_size": COUNT,
-    "explain_fraction": FRACTION, "top_k": COUNT, "max_new_tokens": COUNT,
-    "bootstrap_resamples": COUNT, "seeds.pools": NON_NEGATIVE_INT, "seeds.windows": NON_NEGATIVE_INT,
-}
+# The options `measure` (conf/corruption_measures/) must have; their rules are harness.validation.RULES.
+MEASURE_OPTIONS = tuple(f"measure.{name}" for name in (
+    "n_windows", "window", "explain_fraction", "batch_size", "top_k", "max_new_tokens", "bootstrap_resamples",
+    "seeds.pools", "seeds.windows"))
 
 
 def check_measure(measure: Any) -> dict[str, Any]:
     m = OmegaConf.to_container(measure, resolve=True) if OmegaConf.is_config(measure) else dict(measure)
-    problems = []
-    found = {".".join(path): value for path, value in leaves(m).items() if not path[0] == "prompts"}
-    for key, (ok, what) in MEASURE_RULES.items():
-        if key not in found:
-            problems.append(f"measure.{key} is missing")
-        elif not ok(found[key]):
-            problems.append(f"measure.{key}={found[key]!r} must be {what}")
+    problems = option_problems({"measure": m}, required=MEASURE_OPTIONS)
     prompts = m.get("prompts")
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
         problems.append("measure.prompts must be a non-empty list of non-empty strings")
@@ -249,7 +241,19 @@ def check_measure(measure: Any) -> dict[str, Any]:
 
 def make_probe(subject: Subject, corpus_cfg: Any, measure: dict[str, Any]) -> Probe:
     """`n_windows` windows drawn (seeded) from the scoring pool: the documents the frozen sets hold
-    out for scoring, split by the same rule (`explain_fraction`, `seeds.pools`)."""
+    out for scoring, split by the same rule (`explain_fraction`, `seeds.pools`). A window, or a
+    prompt with its continuation, longer than the subject's context is a ConfigError."""
+    tok = subject.tokenizer
+    prompt_ids = [tok(p, add_special_tokens=False).input_ids for p in measure["prompts"]]
+    context = getattr(subject.model.config, "max_position_embeddings", None)
+    longest = max(len(ids) for ids in prompt_ids)
+    if context and measure["window"] > context:
+        raise ConfigError(f"measure.window={measure['window']} is longer than the context of {subject.name} "
+                          f"({context} tokens); use a window of at most {context}")
+    if context and longest + measure["max_new_tokens"] > context:
+        raise ConfigError(f"measure.max_new_tokens={measure['max_new_tokens']}: the longest prompt ({longest} "
+                          f"tokens) and its continuation exceed the context of {subject.name} ({context} tokens); "
+                          "use fewer new tokens or shorter prompts")
     corpus = load_corpus(corpus_cfg)
     win, _, _ = make_windows(corpus, subject.tokenizer, measure["window"], measure["explain_fraction"],
                              measure["seeds"]["pools"], max_windows=None)
@@ -258,8 +262,6 @@ def make_probe(subject: Subject, corpus_cfg: Any, measure: dict[str, Any]) -> Pr
     if n < measure["n_windows"]:
         log.warning("the scoring pool has only %d windows of %d tokens; using all of them", n, measure["window"])
     pick = np.sort(np.random.default_rng(measure["seeds"]["windows"]).choice(scoring, size=n, replace=False))
-    tok = subject.tokenizer
-    prompt_ids = [tok(p, add_special_tokens=False).input_ids for p in measure["prompts"]]
     return Probe(windows=torch.from_numpy(win.ids[pick]),
                  window_ids=[f"{corpus.documents[win.doc[w]].doc_id}@{int(win.start[w])}" for w in pick],
                  prompts=list(measure["prompts"]), prompt_ids=prompt_ids)

@@ -24,22 +24,18 @@ from hydra.experimental.callback import Callback
 
 from harness.errors import ConfigError
 from harness.formatting import fmt
+from harness.text import for_markdown
 
 log = logging.getLogger(__name__)
 
 SUMMARY_MEASURES = ("loss", "loss_delta", "kl")
 
 
-def md_cell(text: Any, limit: int = 80) -> str:
-    """Text fit for a Markdown table cell: newlines shown as ⏎, pipes escaped, length bounded."""
-    s = str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", "⏎").replace("`", "'")
-    return s if len(s) <= limit else s[:limit - 1] + "…"
-
-
 def _tokens(pairs: list[list[Any]], signed: bool = False) -> str:
+    """Tokens as quoted Python literals (a leading space or a newline stays visible), made inert Markdown."""
     if signed:  # changes: only those visible at 3 decimals
-        return ", ".join(f"`{md_cell(t, 20)}` {v:+.3f}" for t, v in pairs if abs(v) >= 5e-4) or "none"
-    return ", ".join(f"`{md_cell(t, 20)}` {v:.3f}" for t, v in pairs)
+        return ", ".join(f"{for_markdown(repr(t), 30)} {v:+.3f}" for t, v in pairs if abs(v) >= 5e-4) or "none"
+    return ", ".join(f"{for_markdown(repr(t), 30)} {v:.3f}" for t, v in pairs)
 
 
 def _order(df: pd.DataFrame) -> list[str]:
@@ -78,8 +74,9 @@ def first_layer_table(df: pd.DataFrame) -> str | None:
         rank = {int(r.layers_run): int(r.rank) for r in rows.itertuples()}
         top1 = json.loads(rows["text"].iloc[0])["clean_top1"]
         first = next((d for d in depths if rank.get(d) == 1), None)
-        lines.append(f"| {md_cell(prompt, 40)} | `{md_cell(top1, 20)}` | {first if first is not None else 'never'} | "
-                     + " | ".join(str(rank.get(d, '')) for d in depths) + " |")
+        lines.append(f"| {for_markdown(prompt, 40)} | {for_markdown(repr(top1), 30)} | "
+                     f"{first if first is not None else 'never'} | " + " | ".join(str(rank.get(d, '')) for d in depths)
+                     + " |")
     return "\n".join(lines)
 
 
@@ -90,7 +87,7 @@ def readout_tables(df: pd.DataFrame) -> list[str]:
     for prompt in ro["prompt"].drop_duplicates():
         rows = ro[ro["prompt"] == prompt].set_index("corruption")
         clean = json.loads(rows["text"].iloc[0])
-        parts += [f"**{md_cell(prompt.strip(), 120)}**: clean top tokens {_tokens(clean['clean_top'])}", "",
+        parts += [f"**{for_markdown(prompt.strip(), 120)}**: clean top tokens {_tokens(clean['clean_top'])}", "",
                   "| corruption | p(clean top-1) | rank | top tokens | gained most | lost most |",
                   "|---|---|---|---|---|---|"]
         for name in (n for n in order if n in rows.index):
@@ -109,9 +106,9 @@ def continuation_tables(df: pd.DataFrame) -> list[str]:
     clean = df[df["measure"] == "continuation_clean"].drop_duplicates("prompt").set_index("prompt")["text"]
     for prompt in cont["prompt"].drop_duplicates():
         rows = cont[cont["prompt"] == prompt].set_index("corruption")["text"]
-        parts += [f"**{md_cell(prompt.strip(), 120)}**", "", "| model | greedy continuation |", "|---|---|",
-                  f"| clean | {md_cell(clean.get(prompt, ''), 120)} |"]
-        parts += [f"| `{name}` | {md_cell(rows[name], 120)} |" for name in order if name in rows.index]
+        parts += [f"**{for_markdown(prompt.strip(), 120)}**", "", "| model | greedy continuation |", "|---|---|",
+                  f"| clean | {for_markdown(clean.get(prompt, ''), 120)} |"]
+        parts += [f"| `{name}` | {for_markdown(rows[name], 120)} |" for name in order if name in rows.index]
         parts.append("")
     return parts
 

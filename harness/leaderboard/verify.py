@@ -40,7 +40,7 @@ from harness.leaderboard.entry import allowed_key, flatten
 from harness.leaderboard.schema import EntryError, known_set, parse_entry_text
 from harness.paths import CONF_DIR, REPO_ROOT
 from harness.text import canonical_json, for_terminal
-from harness.validation import rule_problems
+from harness.validation import option_problems
 
 MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,99}$")
 STATUSES = ("verified", "failed", "pending")
@@ -146,7 +146,7 @@ def resolve_components(entry: dict[str, Any], cfg: dict[str, Any]) -> tuple[dict
 def _check_types(config: dict[str, Any]) -> None:
     """The rebuilt components against the cell's own rule table (harness.validation.RULES): a value
     of the wrong type or range is refused here, never a crash inside verification."""
-    problems = rule_problems(config)
+    problems = option_problems(config)
     if problems:
         raise EntryError("the entry's parameters are invalid: " + "; ".join(problems[:10]))
 
