@@ -135,7 +135,8 @@ def option_problems(tree: Any, required: tuple[str, ...] = ()) -> list[str]:
         present.add(".".join(path))
         rule = rule_for(path) if path else None
         if rule is not None and not rule[0](node):
-            problems.append(f"{'.'.join(path)}={str(node)[:60]!r} must be {rule[1]}")
+            shown = repr(node) if len(repr(node)) <= 60 else repr(node)[:59] + "…"
+            problems.append(f"{'.'.join(path)}={shown} must be {rule[1]}")
             continue
         items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
         stack += [((*path, str(k)), v) for k, v in items]

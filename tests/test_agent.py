@@ -282,12 +282,12 @@ def test_the_report_shows_model_text_as_inert_markdown(tmp_path):
         summary = run_agent(scripted_cfg(server, tmp_path), tmp_path)
     assert summary["summary"].startswith("<script>alert(1)</script>\n\n# Fake heading")  # kept verbatim as data
     report = (tmp_path / "report.md").read_text()
-    # every metacharacter of the model's text is backslash-escaped: no tag, emphasis, link or table cell
+    # every metacharacter of the model's text is escaped (<, > as entities): no tag, emphasis, link or table cell
     for live in ("<script>", "<img", "<b>", "**bold**", "](http", "| a | b |"):
         assert not re.search(r"(?<!\\)" + re.escape(live), report), live
     assert not [line for line in report.splitlines() if line.startswith("# Fake")]
-    assert "\\<script\\>alert\\(1\\)\\</script\\> \\# Fake heading \\[click\\]" in report
-    assert "\\<img src=x onerror=alert\\(1\\)\\> \\*\\*bold\\*\\*" in report
+    assert "&lt;script&gt;alert\\(1\\)&lt;/script&gt; \\# Fake heading \\[click\\]" in report
+    assert "&lt;img src=x onerror=alert\\(1\\)&gt; \\*\\*bold\\*\\*" in report
 
 
 def test_a_paid_model_without_a_price_is_refused_before_the_first_call(tmp_path):

@@ -130,7 +130,7 @@ def _stale_board(repo):
 def _backdated_copy(repo):
     root = repo["root"]
     source = json.loads(_entry(root, "empty").read_text())
-    source.update(name="first", date="2000-01-01T00:00:00+00:00")
+    source.update(name="first", date="2023-01-02T00:00:00+00:00")
     _entry(root, "first").write_text(json.dumps(source))
 
 

@@ -40,26 +40,57 @@ DATA_MARK = ".neuronbench-board"  # marks a data/ directory render wrote (and ma
 TRUST_MODEL = """\
 ## How entries are trusted
 
-- An entry is data: a size-limited JSON file with no NaN, no huge numbers and no deep nesting,
-  validated against a versioned schema, stored as `<name>.json` with that very name inside. A file
-  that fails any check is listed under *Rejected* and the rest of the board renders.
-- Verification re-scores the entry's explanations with a simulator and scorers rebuilt **by name
-  from this repository's `conf/`**; an entry may set only the parameters `conf/leaderboard.yaml`
-  allows (`entry_allowed`). Endpoints, key variables, file paths and caches come from the
-  verifier's own configuration and environment: an entry that sets one is rejected, naming the
-  field, so verifying never sends a credential or writes a file where an entry says.
-- Simulators that do not read the explanation (the oracle) are controls, shown as the ceiling
-  column, never entries. The same explanations under the same simulator and scorers are one
-  submission: a second file with them is rejected as a duplicate.
-- **Only verified entries are ranked.** `render` re-verifies every entry whose simulator runs
-  locally, every time, and trusts no record it did not reproduce: token_match entries are re-scored
-  on every neuron (seconds), local LLM simulators on a seeded random subset of neurons drawn from the
-  entry file's sha256 keyed with the maintainers' secret (`$NEURONBENCH_VERIFY_KEY`).
-- Entries whose simulator is behind an API are ranked only with a record in `verification.json`
-  written by `python -m harness.leaderboard verify` in the maintainers' CI: it names the entry
-  file's sha256, the harness version and a digest of the simulator and scorer configuration, and is
-  signed (HMAC-SHA256) with the maintainers' key. A record that is hand-written, edited, stale or
-  checked without the key counts for nothing: the entry is listed as *pending*.
+The board shows only what it computed. Every figure in a row (score, CI, defined mean, coverage,
+floor, ceiling, metric name) is recomputed here from the entry's per-neuron values, each of which
+was re-scored or range-checked; the entry's own summary is compared with ours and refused on a
+mismatch, never shown.
+
+- **An entry is data**: a size-limited JSON file with no NaN, no huge numbers, no deep nesting and no
+  key given twice, validated against a versioned schema and stored as `<name>.json` with that very
+  name inside. Its text holds no lone surrogate or bidirectional control, and no control character
+  outside explanations (which may quote a model's byte tokens); every string is escaped where it is
+  shown. Dates are ISO 8601 between 2023-01-01 and tomorrow. A file that fails any check is listed
+  under *Rejected* and the rest of the board renders; a render writes the whole board or nothing.
+- **Scores are what its scorers produce**: summary blocks exactly for the scorers and controls it
+  ran, headed by each scorer's headline metric; every metric one the scorer declares; **every
+  per-neuron value of every metric inside the metric's declared range, on every neuron**
+  (correlation in [−1, 1], AUROC, balanced accuracy and F1 in [0, 1], explained variance and the
+  ablation score at most 1, KL at least 0).
+- **Verification re-scores** the explanations with a simulator and scorers rebuilt **by name from
+  this repository's `conf/`**; an entry may set only the parameters `conf/leaderboard.yaml` allows
+  (`entry_allowed`), each type-checked by the cell's own rule table. Endpoints, key variables, file
+  paths and caches come from the verifier's own configuration and environment, so verifying never
+  sends a credential or writes a file where an entry says. Simulators that do not read the
+  explanation (the oracle) are controls, never entries.
+- **token_match entries are re-scored on every neuron** at every render. Other simulators are
+  re-scored on `k` = 30 neurons drawn from the entry file's sha256 keyed with the maintainers'
+  secret (`$NEURONBENCH_VERIFY_KEY`), which a submitter cannot know in advance; without the key such
+  an entry stays *pending*, never accepted. Each re-scored value must match (locally 1e-6; behind an
+  API 0.05) and so must their mean (API: 0.01), so a small shift on every neuron fails. **What the
+  sampling guarantees**: if a fraction f of a set's n neurons carries forged (in-range) values, all
+  of them escape the k re-scored neurons with probability C(n−fn, k)/C(n, k) ≤ (1−f)^k. For n = 300
+  and k = 30: one forged neuron escapes 90% of the time, but by the range check it moves a
+  correlation mean by at most 2/300 = 0.007; 5% of neurons escape 20% of the time, 10% escape 3.6%,
+  20% escape 0.08%.
+- **A verification budget** (`verify.budget_seconds`, estimated before re-scoring from
+  `verify.seconds_per_neuron`): an entry whose re-scoring would take longer (an LLM simulator, the
+  ablation scorer) is *pending* for the maintainers, not run in a pull request's CI.
+- **Recorded verifications** (API simulators, entries over the budget) count only with a record in
+  `verification.json` written by `python -m harness.leaderboard verify` in the maintainers' CI, bound
+  to the entry file's sha256, the set's hash, a digest of the verifying code and configuration and a
+  digest of the simulator and scorers, and signed (HMAC-SHA256 over canonical JSON) with the
+  maintainers' key. A record that is hand-written, edited, made by other code or checked without
+  the key counts for nothing. Files the maintainers withdraw are listed by sha256 in
+  `conf/leaderboard.yaml` (`revoked`): such a file is rejected however it comes back.
+- **One submission is listed once**: the same explanations under the same simulator and scorers.
+  Among verified copies the earliest keeps the place; a copy that fails verification never pushes
+  a verified one off. Trained-vs-random rows are per entry, paired with a control entry that states
+  the same configuration (of several, the least favourable), so no entry can take another's row.
+- **Pull requests** (`.github/workflows/leaderboard.yml`): `check-pr` runs on `pull_request_target`
+  from the base branch's code and workflow, with a read-only token and no secrets; it reads the pull
+  request's files from git as data and never executes them, and accepts only new entries (and the
+  board as `render` gives it). A push to `main` re-verifies every entry and checks the committed
+  board.
 - Ranking is on a common basis: the mean over every neuron of the set, a neuron whose metric is
   undefined counting at the metric's no-information value, so leaving neurons undefined cannot
   raise a score. The mean over defined neurons and the coverage are shown beside it.
