@@ -79,9 +79,9 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     neuron_set = load_set(cfg.neuron_set.path, limit=cfg.neuron_set.limit)
     neurons = neuron_set.neurons
     explainer_reads_the_sets_subject(cfg, neuron_set.manifest)
-    simulator = make_simulator(cfg.simulator)
+    ledger = Ledger(prices=OmegaConf.to_container(cfg.pricing, resolve=True))  # explainer's and simulator's calls
+    simulator = make_simulator(cfg.simulator, ledger=ledger)
     scorers = scorers_from(cfg)
-    ledger = Ledger(prices=OmegaConf.to_container(cfg.pricing, resolve=True))
     context = {"manifest": neuron_set.manifest}  # for scorers that run the subject (ablation)
 
     def judge(neuron: NeuronRecord, text: str) -> float:

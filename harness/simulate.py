@@ -5,6 +5,7 @@ simulator failed on (scorers leave such windows out and never treat them as zero
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -257,11 +258,12 @@ class AllAtOnceSimulator(_LogprobSimulator):
 
     def __init__(self, llm: dict | None = None, batch_size: int = 16, reuse_prefix: bool = True,
                  max_context: int | None = None, literal: bool = False, ten: str = "split",
-                 call_cache: str | None = None, windows_per_request: int = 1, model=None, tokenizer=None):
+                 call_cache: str | None = None, windows_per_request: int = 1, model=None, tokenizer=None,
+                 ledger=None):
         super().__init__(llm, batch_size, literal, model, tokenizer)
         # over a served model (llm.backend: openai_compatible): the same prompt as text, read from the
-        # server's prompt logprobs (harness/llm/completions.py)
-        self.served = (ServedReadout(self.llm, ten, call_cache, windows_per_request)
+        # server's prompt logprobs (harness/llm/completions.py), its calls counted in `ledger`
+        self.served = (ServedReadout(self.llm, ten, call_cache, windows_per_request, ledger)
                        if self.llm["backend"] != "hf_local" else None)
         self.reuse_prefix = reuse_prefix
         self._shots_kv = None  # (ids, per-layer keys/values) of the instruction + few-shot block
@@ -385,7 +387,8 @@ class ServedReadout:
     P("0" | …tab "1") and P(newline | …tab "1") from its top-k, so p(10) and p(1) are read exactly as
     in-process (a continuation outside the top-k gets no mass). `ten: token`: "10" is one token."""
 
-    def __init__(self, llm: dict, ten: str = "split", call_cache: str | None = None, windows_per_request: int = 1):
+    def __init__(self, llm: dict, ten: str = "split", call_cache: str | None = None, windows_per_request: int = 1,
+                 ledger=None):
         from harness.llm import LLM
         from harness.llm.cache import CallCache
         from harness.llm.completions import CompletionsBackend
@@ -396,7 +399,7 @@ class ServedReadout:
         if int(windows_per_request) < 1:
             raise ConfigError(f"windows_per_request must be at least 1; got {windows_per_request!r}")
         self.ten, self.pack = ten, int(windows_per_request)
-        self.llm = LLM(CompletionsBackend(name=llm["backend"], **params),
+        self.llm = LLM(CompletionsBackend(name=llm["backend"], **params), ledger=ledger,
                        cache=CallCache(call_cache) if call_cache else None)
         self.slots = self.failed_slots = 0
 
@@ -685,6 +688,11 @@ SIMULATORS = Registry("simulator kind", {"token_match": TokenMatchSimulator,
                                          "json": JsonSimulator, "chat_logprobs": ChatLogprobsSimulator})
 
 
-def make_simulator(cfg: Any) -> Simulator:
+def make_simulator(cfg: Any, ledger=None) -> Simulator:
+    """The simulator `cfg` names, handed the run's `ledger` where it makes model calls (those that
+    take one), so a cell's cost counts what simulating cost as well as explaining."""
     params = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
-    return SIMULATORS[params.pop("kind")](**params)
+    cls = SIMULATORS[params.pop("kind")]
+    if ledger is not None and "ledger" in inspect.signature(cls).parameters:
+        params["ledger"] = ledger
+    return cls(**params)
