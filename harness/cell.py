@@ -38,6 +38,7 @@ from harness.scoring import Scorer, Simulated, get_scorer, run_scorers, score_ba
 from harness.scoring.correlation import pooled
 from harness.scoring.stats import derangement, fdr_summary, metric_summary, pearson_p_value
 from harness.simulate import OracleQuantizedSimulator, Simulator, make_simulator
+from harness.subject import set_subject
 from harness.types import CONTROLS
 from harness.validation import validate_cell_config
 
@@ -82,7 +83,10 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     ledger = Ledger(prices=OmegaConf.to_container(cfg.pricing, resolve=True))  # explainer's and simulator's calls
     simulator = make_simulator(cfg.simulator, ledger=ledger)
     scorers = scorers_from(cfg)
-    context = {"manifest": neuron_set.manifest}  # for scorers that run the subject (ablation)
+    # The set's subject, loaded once (digest-checked) for every component that reads it: a weight
+    # baseline's explainer and the ablation scorer share it.
+    subject = set_subject(neuron_set.manifest) if "subject" in cfg.explainer else None
+    context = {"manifest": neuron_set.manifest, "subject": subject}  # for scorers that run the subject (ablation)
 
     def judge(neuron: NeuronRecord, text: str) -> float:
         """The first scorer's headline metric on the calibration split (never on test)."""
@@ -92,7 +96,7 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         return score_batch(scorer, params, [Simulated(on_calibration, sims, sims)], context)[0][scorer.headline]
 
     explainer = make_explainer(cfg.explainer, cfg.get("prompt"), ledger=ledger, judge=judge,
-                               cache=CallCache(cfg.call_cache) if cfg.call_cache else None)
+                               cache=CallCache(cfg.call_cache) if cfg.call_cache else None, subject=subject)
     if hasattr(explainer, "prepare"):  # e.g. baseline_borrowed explains every neuron first
         explainer.prepare(neurons)
     explain_batch = getattr(explainer, "explain_batch", None) or (lambda ns: [_try(explainer.explain, n) for n in ns])

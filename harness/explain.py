@@ -268,10 +268,13 @@ EXPLAINERS = Registry("explainer kind", {
 
 
 def make_explainer(cfg: Any, prompt_cfg: Any = None, ledger=None, judge: Judge | None = None,
-                   cache=None) -> Explainer:
+                   cache=None, subject=None) -> Explainer:
     """An explainer from its `conf/explainer/` config; `kind: llm` also takes the `conf/prompt/`
-    variant and the cell's ledger, judge and call cache."""
+    variant and the cell's ledger, judge and call cache; an explainer that reads the subject's
+    weights (a `subject` parameter) takes the run's loaded `subject` instead of loading its own."""
     params = dict(cfg)
+    if subject is not None and "subject" in params:
+        params["subject"] = subject
     kind = params.pop("kind")
     explainer = EXPLAINERS[kind]
     if kind == "llm":

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import json
 import logging
 import math
 import re
@@ -31,7 +32,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from harness.errors import AssetError, ConfigError, FidelityError
+from harness.errors import AssetError, ConfigError, FidelityError, SetIntegrityError
 from harness.paths import CONF_DIR, cache_dir
 
 log = logging.getLogger(__name__)
@@ -467,6 +468,30 @@ def load_subject(cfg: Any) -> Subject:
     model.eval()
     return Subject(name=cfg["name"], model=model, tokenizer=tokenizer,
                    neurons=neuron_map_for(model), weights_digest=state_dict_digest(model))
+
+
+_SET_SUBJECTS: dict[str, Subject] = {}  # one load per process of each set's subject (per device)
+
+
+def set_subject(manifest: dict[str, Any], device: str = "cpu") -> Subject:
+    """The subject a neuron set was built on (`manifest["subject"]["config"]`), loaded once per
+    process and device, its weights checked against the digest the set recorded: every component
+    of a run that reads the subject (a weight baseline, the ablation scorer) shares this one."""
+    if "config" not in manifest.get("subject", {}):
+        raise ConfigError(f"neuron set {manifest.get('name')!r} records no subject config, so its subject cannot be "
+                          "loaded; rebuild the set with python -m harness.build_set")
+    cfg = manifest["subject"]["config"]
+    key = json.dumps(cfg, sort_keys=True) + "|" + device
+    if key not in _SET_SUBJECTS:
+        log.info("loading subject %s", cfg.get("name"))
+        subject = load_subject(cfg)
+        want = manifest["subject"].get("weights_digest")
+        if want and subject.weights_digest != want:
+            raise SetIntegrityError(f"subject {cfg.get('name')} loaded with weight digest {subject.weights_digest[:16]}…, "
+                                    f"but the set was built with {want[:16]}…: reinstall the subject's pinned weights.")
+        subject.model.to(device)
+        _SET_SUBJECTS[key] = subject
+    return _SET_SUBJECTS[key]
 
 
 def fidelity_check(subject: Subject, input_ids: torch.Tensor, layers: list[int], tolerance: float) -> float:

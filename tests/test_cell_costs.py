@@ -28,3 +28,31 @@ def test_the_simulators_calls_are_counted_and_priced(tiny_set, tmp_path, monkeyp
     # the explainer (a baseline) made no call: every call and every token counted is the simulator's
     assert requests > 0 and summary["cost"]["calls"] == requests
     assert summary["cost"]["input_tokens"] > 0 and summary["cost"]["usd"] > 0
+
+
+def test_a_cell_loads_the_sets_subject_once_for_explainer_and_scorer(tiny_set, tmp_path, monkeypatch):
+    """A weight baseline (reads the subject's weights) with the ablation scorer (runs the subject):
+    one load, digest-checked, shared by both."""
+    import harness.subject as subject_module
+
+    loads = []
+    real = subject_module.load_subject
+    monkeypatch.setattr(subject_module, "load_subject", lambda cfg: loads.append(cfg) or real(cfg))
+    monkeypatch.setattr(subject_module, "_SET_SUBJECTS", {})  # nothing loaded by earlier tests
+    cfg = cell_cfg(f"neuron_set.path={tiny_set}", "neuron_set.limit=2", "explainer=baseline_weight_in",
+                   "scorer=[correlation,ablation]", "scorer.ablation.windows_per_kind.top=1",
+                   "scorer.ablation.windows_per_kind.random=1", "controls.floor=false", "controls.ceiling=false")
+    summary = run_cell(cfg, tmp_path / "cell")
+    assert len(loads) == 1 and summary["scores"]["ablation"]["n"] == 2
+
+
+def test_a_subject_whose_weights_differ_from_the_sets_is_refused(tiny_set, monkeypatch):
+    import harness.subject as subject_module
+    from harness.errors import SetIntegrityError
+    from harness.records import load_set
+
+    monkeypatch.setattr(subject_module, "_SET_SUBJECTS", {})
+    manifest = load_set(tiny_set).manifest
+    forged = {**manifest, "subject": {**manifest["subject"], "weights_digest": "0" * 64}}
+    with pytest.raises(SetIntegrityError, match="loaded with weight digest"):
+        subject_module.set_subject(forged)

@@ -29,48 +29,30 @@ weight digest checked against the manifest's.
 
 from __future__ import annotations
 
-import json
-import logging
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from harness.errors import ConfigError, SetIntegrityError
+from harness.errors import ConfigError
 from harness.records import ActivationRecord
-from harness.subject import Subject, load_subject, patch_rows
-
-log = logging.getLogger(__name__)
+from harness.subject import Subject, patch_rows, set_subject
 
 HEADLINE = "score"
-_SUBJECTS: dict[str, Subject] = {}
 _REFERENCE_KL: dict[tuple, tuple[float, float]] = {}  # (digest, layer, neuron, mean, window) → (kl_mean, kl_zero) sums
 
 
 def subject_for(context: dict[str, Any] | None, device: str = "cpu") -> Subject:
-    """`context["subject"]` if given (e.g. a modified model in tests), else the subject named by
-    `context["manifest"]["subject"]["config"]`, loaded once per process and digest-checked."""
+    """`context["subject"]` if given (the run's own, or a modified model in tests), else the set's
+    subject named by `context["manifest"]` (`harness.subject.set_subject`: loaded once, digest-checked)."""
     context = context or {}
     if context.get("subject") is not None:
         return context["subject"]
-    manifest = context.get("manifest")
-    if not manifest or "config" not in manifest.get("subject", {}):
+    if not context.get("manifest"):
         raise ConfigError("the ablation scorer needs the neuron set's manifest (with subject.config) to "
                           "load the subject model; run it through harness.cell / run_scorers(..., context=...)")
-    cfg = manifest["subject"]["config"]
-    key = json.dumps(cfg, sort_keys=True) + "|" + device
-    if key not in _SUBJECTS:
-        log.info("ablation: loading subject %s", cfg.get("name"))
-        subject = load_subject(cfg)
-        want = manifest["subject"].get("weights_digest")
-        if want and subject.weights_digest != want:
-            raise SetIntegrityError(f"subject {cfg.get('name')} loaded with weight digest {subject.weights_digest[:16]}…, "
-                                    f"but the set was built with {want[:16]}…; the ablation would patch another "
-                                    "model: reinstall the subject's pinned weights.")
-        subject.model.to(device)
-        _SUBJECTS[key] = subject
-    return _SUBJECTS[key]
+    return set_subject(context["manifest"], device)
 
 
 def linear_calibration(records: list[ActivationRecord], sims: list[list[float] | None]) -> tuple[float, float]:
