@@ -101,6 +101,16 @@ board-random-hf-local: install
 metric-sanity: install
 	$(PY) -m harness.metric_sanity
 
+# The documentation site (mkdocs.yml, docs/) built into site/ with --strict: a broken link, a missing
+# anchor or a page left out of nav fails the build. Installs the `docs` extra once (stamp).
+.PHONY: docs
+docs: $(VENV)/.docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+$(VENV)/.docs: $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[docs]'
+	touch $(VENV)/.docs
+
 demo: install
 	$(PY) -m harness hydra.run.dir=outputs/demo
 
