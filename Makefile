@@ -27,8 +27,9 @@ BOARD_SET := smollm2_135m_brown_v2
 BOARD_PREFIX := v2-
 BASELINES := baseline_top_tokens,baseline_weight_in,baseline_weight_out,baseline_empty,baseline_borrowed
 BOARD_SCORERS := [correlation,threshold]
+FAST := not slow and not browser and not served and not benchmark and not heavy
 
-.PHONY: install gemma qwen chromium demo test clean board board-hf-local set-v2 random-set board-random board-random-hf-local metric-sanity
+.PHONY: install gemma qwen chromium demo test test-fast clean board board-hf-local set-v2 random-set board-random board-random-hf-local metric-sanity
 
 install: $(STAMP)
 
@@ -104,8 +105,14 @@ metric-sanity: install
 demo: install
 	$(PY) -m harness hydra.run.dir=outputs/demo
 
+# The full suite (CI's command): every tier, the real models, the llama.cpp server and the browser.
 test: install gemma qwen chromium
 	$(PY) -m pytest
+
+# The tier for iterating: no real model, browser, llama.cpp server, benchmark or heavy plumbing test
+# (the markers in pyproject.toml). `make test` still runs them all.
+test-fast: install
+	$(PY) -m pytest -m "$(FAST)"
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache test-artifacts
