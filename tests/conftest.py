@@ -76,7 +76,7 @@ def sample_ids(tiny_llama) -> torch.Tensor:
 
 @pytest.fixture(scope="session")
 def llama_server(tmp_path_factory):
-    """llama.cpp's OpenAI-compatible server (llama-cpp-python[server], built by `make install`) on
+    """llama.cpp's OpenAI-compatible server (llama-cpp-python[server], built by `make llama`) on
     the SmolLM2 GGUF the project ships, one thread, on a free local port: its /v1 URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
