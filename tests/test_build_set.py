@@ -425,6 +425,7 @@ def test_top_k_larger_than_the_pool(small_corpus, tmp_path):
     assert min(pq.read_table(out / "records.parquet").column("window_id").to_pylist()) >= 0
 
 
+@pytest.mark.heavy
 def test_cli_reports_a_config_error_without_traceback(tmp_path):
     out = tmp_path / "cli-set"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

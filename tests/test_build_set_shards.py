@@ -57,6 +57,7 @@ def test_sharded_build_equals_the_single_pass_byte_for_byte(single, tmp_path, sh
     assert not shard_dir(out).exists()  # shard files are removed once the set is written
 
 
+@pytest.mark.heavy
 def test_a_killed_shard_reruns_alone(single, tmp_path, monkeypatch):
     out = tmp_path / "set"
     for j in (0, 2):  # jobs 0 and 2 of 3 finished; job 1 was killed (it left no file)

@@ -81,6 +81,7 @@ def test_limit_takes_the_sets_fixed_order(tiny_set, tmp_path):
     assert len(every) == 8
 
 
+@pytest.mark.heavy
 def test_cli_refuses_a_tampered_set(tiny_set, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(tiny_set, bad)
@@ -94,6 +95,7 @@ def test_cli_refuses_a_tampered_set(tiny_set, tmp_path):
     assert set_info(str(bad))["hash_ok"] is False
 
 
+@pytest.mark.heavy
 def test_cli_unknown_config_name_lists_options(tmp_path):
     proc = _harness("explainer=no_such_explainer", f"hydra.run.dir={tmp_path}")
     assert proc.returncode != 0
@@ -112,6 +114,7 @@ def test_frozen_set_is_complete_and_intact(name):
     assert info["shared_docs_explain_vs_scoring"] == 0
 
 
+@pytest.mark.heavy
 def test_default_cell_runs_on_the_frozen_set(tmp_path):
     proc = _harness("neuron_set.limit=20", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr
@@ -122,6 +125,7 @@ def test_default_cell_runs_on_the_frozen_set(tmp_path):
     assert summary["scores"]["correlation"]["mean"] is not None
 
 
+@pytest.mark.heavy
 def test_single_run_refuses_a_finished_cell_of_another_configuration(tiny_set, tmp_path):
     run = tmp_path / "run"
     first = _harness(f"neuron_set.path={tiny_set}", "explainer=baseline_top_tokens", f"hydra.run.dir={run}")
@@ -153,6 +157,7 @@ def test_output_directory_lock_is_exclusive(tmp_path):
         pass
 
 
+@pytest.mark.heavy
 def test_second_run_on_a_busy_output_directory_fails_clearly(tiny_set, tmp_path):
     import fcntl
 
@@ -207,6 +212,7 @@ def test_every_numeric_option_of_every_config_has_a_rule():
                     assert rule_for(path) is not None, f"{group}={name}: no rule for {'.'.join(path)}"
 
 
+@pytest.mark.heavy
 def test_unknown_scorer_in_a_list_lists_the_available_ones(tmp_path):
     proc = _harness("scorer=[correlation,nope]", f"hydra.run.dir={tmp_path}")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
@@ -220,6 +226,7 @@ def test_scorer_unknown_to_the_registry_is_named(tiny_set):
         validate_cell_config(cell_cfg(f"neuron_set.path={tiny_set}", "+scorer.nope={}"))
 
 
+@pytest.mark.heavy
 def test_cli_bad_limit_is_one_line_without_traceback(tmp_path):
     proc = _harness("neuron_set.limit=abc", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2
@@ -232,6 +239,7 @@ def test_missing_set_path_says_it_does_not_exist(tmp_path):
         run_cell(cell_cfg(f"neuron_set.path={tmp_path / 'nowhere'}"), tmp_path / "run")
 
 
+@pytest.mark.heavy
 def test_a_failed_overwrite_leaves_no_result_of_the_replaced_cell(tiny_set, tmp_path):
     run = tmp_path / "run"
     assert _harness(f"neuron_set.path={tiny_set}", f"hydra.run.dir={run}").returncode == 0

@@ -210,6 +210,7 @@ def _cfg(*overrides):
         return compose("connections", overrides=list(overrides))
 
 
+@pytest.mark.heavy
 def test_cli_report_and_bad_indices(tmp_path):
     text = report(_cfg("subject=tiny_llama", "layer=1", "neuron=3", "k=4"))
     assert "top input tokens" in text and "strongest upstream neurons" in text and "L0/N" in text

@@ -220,6 +220,7 @@ TINY = ["subject=tiny_llama", "corpus.max_documents=12", "measure.n_windows=3", 
         "measure.max_new_tokens=2", "measure.bootstrap_resamples=100"]
 
 
+@pytest.mark.heavy
 def test_a_sweep_writes_each_job_and_an_aggregate_and_resumes(tmp_path):
     out = tmp_path / "sweep"  # parallel processes (joblib) first, the resume with the basic launcher
     proc = _corrupt("-m", "hydra/launcher=local", *TINY, "corruption=skip_last", "corruption.n=0,1,2",
@@ -245,6 +246,7 @@ def test_a_sweep_writes_each_job_and_an_aggregate_and_resumes(tmp_path):
     assert (tmp_path / "agg" / "report.md").read_text() == report
 
 
+@pytest.mark.heavy
 def test_a_bad_corruption_on_the_command_line_is_one_clear_error(tmp_path):
     proc = _corrupt(*TINY, "corruption=repeat", "corruption.layer=5", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -255,6 +257,7 @@ def test_a_bad_corruption_on_the_command_line_is_one_clear_error(tmp_path):
     assert "measure.top_k=100000 must be an integer in [1, 100]" in proc.stderr
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("overrides, message", [
     (["measure.window=200", "measure.max_new_tokens=2"], "measure.window=200 is longer than the context of tiny_gpt2 "
                                                          "(128 tokens)"),

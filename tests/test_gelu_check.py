@@ -222,6 +222,7 @@ def _gelu_check_cli(*args):
                           capture_output=True, text=True)
 
 
+@pytest.mark.heavy
 def test_cli_writes_the_report_and_prints_the_table(tmp_path):
     proc = _gelu_check_cli(*TINY, "variants=[gelu,gelu_new]", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr
@@ -229,6 +230,7 @@ def test_cli_writes_the_report_and_prints_the_table(tmp_path):
     assert {p.name for p in tmp_path.iterdir()} == {"report.md", "gelu_check.png", "results.json"}
 
 
+@pytest.mark.heavy
 def test_cli_unknown_variant_fails_cleanly(tmp_path):
     proc = _gelu_check_cli(*TINY, "variants=[gelu,erf]", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 2

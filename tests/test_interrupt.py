@@ -23,6 +23,7 @@ def _sigint_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.mark.heavy
 def test_ctrl_c_stops_hung_requests_promptly_and_keeps_answers(lb_sets, tmp_path):  # noqa: F811
     cache = tmp_path / "calls.sqlite"
     with GatedServer(open_for=3) as server:  # 3 of the 8 neurons' requests answer, the other 5 hang

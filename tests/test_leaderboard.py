@@ -176,6 +176,7 @@ def test_api_simulator_without_the_verifiers_key_is_pending(board, monkeypatch):
     assert result.status == "pending" and "OPENAI_API_KEY" in result.report()
 
 
+@pytest.mark.heavy
 def test_an_api_outage_leaves_the_entry_pending_not_failed(board, monkeypatch):
     """The verifier's own endpoint (here: the SDK's OPENAI_BASE_URL in the verifier's environment)
     answers 500 to everything: an outage is not a verdict."""
@@ -192,6 +193,7 @@ def test_an_api_outage_leaves_the_entry_pending_not_failed(board, monkeypatch):
     assert result.status == "pending" and "did not answer" in result.note, result.report()
 
 
+@pytest.mark.heavy
 def test_verify_cli_exit_codes(board):
     cfg = board["cfg"]
     base = [sys.executable, "-m", "harness.leaderboard", "--entries-dir", str(cfg["entries_dir"]),
@@ -208,6 +210,7 @@ def test_verify_cli_exit_codes(board):
     assert _load(cfg["entries_dir"].parent / "verification.json")["top-tokens"]["status"] == "verified"
 
 
+@pytest.mark.heavy
 def test_a_misnamed_file_is_refused_and_cannot_overwrite_another_entrys_record(board):
     """zz-evil.json whose internal name is another entry's: refused, and the genuine record stays."""
     cfg = board["cfg"]
@@ -267,6 +270,7 @@ HOSTILE = {
 }
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("attack", sorted(HOSTILE))
 def test_verify_and_render_never_use_entry_infrastructure(board, attack, monkeypatch):
     """A hostile json-simulator entry that names its own server, key variable, cache or subject:
@@ -587,6 +591,7 @@ def test_subset_verification_checks_the_drawn_neurons_and_the_whole_summary(hone
 
 # --- the committed board ----------------------------------------------------------------------
 
+@pytest.mark.heavy
 def test_committed_board_is_valid_verified_and_up_to_date(tmp_path):
     """Every entry under leaderboard/entries/ passes every check and re-verifies now, and the
     committed README.md, index.html and data/ are what render gives."""

@@ -257,6 +257,7 @@ def test_an_unknown_ref_is_one_typed_error(repo):
         check_pr("main", "no-such-branch", repo["cfg"])
 
 
+@pytest.mark.heavy
 def test_check_pr_command_exit_codes(repo, lb_sets):  # noqa: F811
     pull_request(repo, "honest", add_honest)
     pull_request(repo, "hostile", _forged)

@@ -220,6 +220,7 @@ def test_cot_parses_the_final_line():
     assert parse("no final line") is None
 
 
+@pytest.mark.heavy
 def test_sweep_cell_never_leaks_the_key_and_reruns_free(server, tmp_path):
     """A cell with the OpenAI backend: the key appears in no output file and a second identical
     run makes no model call."""
@@ -251,6 +252,7 @@ def _cell(server, tmp_path, *extra):
     return subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
 
 
+@pytest.mark.heavy
 def test_transient_failure_leaves_the_cell_incomplete_and_a_rerun_reuses_the_cache(server, tmp_path):
     server.faults = ["500"] * 3  # the first neuron's request fails for good; the others succeed
     proc = _cell(server, tmp_path)
@@ -265,6 +267,7 @@ def test_transient_failure_leaves_the_cell_incomplete_and_a_rerun_reuses_the_cac
     assert len(server.requests) == 3 + 2 + 1
 
 
+@pytest.mark.heavy
 def test_permanent_failure_is_recorded_per_neuron(server, tmp_path):
     server.faults = ["400"]  # refused for good (not retried): that neuron fails, the cell completes
     proc = _cell(server, tmp_path)
@@ -278,6 +281,7 @@ def test_permanent_failure_is_recorded_per_neuron(server, tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["n_failed"] == 1
 
 
+@pytest.mark.heavy
 def test_too_many_failed_neurons_fail_the_cell(server, tmp_path):
     server.faults = ["400", "400"]
     proc = _cell(server, tmp_path, "max_failed_fraction=0.5")
@@ -286,6 +290,7 @@ def test_too_many_failed_neurons_fail_the_cell(server, tmp_path):
     assert (tmp_path / "run" / "neurons.parquet").is_file()  # kept to show why
 
 
+@pytest.mark.heavy
 def test_failures_are_classified(server, cache):
     from harness.errors import TransientLLMError
 
@@ -353,6 +358,7 @@ def test_credentials_in_base_url_reach_neither_cache_nor_errors(server, cache):
         assert all(SECRET not in request for (request,) in db.execute("SELECT request FROM calls"))
 
 
+@pytest.mark.heavy
 def test_sweep_never_writes_credentials_from_base_url(server, tmp_path):
     env = {**__import__("os").environ, "OPENAI_API_KEY": FAKE_KEY}
     args = [sys.executable, "-m", "harness", "-m", "explainer=openai",

@@ -127,6 +127,7 @@ def test_difference_ci_is_an_unpaired_bootstrap_of_two_samples():
     assert same["ci95"][0] < 0 < same["ci95"][1]
 
 
+@pytest.mark.heavy
 def test_metric_sanity_end_to_end_on_a_tiny_set(lb_sets, tmp_path):  # noqa: F811
     """The whole check (planted neuron + the tiny set, correlation and threshold) writes its
     report; on the planted neuron the headline correlation falls under both perturbations, while on

@@ -1,5 +1,5 @@
 """Parity with a real server: llama.cpp's OpenAI-compatible server (llama-cpp-python[server], built
-by `make install`) on the SmolLM2 GGUF the project ships, against the in-process all_at_once on the
+by `make llama`) on the SmolLM2 GGUF the project ships, against the in-process all_at_once on the
 dequantized float32 weights of the same GGUF, on a real window of the frozen set. The server
 computes with the Q4_1 weights and 8-bit quantized activations and returns only the top-20
 logprobs, so the two agree to a stated tolerance, not bit for bit: within

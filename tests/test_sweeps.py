@@ -61,6 +61,7 @@ def test_paired_test_and_fdr():
 
 # --- Launchers --------------------------------------------------------------------------------
 
+@pytest.mark.heavy
 def test_slurm_launcher_config_composes():
     proc = subprocess.run([sys.executable, "-m", "harness", "hydra/launcher=slurm", "hydra.launcher.partition=cpu",
                            "--cfg", "hydra", "--package", "hydra.launcher"], cwd=REPO_ROOT, capture_output=True,
@@ -70,6 +71,7 @@ def test_slurm_launcher_config_composes():
     assert "partition: cpu" in proc.stdout and "timeout_min: 240" in proc.stdout
 
 
+@pytest.mark.heavy
 def test_submitit_local_sweep(lb_sets, tmp_path):  # noqa: F811
     out = tmp_path / "sweep"
     proc = _sweep("hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={out}",
@@ -80,6 +82,7 @@ def test_submitit_local_sweep(lb_sets, tmp_path):  # noqa: F811
     assert (out / ".submitit").is_dir()
 
 
+@pytest.mark.heavy
 def test_joblib_sweep_collect_submit_verify_render(lb_sets, tmp_path):  # noqa: F811
     """The issue's 'done when': 2 explainers x 2 prompts x all scorers with joblib, collected,
     submitted, verified and rendered."""
@@ -142,6 +145,7 @@ def _cached_calls(path: Path) -> int:
         return 0
 
 
+@pytest.mark.heavy
 def test_sigkilled_sweep_resumes_without_losing_results_or_repaying(lb_sets, tmp_path):  # noqa: F811
     out, cache = tmp_path / "sweep", tmp_path / "calls.sqlite"
     args = [sys.executable, "-m", "harness", "-m", f"hydra.sweep.dir={out}", f"neuron_set.path={lb_sets / 'tiny'}",
@@ -180,6 +184,7 @@ def test_sigkilled_sweep_resumes_without_losing_results_or_repaying(lb_sets, tmp
     assert len(table) == 3
 
 
+@pytest.mark.heavy
 def test_a_finished_cell_of_another_configuration_is_not_overwritten(lb_sets, tmp_path):  # noqa: F811
     out = tmp_path / "sweep"
     first = _sweep(f"hydra.sweep.dir={out}", f"neuron_set.path={lb_sets / 'tiny'}", "explainer=baseline_top_tokens")
