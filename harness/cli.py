@@ -1,6 +1,9 @@
-"""Command-line plumbing shared by the `python -m harness.*` entry points."""
+"""Command-line plumbing shared by the `python -m harness.*` entry points, and `neuronbench`, the
+one command over all of them: `neuronbench COMMAND [ARGS...]` runs `python -m MODULE [ARGS...]`
+(Hydra overrides or the module's own flags, exactly as documented for it)."""
 
 import functools
+import runpy
 import sys
 
 from harness.errors import HarnessError
@@ -25,3 +28,49 @@ def exit_on_harness_error(task):
             raise SystemExit(130) from None
 
     return wrapper
+
+
+# command -> (module run as `python -m`, what it does); `neuronbench --help` lists them in this order.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("harness", "run one benchmark cell, or a sweep with -m (Hydra overrides)"),
+    "collect": ("harness.collect", "a sweep's cells as one table, with paired comparisons"),
+    "compare": ("harness.scoring.stats", "compare two cells neuron by neuron (paired bootstrap, permutation p)"),
+    "build-set": ("harness.build_set", "build a frozen, hashed neuron set"),
+    "set-info": ("harness.set_info", "describe a frozen neuron set as JSON"),
+    "export-openai": ("harness.export_openai", "write a set in OpenAI neuron-explainer's format"),
+    "connections": ("harness.connections", "connection-weight tables of MLP neurons"),
+    "check-simulator": ("harness.check_simulator", "check a simulator on planted neurons and puzzles"),
+    "metric-sanity": ("harness.metric_sanity", "label-perturbation sanity checks of every metric"),
+    "gelu-check": ("harness.gelu_check", "GELU-variant check of the subject's activations"),
+    "corrupt": ("harness.corrupt", "corruption experiments on the subject's layers"),
+    "corrupt-report": ("harness.corrupt.report", "tables and a plot of corruption results"),
+    "agent": ("harness.agent", "an LLM agent running corruption experiments"),
+    "board": ("harness.leaderboard", "the leaderboard: submit, submit-sweep, verify, render, check-pr, export, schema"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: neuronbench COMMAND [ARGS...]   (= python -m MODULE [ARGS...]; COMMAND --help for its own)", "",
+             "commands:"]
+    lines += [f"  {name:<{width}}  {about}" for name, (_, about) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`neuronbench COMMAND [ARGS...]`: run COMMAND's module as `python -m` would, with ARGS."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    command, args = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"neuronbench: unknown command '{for_terminal(command)}'; known: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module = COMMANDS[command][0]
+    sys.argv = [f"neuronbench {command}", *args]
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as stop:  # the module's own exit code
+        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    return 0
