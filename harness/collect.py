@@ -1,14 +1,18 @@
-"""`python -m harness.collect MULTIRUN_DIR [--out DIR]`: a sweep as one table.
+"""`python -m harness.collect MULTIRUN_DIR [--out DIR] [--all]`: a sweep as one table.
 
 Every complete cell under the directory (a folder with `summary.json`) becomes a row (cells that
 started but have no summary.json, and cells `multirun.yaml` asked for that never started, are named
-on stderr and below the tables, not left out silently): its
-overrides, neuron set, explainer/prompt/simulator, every score's mean and 95% CI, the floor and
-ceiling controls, cost and wall time. Cells that ran on the same neuron set (same hash) are then
-compared pairwise on each scorer's headline metric over the neurons both scored: the mean
+by directory on stderr and below the tables, not left out silently): its name, directory and
+overrides, neuron set, explainer/prompt/simulator, each scorer's headline metric, every score's
+mean and 95% CI, the floor and ceiling controls, cost and wall time. A cell is named by its
+overrides that differ between the sweep's cells (`explainer=hf_local prompt=top_tokens`), else by
+all its overrides, else by its directory. Cells that ran on the same neuron set (same hash) are
+then compared pairwise on each scorer's headline metric over the neurons both scored: the mean
 difference with a paired bootstrap 95% CI and a two-sided paired sign-flip permutation p-value
-(Benjamini-Hochberg adjusted over all comparisons). Writes `cells.csv`, `cells.parquet`,
-`paired.csv`, `paired.parquet` (default: into MULTIRUN_DIR) and prints both as Markdown.
+(Benjamini-Hochberg adjusted over all comparisons). Writes every column to `cells.csv`,
+`cells.parquet`, `paired.csv`, `paired.parquet` (default: into MULTIRUN_DIR) and prints both as
+Markdown, naming cells by their names: per cell, each scorer's headline metric with its CI, floor
+and ceiling, cost and wall time (`--all`: the wide table with every score).
 """
 
 from __future__ import annotations
@@ -97,14 +101,23 @@ def incomplete_cells(root: Path) -> dict[str, list[str]]:
     return {"incomplete": names, "missing": missing}
 
 
-def _overrides(cell: Path) -> str:
+def _overrides(cell: Path) -> list[str]:
     path = cell / ".hydra" / "overrides.yaml"
     if path.is_file():
         try:
-            return " ".join(yaml.safe_load(path.read_text()) or [])
+            return [str(o) for o in yaml.safe_load(path.read_text()) or []]
         except yaml.YAMLError:
             pass
-    return ""
+    return []
+
+
+def cell_names(overrides: list[list[str]], dirs: list[str]) -> list[str]:
+    """A name per cell: its overrides that not every cell shares, else all its overrides, else its
+    directory; a name two cells would share gets the directory appended in brackets."""
+    common = set.intersection(*(set(o) for o in overrides)) if overrides else set()
+    names = [" ".join(o for o in own if o not in common) or " ".join(own) or d
+             for own, d in zip(overrides, dirs)]
+    return [f"{n} [{d}]" if names.count(n) > 1 else n for n, d in zip(names, dirs)]
 
 
 def _describe(config: dict[str, Any]) -> dict[str, Any]:
@@ -121,11 +134,13 @@ def cell_row(cell: Path, root: Path) -> dict[str, Any]:
         summary = json.loads((cell / "summary.json").read_text())
     except (OSError, ValueError) as exc:
         raise CollectError(f"{cell / 'summary.json'} is unreadable ({exc}); re-run that cell") from exc
-    row: dict[str, Any] = {"cell": str(cell.relative_to(root)) or ".", "overrides": _overrides(cell),
+    scores = summary.get("scores", {})
+    row: dict[str, Any] = {"dir": str(cell.relative_to(root)) or ".", "overrides": " ".join(_overrides(cell)),
                            "set_name": summary.get("set_name"), "set_hash": summary.get("set_hash"),
                            **_describe(summary.get("config", {})),
+                           "headlines": ",".join(f"{scorer}.{block['metric']}" for scorer, block in scores.items()),
                            "n_neurons": summary.get("n_neurons"), "n_failed": summary.get("n_failed")}
-    for scorer, block in summary.get("scores", {}).items():
+    for scorer, block in scores.items():
         for metric, s in block.get("metrics", {}).items():
             col = f"{scorer}.{metric}"
             row[col] = s.get("mean")
@@ -152,6 +167,8 @@ def collect(root: Path, n_resamples: int = 2000, seed: int = 0) -> tuple[pd.Data
         raise CollectError(f"no complete cell (summary.json) under {root}; did the sweep finish? Re-run it with "
                            "the same hydra.sweep.dir to complete it.")
     table = pd.DataFrame([cell_row(c, root) for c in cells])
+    table.insert(0, "cell", cell_names([_overrides(c) for c in cells], list(table["dir"])))
+    name = dict(zip(cells, table["cell"]))
     absent = incomplete_cells(root)
     for kind, names in absent.items():
         if names:
@@ -174,7 +191,7 @@ def collect(root: Path, n_resamples: int = 2000, seed: int = 0) -> tuple[pd.Data
                 joined = frames[a][["layer", "neuron", col]].merge(
                     frames[b][["layer", "neuron", col]], on=["layer", "neuron"], suffixes=("_a", "_b"))
                 test = paired_test(joined[f"{col}_a"], joined[f"{col}_b"], n_resamples, seed)
-                pairs.append({"set_hash": set_hash, "a": str(a.relative_to(root)), "b": str(b.relative_to(root)),
+                pairs.append({"set_hash": set_hash, "a": name[a], "b": name[b],
                               "metric": col, "n_pairs": test["n"], "wins": test["wins"], "losses": test["losses"],
                               "mean_diff": test["mean_diff"],
                               "ci_lo": test["ci95"][0], "ci_hi": test["ci95"][1], "p_value": test["p_value"]})
@@ -192,26 +209,43 @@ def _fmt(x) -> str:
     return str(x).replace("|", "\\|")
 
 
-def markdown(table: pd.DataFrame, paired: pd.DataFrame) -> str:
-    means = [c for c in table.columns if c.count(".") >= 1 and not c.endswith((".ci_lo", ".ci_hi"))
-             and c.split(".")[0] not in CONTROLS]
-    controls = [c for c in table.columns if c.split(".")[0] in CONTROLS and not c.endswith((".ci_lo", ".ci_hi"))]
-    head = ["cell", "explainer", "prompt", "simulator", "set", "n", "failed", *means, *controls, "USD", "calls",
-            "cache hits", "wall s"]
+def _with_ci(r: pd.Series, col: str) -> str:
+    return f"{_fmt(r.get(col))} [{_fmt(r.get(col + '.ci_lo'))}, {_fmt(r.get(col + '.ci_hi'))}]"
+
+
+def markdown(table: pd.DataFrame, paired: pd.DataFrame, all_columns: bool = False) -> str:
+    """The cells table and the paired comparisons as Markdown. By default a cell's row is its name,
+    each scorer's headline metric (mean [95% CI], floor, ceiling), USD and wall time; `all_columns`
+    adds its directory, set, explainer/prompt/simulator, neuron counts, every metric and calls."""
+    if all_columns:
+        means = [c for c in table.columns if c.count(".") >= 1 and not c.endswith((".ci_lo", ".ci_hi"))
+                 and c.split(".")[0] not in CONTROLS]
+        controls = [c for c in table.columns if c.split(".")[0] in CONTROLS and not c.endswith((".ci_lo", ".ci_hi"))]
+        head = ["cell", "dir", "explainer", "prompt", "simulator", "set", "n", "failed", *means, *controls, "USD",
+                "calls", "cache hits", "wall s"]
+    else:
+        headlines = list(dict.fromkeys(h for hs in table["headlines"] for h in hs.split(",") if h))
+        head = ["cell", *(x for h in headlines for x in (f"{h} [95% CI]", *CONTROLS)), "USD", "wall s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in table.iterrows():
-        cells = [r["cell"], r["explainer"], r["prompt"], r["simulator"], f"{r['set_name']} ({str(r['set_hash'])[:8]})",
-                 r["n_neurons"], r["n_failed"]]
-        cells += [f"{_fmt(r[c])} [{_fmt(r[c + '.ci_lo'])}, {_fmt(r[c + '.ci_hi'])}]" for c in means]
-        cells += [_fmt(r[c]) for c in controls]
-        cells += [_fmt(r["cost_usd"]), _fmt(r["calls"]), _fmt(r["cache_hits"]), _fmt(r["wall_seconds"])]
+        if all_columns:
+            cells = [r["cell"], r["dir"], r["explainer"], r["prompt"], r["simulator"],
+                     f"{r['set_name']} ({str(r['set_hash'])[:8]})", r["n_neurons"], r["n_failed"]]
+            cells += [_with_ci(r, c) for c in means]
+            cells += [_fmt(r[c]) for c in controls]
+            cells += [_fmt(r["cost_usd"]), _fmt(r["calls"]), _fmt(r["cache_hits"]), _fmt(r["wall_seconds"])]
+        else:
+            cells = [r["cell"]]
+            cells += [x for h in headlines for x in (_with_ci(r, h), *(_fmt(r.get(f"{c}.{h}")) for c in CONTROLS))]
+            cells += [_fmt(r["cost_usd"]), _fmt(r["wall_seconds"])]
         lines.append("| " + " | ".join(_fmt(c) if not isinstance(c, str) else c.replace("|", "\\|") for c in cells) + " |")
     out = "\n".join(lines)
     if len(paired):
         out += ("\n\nPaired comparisons (a − b over shared neurons; bootstrap 95% CI; sign-flip permutation p, "
                 "BH-adjusted)\n\n| a | b | metric | pairs | a wins / loses | mean a − b | 95% CI | p | p (BH) |\n"
                 "|---|---|---|---|---|---|---|---|---|\n")
-        out += "\n".join(f"| {r['a']} | {r['b']} | {r['metric']} | {r['n_pairs']} | {r['wins']} / {r['losses']} | "
+        out += "\n".join(f"| {_fmt(r['a'])} | {_fmt(r['b'])} | {r['metric']} | {r['n_pairs']} | "
+                         f"{r['wins']} / {r['losses']} | "
                          f"{_fmt(r['mean_diff'])} | "
                          f"[{_fmt(r['ci_lo'])}, {_fmt(r['ci_hi'])}] | {_fmt(r['p_value'])} | {_fmt(r['p_fdr'])} |"
                          for _, r in paired.iterrows())
@@ -225,6 +259,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="where to write the tables (default: MULTIRUN_DIR)")
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--all", action="store_true", dest="all_columns",
+                        help="print the wide table: every score, each cell's directory, set, components, calls and "
+                             "cache hits (the files always hold every column)")
     args = parser.parse_args(argv)
     table, paired = collect(args.multirun_dir, args.resamples, args.seed)
     out = args.out or args.multirun_dir
@@ -233,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     table.to_parquet(out / "cells.parquet", index=False)
     paired.to_csv(out / "paired.csv", index=False)
     paired.to_parquet(out / "paired.parquet", index=False)
-    print(markdown(table, paired))
+    print(markdown(table, paired, args.all_columns))
     absent = incomplete_cells(args.multirun_dir)
     if any(absent.values()):
         print(f"\nNot in the table: incomplete (no summary.json): {', '.join(absent['incomplete']) or 'none'}; "

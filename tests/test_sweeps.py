@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from harness import leaderboard as lb
-from harness.collect import benjamini_hochberg, collect, paired_test
+from harness.collect import benjamini_hochberg, cell_names, collect, main, paired_test
 from harness.paths import CONF_DIR, REPO_ROOT
 from tests.fake_llm_server import FakeLLMServer, GatedServer
 from tests.test_leaderboard import lb_sets  # noqa: F401  (session fixture)
@@ -111,7 +111,8 @@ def test_joblib_sweep_collect_submit_verify_render(lb_sets, tmp_path):  # noqa: 
     cli = subprocess.run([sys.executable, "-m", "harness.collect", str(out), "--out", str(tmp_path / "tables")],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr
-    assert "| cell | explainer |" in cli.stdout and "Paired comparisons" in cli.stdout
+    assert "| correlation.ev_correlation_score [95% CI] | floor | ceiling |" in cli.stdout
+    assert "| explainer=openai prompt=top_tokens |" in cli.stdout and "Paired comparisons" in cli.stdout
     assert len(pd.read_parquet(tmp_path / "tables" / "cells.parquet")) == 4
     assert len(pd.read_csv(tmp_path / "tables" / "paired.csv")) == 6 * n_scorers
 
@@ -224,3 +225,48 @@ def test_collect_names_missing_and_incomplete_cells(lb_sets, tmp_path):  # noqa:
     assert cli.returncode == 0, cli.stderr
     assert "incomplete (no summary.json): 1" in cli.stdout + cli.stderr
     assert "missing: 2" in cli.stdout + cli.stderr
+
+
+def test_cell_names_are_the_overrides_that_differ():
+    assert cell_names([["n=4", "explainer=a", "prompt=p"], ["n=4", "explainer=b", "prompt=p"]], ["0", "1"]) == [
+        "explainer=a", "explainer=b"]
+    assert cell_names([["n=4", "explainer=a"]], ["0"]) == ["n=4 explainer=a"]  # nothing differs: all of them
+    assert cell_names([[]], ["0"]) == ["0"]  # no overrides: the directory
+    assert cell_names([["explainer=a"], ["explainer=a"]], ["s1/0", "s2/0"]) == ["explainer=a [s1/0]",
+                                                                                "explainer=a [s2/0]"]
+
+
+def test_collect_prints_headlines_by_name_and_writes_every_column(lb_sets, tmp_path, capsys):  # noqa: F811
+    """Issue 25: a two-cell sweep prints a short table and a paired table that name cells by their
+    overrides; `--all` prints the wide table; the files keep every column."""
+    from harness.cell import run_cell
+    from tests.cells import cell_cfg
+
+    out = tmp_path / "sweep"
+    for i, explainer in enumerate(["baseline_top_tokens", "baseline_empty"]):
+        overrides = [f"neuron_set.path={lb_sets / 'tiny'}", "neuron_set.limit=4", f"explainer={explainer}",
+                     "scorer=[correlation,threshold]"]
+        run_cell(cell_cfg(*overrides), out / str(i))
+        (out / str(i) / ".hydra").mkdir(exist_ok=True)  # what harness.__main__ writes for a sweep's cell
+        (out / str(i) / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    main([str(out)])
+    printed = capsys.readouterr().out
+    cells, paired = (block.strip().splitlines() for block in printed.split("Paired comparisons")[:2])
+    assert cells[0] == ("| cell | correlation.ev_correlation_score [95% CI] | floor | ceiling "
+                        "| threshold.auroc_max50 [95% CI] | floor | ceiling | USD | wall s |")
+    assert [line.split(" | ")[0] for line in cells[2:]] == ["| explainer=baseline_top_tokens",
+                                                            "| explainer=baseline_empty"]
+    assert all(line.count(" | ") == 8 for line in cells[2:])
+    pairs = [line for line in paired if line.startswith("| explainer=")]
+    assert len(pairs) == 2 and all(line.startswith("| explainer=baseline_top_tokens | explainer=baseline_empty | ")
+                                   for line in pairs)
+
+    table, _ = collect(out)
+    written = pd.read_csv(out / "cells.csv")
+    assert list(written.columns) == list(table.columns) and list(written["cell"]) == list(table["cell"])
+    assert list(written["dir"]) == [0, 1] and "threshold.f1_q90" in written.columns
+    assert set(pd.read_parquet(out / "paired.parquet")["a"]) == {"explainer=baseline_top_tokens"}
+
+    main([str(out), "--all"])
+    wide = capsys.readouterr().out.splitlines()[0]
+    assert wide.startswith("| cell | dir | explainer | prompt |") and "| threshold.f1_q90 |" in wide
