@@ -26,7 +26,8 @@ from harness.atomic import WriteError, replace_together, write_atomic
 from harness.errors import HarnessError
 from harness.formatting import fmt
 from harness.leaderboard.entry import fingerprint
-from harness.leaderboard.schema import EntryError, entry_from_bytes, known_set, read_entry_bytes
+from harness.leaderboard.schema import (EntryError, check_file_name, entry_from_bytes, known_set,
+                                        read_entry_bytes)
 from harness.leaderboard.verify import (Verification, code_digest, over_budget, recomputed_summary,
                                        resolve_components, revoked, trusted_record, uses_api, verify, verify_key)
 from harness.paths import REPO_ROOT, cache_dir
@@ -155,9 +156,7 @@ def _read(path: Path, cfg: dict[str, Any], cache: VerdictCache, views: SetViews,
     cached = cache.get(sha) if use_cache else None
     if cached:
         entry, verdict, parsed = cached["entry"], cached["verdict"], False
-        if path.stem != entry["name"]:
-            raise EntryError(f"file name {path.name} does not match the entry's name {entry['name']!r}: an entry is "
-                             "stored as <name>.json")
+        check_file_name(path, entry)  # the cache is keyed by bytes, not by where they are stored
     else:
         entry = entry_from_bytes(path, raw, cfg)
         resolve_components(entry, cfg)

@@ -391,10 +391,15 @@ def entry_from_bytes(path: Path, raw: bytes, cfg: dict[str, Any]) -> dict[str, A
     except UnicodeDecodeError as exc:
         raise EntryError(f"{path} is not UTF-8 text") from exc
     entry = validate_entry(parse_entry_text(text), cfg["max_explanation_chars"])
+    check_file_name(path, entry)
+    return entry
+
+
+def check_file_name(path: Path, entry: dict[str, Any]) -> None:
+    """An entry file is `<name>.json` with that very name inside (records are keyed by the file)."""
     if path.suffix == ".json" and path.stem != entry["name"]:
         raise EntryError(f"file name {path.name} does not match the entry's name {entry['name']!r}: an entry is "
                          f"stored as <name>.json")
-    return entry
 
 
 def safe_name(name: Any) -> bool:
