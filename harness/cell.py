@@ -56,7 +56,7 @@ def simulate(simulator: Simulator, neuron: NeuronRecord, text: str,
     """Simulate `test`, and `calibration` only where a scorer reads it (an LLM simulator's time)."""
     calibration = any(scorer.needs_calibration for scorer, _ in scorers)
     return Simulated(neuron, test=simulator.simulate(text, neuron.test),
-                     calibration=simulator.simulate(text, neuron.calibration) if calibration else [])
+                     calibration=simulator.simulate(text, neuron.calibration) if calibration else [], explanation=text)
 
 
 @contextlib.contextmanager
@@ -93,7 +93,7 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         scorer, params = scorers[0]
         on_calibration = replace(neuron, test=neuron.calibration)
         sims = simulator.simulate(text, neuron.calibration)
-        return score_batch(scorer, params, [Simulated(on_calibration, sims, sims)], context)[0][scorer.headline]
+        return score_batch(scorer, params, [Simulated(on_calibration, sims, sims, text)], context)[0][scorer.headline]
 
     explainer = make_explainer(cfg.explainer, cfg.get("prompt"), ledger=ledger, judge=judge,
                                cache=CallCache(cfg.call_cache) if cfg.call_cache else None, subject=subject)

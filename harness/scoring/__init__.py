@@ -29,6 +29,7 @@ class Simulated:
     neuron: NeuronRecord
     test: list[list[float] | None]
     calibration: list[list[float] | None]
+    explanation: str = ""  # what was simulated: read by the scorers that judge the explanation itself
 
 
 RANGE_SLACK = 1e-6
