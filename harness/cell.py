@@ -28,27 +28,21 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from harness import __version__
+from harness.components import RunContext
 from harness.errors import CellFailedError, ConfigError, HarnessError, OutputBusyError, TransientLLMError
 from harness.explain import make_explainer
 from harness.formatting import fmt
 from harness.llm.cache import CallCache, Ledger
 from harness.records import NeuronRecord, load_set
 from harness.redact import redact
-from harness.scoring import Scorer, Simulated, get_scorer, run_scorers, score_batch
+from harness.scoring import Scorer, Simulated, run_scorers, score_batch, scorers_from
 from harness.scoring.correlation import pooled
 from harness.scoring.stats import derangement, fdr_summary, metric_summary, pearson_p_value
 from harness.simulate import OracleQuantizedSimulator, Simulator, make_simulator
-from harness.subject import set_subject
 from harness.types import CONTROLS
 from harness.validation import validate_cell_config
 
 log = logging.getLogger(__name__)
-
-
-def scorers_from(cfg: DictConfig) -> list[tuple[Scorer, dict[str, Any]]]:
-    """`cfg.scorer` maps each selected scorer's name to its parameters."""
-    return [(get_scorer(name), OmegaConf.to_container(params, resolve=True) if params else {})
-            for name, params in cfg.scorer.items()]
 
 
 def simulate(simulator: Simulator, neuron: NeuronRecord, text: str,
@@ -81,12 +75,13 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     neurons = neuron_set.neurons
     explainer_reads_the_sets_subject(cfg, neuron_set.manifest)
     ledger = Ledger(prices=OmegaConf.to_container(cfg.pricing, resolve=True))  # explainer's and simulator's calls
+    cache = CallCache(cfg.call_cache) if cfg.call_cache else None
     simulator = make_simulator(cfg.simulator, ledger=ledger)
-    scorers = scorers_from(cfg)
-    # The set's subject, loaded once (digest-checked) for every component that reads it: a weight
-    # baseline's explainer and the ablation scorer share it.
-    subject = set_subject(neuron_set.manifest) if "subject" in cfg.explainer else None
-    context = {"manifest": neuron_set.manifest, "subject": subject}  # for scorers that run the subject (ablation)
+    scorers = scorers_from(cfg.scorer)
+    # What the run's components share: the ledger and call cache, and the set's subject, loaded once
+    # (digest-checked) for every component that reads it (a weight baseline's explainer, the ablation scorer).
+    context = RunContext(manifest=neuron_set.manifest, ledger=ledger, cache=cache)
+    subject = context.subject() if "subject" in cfg.explainer else None
 
     def judge(neuron: NeuronRecord, text: str) -> float:
         """The first scorer's headline metric on the calibration split (never on test)."""
@@ -96,7 +91,7 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         return score_batch(scorer, params, [Simulated(on_calibration, sims, sims, text)], context)[0][scorer.headline]
 
     explainer = make_explainer(cfg.explainer, cfg.get("prompt"), ledger=ledger, judge=judge,
-                               cache=CallCache(cfg.call_cache) if cfg.call_cache else None, subject=subject)
+                               cache=cache, subject=subject)
     if hasattr(explainer, "prepare"):  # e.g. baseline_borrowed explains every neuron first
         explainer.prepare(neurons)
     explain_batch = getattr(explainer, "explain_batch", None) or (lambda ns: [_try(explainer.explain, n) for n in ns])
@@ -195,7 +190,7 @@ def floor_partners(explained: list[int], seed: int) -> dict[int, int]:
 
 def score_neurons(neurons: list[NeuronRecord], rows: list[dict[str, Any]], simulated: dict[int, Simulated],
                   simulator: Simulator, scorers, controls, partners: dict[int, int], indices,
-                  context: dict[str, Any] | None = None) -> dict[int, Simulated]:
+                  context: RunContext | None = None) -> dict[int, Simulated]:
     """Score every simulated neuron into its row (`rows[i]`, in place) and, where `controls` asks,
     the controls of the neurons in `indices`: the floor (simulated with the explanation of
     `partners[i]`) and the ceiling. Returns the floor simulations. A cell and the verification of

@@ -23,7 +23,7 @@ from harness.errors import ConfigError, ExplanationError, HarnessError
 from harness.formatting import EXPLAINER_SHOTS, highlighted_text, token_lines
 from harness.llm import LLM, make_backend
 from harness.records import ActivationRecord, NeuronRecord
-from harness.registry import Registry
+from harness.components import EXPLAINERS, PROMPTS
 from harness.types import Explainer, Explanation, Judge  # re-exported: callers import them from here
 
 log = logging.getLogger(__name__)
@@ -247,24 +247,6 @@ class HypothesisLoop:
             raise ExplanationError(f"no hypothesis could be scored on the calibration split ({len(tried)} tried)")
         best = max(ok, key=lambda t: t["calibration_score"])
         return Explanation(text=best["text"], cost_usd=cost, details={"hypotheses": tried})
-
-
-# --- Registries ------------------------------------------------------------------------------
-
-# A prompt variant (`messages`, `parse`) runs inside LLMExplainer; an entry that is an explainer
-# itself (`explain`: hypothesis_loop) holds its own conversation and is built with the LLM.
-PROMPTS = Registry("prompt variant", {"openai_tokens": OpenAITokens, "top_tokens": TopTokens,
-                                      "contrastive": Contrastive, "cot": ChainOfThought,
-                                      "hypothesis_loop": HypothesisLoop})
-
-EXPLAINERS = Registry("explainer kind", {
-    "llm": LLMExplainer,
-    "baseline_top_tokens": "baselines.top_tokens:TopTokensExplainer",
-    "baseline_weight_in": "baselines.weight_tokens:WeightInExplainer",
-    "baseline_weight_out": "baselines.weight_tokens:WeightOutExplainer",
-    "baseline_empty": "baselines.empty:EmptyExplainer",
-    "baseline_borrowed": "baselines.borrowed:BorrowedExplainer",
-})
 
 
 def make_explainer(cfg: Any, prompt_cfg: Any = None, ledger=None, judge: Judge | None = None,

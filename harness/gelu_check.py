@@ -53,14 +53,14 @@ from tqdm import tqdm
 
 from harness import __version__
 from harness.build_set import POOLS, make_windows
-from harness.cell import score_neurons, scorers_from
+from harness.cell import score_neurons
 from harness.cli import exit_on_harness_error
 from harness.corpus import load_corpus
 from harness.errors import ConfigError, HarnessError
 from harness.explain import make_explainer
 from harness.formatting import fmt
 from harness.records import ActivationRecord, NeuronRecord
-from harness.scoring import Simulated
+from harness.scoring import Simulated, scorers_from
 from harness.simulate import make_simulator
 from harness.subject import Subject, fidelity_check, gelu_fast, gelu_tanh, load_subject, quick_gelu
 
@@ -391,7 +391,7 @@ def score_changes(cfg: DictConfig, subject: Subject, win, doc_ids: list[str], ch
     own activation and under each variant (same windows, same explanation and simulation)."""
     explainer = make_explainer(cfg.explainer)
     simulator = make_simulator(cfg.simulator)
-    scorers = scorers_from(cfg)  # with their parameters (scorer.threshold.max_fractions=... is honoured)
+    scorers = scorers_from(cfg.scorer)  # with their parameters (scorer.threshold.max_fractions=... is honoured)
     rng = np.random.default_rng(cfg.seeds.records)
     tokens = [[subject.tokenizer.decode([t]) for t in row] for row in win.ids]
     c = cfg.counts

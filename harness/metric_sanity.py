@@ -47,14 +47,14 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from harness.cell import scorers_from
 from harness.cli import exit_on_harness_error
 from harness.corpus import load_corpus
 from harness.errors import ConfigError
 from harness.formatting import fmt
 from harness.paths import CONF_DIR
 from harness.records import NeuronRecord, load_set
-from harness.scoring import Scorer, Simulated, run_scorers
+from harness.components import RunContext
+from harness.scoring import Scorer, Simulated, run_scorers, scorers_from
 from harness.scoring.stats import metric_summary, paired_test
 from harness.planted import CLASS, PLANTED, plant, planted_neuron
 from harness.simulate import OracleQuantizedSimulator
@@ -111,7 +111,7 @@ def perturbed_batch(neuron: NeuronRecord, fractions: list[float], seed: int) -> 
 
 
 def score_grid(neurons: list[NeuronRecord], seeds: list[int], scorers: list[tuple[Scorer, dict]],
-               fractions: list[float], context: dict[str, Any], desc: str) -> dict[str, np.ndarray]:
+               fractions: list[float], context: RunContext, desc: str) -> dict[str, np.ndarray]:
     """{"<scorer>.<metric>": array [len(neurons), len(conditions)]} of every metric under every
     condition; neuron i's perturbations are drawn with seeds[i]."""
     n_cond = len(conditions(fractions))
@@ -181,7 +181,7 @@ def run_check(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     fractions = sorted({float(f) for f in cfg.fractions})
     if len(fractions) < 2 or fractions[0] != 0.0 or not all(0.0 <= f <= 1.0 for f in fractions):
         raise ConfigError(f"fractions={list(cfg.fractions)}: give 0.0 and at least one more fraction in (0, 1]")
-    scorers = scorers_from(cfg)
+    scorers = scorers_from(cfg.scorer)
     cheap = [(s, p) for s, p in scorers if not s.needs_context]
     costly = [(s, p) for s, p in scorers if s.needs_context]
     if costly and cfg.ablation.windows_per_kind is not None:
@@ -206,7 +206,7 @@ def run_check(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     grids["set"] = score_grid(neurons, seeds, cheap, fractions, {}, f"{neuron_set.name}: correlation, threshold")
     if costly and cfg.ablation.set_neurons:
         k = min(cfg.ablation.set_neurons, len(neurons))
-        ablated = score_grid(neurons[:k], seeds[:k], costly, fractions, {"manifest": neuron_set.manifest},
+        ablated = score_grid(neurons[:k], seeds[:k], costly, fractions, RunContext(manifest=neuron_set.manifest),
                              f"{neuron_set.name}: ablation")
         grids["set_ablation"] = ablated
 

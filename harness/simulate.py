@@ -5,7 +5,6 @@ simulator failed on (scorers leave such windows out and never treat them as zero
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
@@ -21,7 +20,7 @@ from transformers import DynamicCache
 from harness.errors import ConfigError, HarnessError, TransientLLMError
 from harness.formatting import FEW_SHOT_NEURONS, escaped, normalized
 from harness.records import ActivationRecord
-from harness.registry import Registry
+from harness.components import RunContext, build
 
 log = logging.getLogger(__name__)
 
@@ -682,17 +681,9 @@ class ChatLogprobsSimulator:
         return out
 
 
-SIMULATORS = Registry("simulator kind", {"token_match": TokenMatchSimulator,
-                                         "oracle_quantized": OracleQuantizedSimulator,
-                                         "all_at_once": AllAtOnceSimulator, "one_at_a_time": OneAtATimeSimulator,
-                                         "json": JsonSimulator, "chat_logprobs": ChatLogprobsSimulator})
-
-
 def make_simulator(cfg: Any, ledger=None) -> Simulator:
-    """The simulator `cfg` names, handed the run's `ledger` where it makes model calls (those that
-    take one), so a cell's cost counts what simulating cost as well as explaining."""
+    """The simulator `cfg` names (its `kind` and parameters, checked and defaulted by its params class
+    in harness/components.py), handed the run's `ledger` where it makes model calls, so a cell's cost
+    counts what simulating cost as well as explaining."""
     params = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
-    cls = SIMULATORS[params.pop("kind")]
-    if ledger is not None and "ledger" in inspect.signature(cls).parameters:
-        params["ledger"] = ledger
-    return cls(**params)
+    return build("simulator", params.pop("kind", None), params, RunContext(ledger=ledger))

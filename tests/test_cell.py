@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from harness.cell import run_cell
 from harness.errors import ConfigError, SetIntegrityError
 from harness.paths import CONF_DIR, REPO_ROOT
-from harness.validation import leaves, rule_for, validate_cell_config
+from harness.validation import config_rules, leaves, rule_for, validate_cell_config
 from tests.cells import build_tiny_set, cell_cfg
 from harness.set_info import set_info
 
@@ -200,16 +200,17 @@ def test_limit_null_and_a_positive_limit_pass(tiny_set):
 
 
 def test_every_numeric_option_of_every_config_has_a_rule():
-    """A new numeric option in conf/ must get a rule in harness.validation.RULES."""
+    """A new numeric option in conf/ must get a rule: on its component's params class, or in
+    harness.validation.RULES."""
     groups = {g: sorted(p.stem for p in (CONF_DIR / g).glob("*.yaml"))
               for g in ("explainer", "prompt", "simulator", "scorer", "pricing", "neuron_set")}
     for group, names in groups.items():
         for name in names:
             override = f"scorer=[{name}]" if group == "scorer" else f"{group}={name}"
-            values = leaves(OmegaConf.to_container(cell_cfg(override), resolve=True))
-            for path, value in values.items():
+            tree = OmegaConf.to_container(cell_cfg(override), resolve=True)
+            for path, value in leaves(tree).items():
                 if isinstance(value, (bool, int, float)):
-                    assert rule_for(path) is not None, f"{group}={name}: no rule for {'.'.join(path)}"
+                    assert rule_for(path, config_rules(tree)) is not None, f"{group}={name}: no rule for {'.'.join(path)}"
 
 
 @pytest.mark.heavy

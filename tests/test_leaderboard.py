@@ -23,6 +23,7 @@ import pytest
 
 from harness import leaderboard as lb
 from harness.cell import run_cell
+from harness.components import SIMULATORS
 from harness.paths import REPO_ROOT
 from harness.text import canonical_json
 from tests.cells import build_tiny_set, cell_cfg
@@ -340,10 +341,10 @@ def test_a_literal_all_at_once_entry_is_verified_with_its_literal_flag(honest):
     entry, cfg = honest
     literal = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "simulator" / "all_at_once_literal.yaml"))
     config = {"explainer": {"kind": "top_tokens"}, "simulator": literal, "scorer": {"correlation": {}}}
-    entry["simulator"] = components(config, cfg)["simulator"]
+    entry["simulator"] = components(config)["simulator"]
     assert entry["simulator"]["parameters"] == {"literal": True}
     simulator, _ = lb.resolve_components(entry, cfg)
-    assert simulator == literal
+    assert simulator == {"kind": "all_at_once", **SIMULATORS.component("all_at_once").defaults(), **literal}
 
 
 # --- hostile entries --------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from harness.components import RunContext
 from harness.build_set import build
 from harness.cell import results_table, run_cell
 from harness.corpus import load_corpus
@@ -196,7 +197,7 @@ def test_planted_neuron_true_explanation_beats_distractors(planted):
                        simulator.simulate(EXPLANATIONS[k], neuron.calibration)) for k in names]
     scorers = [(get_scorer(name), {}) for name in ("correlation", "threshold", "ablation")]
     # every explanation of the same neuron in one batch: the ablation patches them in shared passes
-    rows = dict(zip(names, run_scorers(scorers, batch, context={"subject": subject})))
+    rows = dict(zip(names, run_scorers(scorers, batch, context=RunContext(given_subject=subject))))
     report = {k: {m: round(rows[k][m], 4) for m in ("correlation.ev_correlation_score", "threshold.auroc_max50",
                                                     "threshold.balacc_max50", "threshold.f1_max50",
                                                     "ablation.score", "ablation.score_vs_zero")} for k in names}
@@ -218,7 +219,7 @@ def test_ablation_kl_matches_a_direct_float64_computation(planted):
     exact = [list(r.activations) for r in neuron.test]
     sim = Simulated(neuron, exact, [list(r.activations) for r in neuron.calibration])
     params = {"windows_per_kind": {"top": 2, "random": 1}, "batch_size": 3}
-    out = get_scorer("ablation").score([sim], context={"subject": subject}, **params)[0]
+    out = get_scorer("ablation").score([sim], context=RunContext(given_subject=subject), **params)[0]
     chosen = choose_windows(neuron.test, exact, params["windows_per_kind"])
     ids = torch.tensor([r.token_ids for r, _ in chosen])
     layer, n = PLANTED

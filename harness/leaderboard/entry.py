@@ -1,8 +1,8 @@
 """Building an entry from a finished cell and submitting it (`submit`, `submit-sweep`).
 
 An entry records the explainer and prompt as description only, and of the simulator and scorers
-only what verification may take from it: their names and the parameters `conf/leaderboard.yaml`
-allows (`entry_allowed`). Everything else is rebuilt from the verifier's own conf/.
+only what verification may take from it: their names and the parameters their params classes mark
+`entry=True` (harness/components.py). Everything else is rebuilt from the components' own specs.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from harness import __version__
+from harness.components import SCORERS, SIMULATORS
 from harness.leaderboard.schema import (SAFE_SECRET_KEYS, SCHEMA_VERSION, SECRET_KEY_RE, EntryError, entry_path,
                                         known_set, parse_entry_text, validate_entry)
 from harness.text import canonical_json
@@ -68,7 +69,11 @@ def _only_allowed(params: dict[str, Any], allowed: list[str]) -> dict[str, Any]:
     return _unflatten({k: v for k, v in flatten(params).items() if allowed_key(k, allowed)})
 
 
-def components(config: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
+def _entry_options(group, name: str) -> list[str]:
+    return group.component(name).entry_options() if name in group else []
+
+
+def components(config: dict[str, Any]) -> dict[str, Any]:
     """The explainer, prompt, simulator and scorers of a cell's resolved config, as an entry records them."""
     explainer = dict(config["explainer"])
     kind = explainer.pop("kind")
@@ -82,12 +87,11 @@ def components(config: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
     sim = dict(config["simulator"])
     sim_kind = sim.pop("kind")
     sim_llm = sim.pop("llm", None) or {}
-    allowed = cfg["entry_allowed"]
     return {"explainer": {"kind": kind, "backend": backend, "model": model, "parameters": params},
             "prompt": prompt,
             "simulator": {"kind": sim_kind, "backend": sim_llm.get("backend"), "model": sim_llm.get("model"),
-                          "parameters": _only_allowed(sim, allowed["simulators"].get(sim_kind, []))},
-            "scorers": {k: _only_allowed(v or {}, allowed["scorers"].get(k, [])) for k, v in config["scorer"].items()}}
+                          "parameters": _only_allowed(sim, _entry_options(SIMULATORS, sim_kind))},
+            "scorers": {k: _only_allowed(v or {}, _entry_options(SCORERS, k)) for k, v in config["scorer"].items()}}
 
 
 def _num(x: Any) -> float | None:
@@ -170,7 +174,7 @@ def build_entry(cell_dir: Path, name: str, submitter: str, cfg: dict[str, Any],
         "schema_version": SCHEMA_VERSION, "name": name, "submitter": submitter,
         "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
         **({"description": description} if description else {}),
-        **components(config, cfg),
+        **components(config),
         "stats": {"seed": int(config["stats"]["seed"]), "bootstrap_resamples": int(config["stats"]["bootstrap_resamples"])},
         "controls": {"floor": bool(config["controls"]["floor"]), "ceiling": bool(config["controls"]["ceiling"])},
         "neuron_set": {"name": summary["set_name"], "hash": summary["set_hash"], "n_neurons": len(want)},

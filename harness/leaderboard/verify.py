@@ -38,8 +38,9 @@ from harness.atomic import write_atomic
 from harness.errors import HarnessError, TransientLLMError
 from harness.leaderboard.entry import allowed_key, flatten
 from harness.leaderboard.schema import EntryError, known_set, parse_entry_text
-from harness.paths import CONF_DIR, REPO_ROOT
+from harness.paths import REPO_ROOT
 from harness.text import canonical_json, for_terminal
+from harness.components import RunContext
 from harness.validation import option_problems
 
 MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,99}$")
@@ -67,11 +68,7 @@ class Verification:
         return "\n".join(for_terminal(line) for line in lines)  # problems quote the entry's text
 
 
-# --- Rebuilding the simulator and scorers from conf/ ------------------------------------------
-
-def _conf(group: str, name: str) -> dict[str, Any]:
-    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{name}.yaml"), resolve=True)
-
+# --- Rebuilding the simulator and scorers from their component specs ------------------------------
 
 def _plain_value(value: Any) -> bool:
     """A value an entry may give a parameter: a number, a boolean, a short plain string, or a short
@@ -104,25 +101,28 @@ def _take_allowed(where: str, params: dict[str, Any], allowed: list[str], base: 
 
 
 def resolve_components(entry: dict[str, Any], cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict]]:
-    """The simulator config and the scorer parameters verification runs, from conf/ and the allow-list."""
-    from harness.simulate import SIMULATORS
+    """The simulator config and the scorer parameters verification runs: each component's defaults
+    (harness/components.py), the parameters its fields let an entry set, and the model block of
+    the backend the entry names, for a model on the allow-list. No file is read by path."""
+    from harness.components import BACKENDS, SCORERS, SIMULATORS
 
-    allowed = cfg["entry_allowed"]
     sim = entry["simulator"]
     kind = sim["kind"]
     if kind in SIMULATORS and not getattr(SIMULATORS[kind], "reads_explanation", True):
         raise EntryError(f"simulator {kind!r} does not read the explanation: controls are not entries (it belongs "
                          "in the ceiling column)")
-    if kind not in allowed["simulators"]:
-        raise EntryError(f"simulator {kind!r} is not allowed on the board; allowed: {sorted(allowed['simulators'])}")
-    simulator = _conf("simulator", kind)
-    _take_allowed("simulator.parameters", sim["parameters"], allowed["simulators"][kind], simulator)
+    on_board = sorted(k for k in SIMULATORS if SIMULATORS.component(k).on_board)
+    if kind not in on_board:
+        raise EntryError(f"simulator {kind!r} is not allowed on the board; allowed: {on_board}")
+    spec = SIMULATORS.component(kind)
+    simulator = {"kind": kind, **spec.defaults()}
+    _take_allowed("simulator.parameters", sim["parameters"], spec.entry_options(), simulator)
     backend, model = sim.get("backend"), sim.get("model")
     if "llm" not in simulator:
         if backend is not None or model is not None:
             raise EntryError(f"simulator {kind!r} uses no LLM; the entry may not name a backend or model")
     else:
-        models = allowed["models"]
+        models = cfg["entry_allowed"]["models"]
         if backend not in models:
             raise EntryError(f"simulator.backend {backend!r} is not allowed on the board; allowed: {sorted(models)}")
         if models[backend] == "*" and not (isinstance(model, str) and MODEL_RE.fullmatch(model)):
@@ -130,22 +130,25 @@ def resolve_components(entry: dict[str, Any], cfg: dict[str, Any]) -> tuple[dict
         if models[backend] != "*" and model not in models[backend]:
             raise EntryError(f"simulator.model {str(model)[:60]!r} is not allowed for backend {backend!r}; "
                              f"allowed: {models[backend]}")
-        llm = simulator["llm"] if simulator["llm"]["backend"] == backend else _conf("explainer", backend)["llm"]
+        llm = (simulator["llm"] if simulator["llm"]["backend"] == backend
+               else {"backend": backend, **BACKENDS.component(backend).defaults()})
         simulator["llm"] = {**llm, "model": model}
     scorers = {}
     for name, params in entry["scorers"].items():
-        if name not in allowed["scorers"]:
-            raise EntryError(f"scorer {name!r} is not allowed on the board; allowed: {sorted(allowed['scorers'])}")
-        base = _conf("scorer", name)[name] or {}
-        _take_allowed(f"scorers.{name}", params, allowed["scorers"][name], base)
+        if name not in SCORERS or not SCORERS.component(name).on_board:
+            raise EntryError(f"scorer {name!r} is not allowed on the board; allowed: {sorted(SCORERS)}")
+        spec = SCORERS.component(name)
+        base = spec.defaults()
+        _take_allowed(f"scorers.{name}", params, spec.entry_options(), base)
         scorers[name] = base
     _check_types({"simulator": simulator, "scorer": scorers, "stats": entry["stats"]})
     return simulator, scorers
 
 
 def _check_types(config: dict[str, Any]) -> None:
-    """The rebuilt components against the cell's own rule table (harness.validation.RULES): a value
-    of the wrong type or range is refused here, never a crash inside verification."""
+    """The rebuilt components against the cell's own rules (their params classes and
+    harness.validation.RULES): a value of the wrong type or range is refused here, never a crash
+    inside verification."""
     problems = option_problems(config)
     if problems:
         raise EntryError("the entry's parameters are invalid: " + "; ".join(problems[:10]))
@@ -352,7 +355,7 @@ def verify(entry: dict[str, Any], cfg: dict[str, Any], entry_sha256: str | None 
                 rows[i]["failure"] = f"{type(exc).__name__}: {exc}"
         explained = [i for i, c in enumerate(claims) if c["failure"] is None]
         score_neurons(neurons, rows, simulated, simulator, scorers, entry["controls"],
-                      floor_partners(explained, entry["stats"]["seed"]), chosen, {"manifest": neuron_set.manifest})
+                      floor_partners(explained, entry["stats"]["seed"]), chosen, RunContext(manifest=neuron_set.manifest))
     except TransientLLMError as exc:  # an outage is not a verdict
         return Verification(name, "pending", of=len(neurons), note=f"the simulator's API did not answer ({exc}); "
                                                                    "verify again later")

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from harness.errors import LLMError
 from harness.llm.cache import CallCache, Ledger, request_key
-from harness.registry import Registry
+from harness.components import BACKENDS
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +144,6 @@ class LLM:
             raise
         if errors:
             raise errors[0]
-
-
-BACKENDS = Registry("LLM backend", {"openai": "harness.llm.openai_backend:OpenAIBackend",
-                                     "openai_compatible": "harness.llm.openai_backend:OpenAIBackend",
-                                     "anthropic": "harness.llm.anthropic_backend:AnthropicBackend",
-                                     "hf_local": "harness.llm.hf_local:HFLocalBackend"})
 
 
 def make_backend(cfg: Any) -> Backend:

@@ -1,12 +1,13 @@
-"""Scoring rules: a registry from config name to a `Scorer`.
+"""Scoring rules: each a `Scorer` descriptor, registered as a component (harness/components.py).
 
 A scorer receives every neuron's `Simulated` (its records plus the simulator's predictions for
 its `calibration` and `test` splits, one list per record, `None` for a window the simulator
 failed on) and returns one {metric: value} per neuron, computed on the raw activations of `test`.
 It works on the whole batch so a rule that runs the subject model (ablation) can patch many
-neurons in one forward pass; such a rule declares `needs_context` and receives `context=`, a dict
-with the set's `manifest` (which names the subject) and optionally a loaded `subject`. NaN means the metric is undefined for the neuron (e.g. a constant
-prediction) and counts as a failure, never as 0. Parameters come from `conf/scorer/<name>.yaml`.
+neurons in one forward pass; such a rule declares `needs_context` and receives `context=`, the run's
+`harness.components.RunContext` (the set's manifest and subject, the ledger and call cache). NaN means the metric is undefined for the neuron (e.g. a constant
+prediction) and counts as a failure, never as 0. Parameters: the scorer's params class in
+harness/components.py; presets in `conf/scorer/<name>.yaml`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, Callable
 
+from harness.components import SCORERS, RunContext
 from harness.errors import ConfigError
 from harness.records import NeuronRecord
-from harness.registry import Registry
 from harness.scoring.ablation import HEADLINE as ABLATION_HEADLINE, ablation_scores
 from harness.scoring.correlation import correlation_scores
 from harness.scoring.threshold import HEADLINE as THRESHOLD_HEADLINE, threshold_scores
@@ -78,35 +79,43 @@ def per_neuron(fn: Callable[[Simulated], dict[str, float]]) -> Callable[..., lis
     return lambda batch, **params: [fn(s, **params) for s in batch]
 
 
-SCORERS = Registry("scorer", {
-    "correlation": Scorer("correlation", per_neuron(lambda s: correlation_scores(s.neuron.test, s.test,
-                                                                                 s.neuron.calibration, s.calibration)),
-                          headline="ev_correlation_score", needs_calibration=True,
-                          # no prediction counts as predicting 0 everywhere: rsquared = absolute_dev_explained = 0
-                          # Pearson r in [-1, 1]; both explained-variance ratios are 1 - (a mean of >= 0 terms)
-                          metrics=(Metric("ev_correlation_*", 0.0, low=-1.0, high=1.0),
-                                   Metric("rsquared*", 0.0, high=1.0),
-                                   Metric("absolute_dev_explained*", 0.0, high=1.0))),
-    "threshold": Scorer("threshold", per_neuron(lambda s, **params: threshold_scores(s.neuron, s.test, s.calibration,
-                                                                                     **params)),
-                        headline=THRESHOLD_HEADLINE, needs_calibration=True,
-                        # F1 of an uninformative rule depends on the share of positives: no fixed value
-                        metrics=(Metric("auroc_*", 0.5, low=0.0, high=1.0), Metric("balacc_*", 0.5, low=0.0, high=1.0),
-                                 Metric("f1_*", None, low=0.0, high=1.0))),
-    "ablation": Scorer("ablation", ablation_scores, headline=ABLATION_HEADLINE, needs_context=True,
-                       needs_calibration=True,
-                       # score 0 = no better than mean-ablation; KLs are nats/token, lower is better
-                       # score = 1 - KL(simulated)/KL(reference) with KLs >= 0
-                       metrics=(Metric("score*", 0.0, high=1.0), Metric("kl_*", None, higher_is_better=False, low=0.0))),
-})
+CORRELATION = Scorer(
+    "correlation", per_neuron(lambda s: correlation_scores(s.neuron.test, s.test, s.neuron.calibration, s.calibration)),
+    headline="ev_correlation_score", needs_calibration=True,
+    # no prediction counts as predicting 0 everywhere: rsquared = absolute_dev_explained = 0
+    # Pearson r in [-1, 1]; both explained-variance ratios are 1 - (a mean of >= 0 terms)
+    metrics=(Metric("ev_correlation_*", 0.0, low=-1.0, high=1.0), Metric("rsquared*", 0.0, high=1.0),
+             Metric("absolute_dev_explained*", 0.0, high=1.0)))
+THRESHOLD = Scorer(
+    "threshold", per_neuron(lambda s, **params: threshold_scores(s.neuron, s.test, s.calibration, **params)),
+    headline=THRESHOLD_HEADLINE, needs_calibration=True,
+    # F1 of an uninformative rule depends on the share of positives: no fixed value
+    metrics=(Metric("auroc_*", 0.5, low=0.0, high=1.0), Metric("balacc_*", 0.5, low=0.0, high=1.0),
+             Metric("f1_*", None, low=0.0, high=1.0)))
+ABLATION = Scorer(
+    "ablation", ablation_scores, headline=ABLATION_HEADLINE, needs_context=True, needs_calibration=True,
+    # score 0 = no better than mean-ablation; KLs are nats/token, lower is better
+    # score = 1 - KL(simulated)/KL(reference) with KLs >= 0
+    metrics=(Metric("score*", 0.0, high=1.0), Metric("kl_*", None, higher_is_better=False, low=0.0)))
 
 
 def get_scorer(name: str) -> Scorer:
     return SCORERS[name]
 
 
+def scorers_from(scorer_cfg: Any) -> list[tuple[Scorer, dict[str, Any]]]:
+    """A config's `scorer` block (name → parameters) as (Scorer, every parameter, checked and
+    defaulted by the scorer's params class)."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(scorer_cfg):
+        scorer_cfg = OmegaConf.to_container(scorer_cfg, resolve=True)
+    return [(SCORERS[name], SCORERS.component(name).parse(params, f"scorer.{name}"))
+            for name, params in (scorer_cfg or {}).items()]
+
+
 def score_batch(scorer: Scorer, params: dict[str, Any], batch: list[Simulated],
-                context: dict[str, Any] | None = None) -> list[dict[str, float]]:
+                context: RunContext | None = None) -> list[dict[str, float]]:
     """One scorer on a batch, passing `context` to the scorers that need it."""
     if scorer.needs_context:
         return scorer.score(batch, context=context, **params)
@@ -114,9 +123,9 @@ def score_batch(scorer: Scorer, params: dict[str, Any], batch: list[Simulated],
 
 
 def run_scorers(scorers: list[tuple[Scorer, dict[str, Any]]], batch: list[Simulated],
-                context: dict[str, Any] | None = None) -> list[dict[str, float]]:
+                context: RunContext | None = None) -> list[dict[str, float]]:
     """Every scorer on every neuron: one flat {"<scorer>.<metric>": value} per neuron. `context`
-    (e.g. {"manifest": neuron_set.manifest}) goes to the scorers that declare `needs_context`."""
+    (the run's RunContext) goes to the scorers that declare `needs_context`."""
     rows: list[dict[str, float]] = [{} for _ in batch]
     if not batch:
         return rows

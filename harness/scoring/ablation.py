@@ -29,30 +29,18 @@ weight digest checked against the manifest's.
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from harness.components import RunContext
 from harness.errors import ConfigError
 from harness.records import ActivationRecord
-from harness.subject import Subject, patch_rows, set_subject
+from harness.subject import patch_rows
 
 HEADLINE = "score"
 _REFERENCE_KL: dict[tuple, tuple[float, float]] = {}  # (digest, layer, neuron, mean, window) → (kl_mean, kl_zero) sums
-
-
-def subject_for(context: dict[str, Any] | None, device: str = "cpu") -> Subject:
-    """`context["subject"]` if given (the run's own, or a modified model in tests), else the set's
-    subject named by `context["manifest"]` (`harness.subject.set_subject`: loaded once, digest-checked)."""
-    context = context or {}
-    if context.get("subject") is not None:
-        return context["subject"]
-    if not context.get("manifest"):
-        raise ConfigError("the ablation scorer needs the neuron set's manifest (with subject.config) to "
-                          "load the subject model; run it through harness.cell / run_scorers(..., context=...)")
-    return set_subject(context["manifest"], device)
 
 
 def linear_calibration(records: list[ActivationRecord], sims: list[list[float] | None]) -> tuple[float, float]:
@@ -104,11 +92,11 @@ def kl_from_logits(clean_logits: torch.Tensor, clean_probs: torch.Tensor, patche
 
 
 @torch.no_grad()
-def ablation_scores(batch, context: dict[str, Any] | None = None,
+def ablation_scores(batch, context: RunContext | None = None,
                     windows_per_kind: dict[str, int] | None = None, batch_size: int = 8,
                     device: str = "cpu") -> list[dict[str, float]]:
     windows_per_kind = dict(windows_per_kind if windows_per_kind is not None else {"top": 5, "random": 5})
-    subject = subject_for(context, device)
+    subject = (context or RunContext()).subject(device)  # the run's: loaded once, digest-checked
     digest = subject.weights_digest
 
     # Per neuron: its windows and the patched rows it needs.

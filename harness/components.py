@@ -1,0 +1,376 @@
+"""Components: the one way a plug-in is named, configured and built.
+
+A component is registered once, in its group (`simulator`, `scorer`, ...), by name, with
+- `params`: a frozen dataclass whose fields are its parameters. Each field says, through
+  `option(...)`, its default, the rule its value must satisfy (harness/rules.py) and whether a
+  leaderboard entry may set it (`entry=True`). Nothing else lists parameters: the cell's checks,
+  the leaderboard's allow-list and verification's rebuild are all read off these fields;
+- `target`: what the component is, as "module:object", imported only when first used (a group
+  never imports its plug-ins: no import cycles, no heavy import for an unused entry). A class is
+  built as `target(**parameters, **resources)`;
+- `resources`: what the class takes from the run (`RunContext`: the ledger, the call cache), by
+  keyword.
+
+`build(group, name, params, context)` is the one factory: it looks the name up, checks every
+parameter (an unknown name or key is one ConfigError listing what is known), fills the defaults and
+builds. The conf/<group>/*.yaml files are presets: each names a component and sets some of its
+parameters, documented there for the person who sweeps them.
+
+Adding a parameter to a simulator: add a field to its params class here, read it in the simulator,
+and set or document it in conf/simulator/<kind>.yaml (docs/components.md walks through one).
+Components without a params class (explainers, prompts, LLM backends, for now) are looked up here
+too, and take their parameters as given (harness/validation.py's run-level rules check those).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, Iterator
+
+from harness.errors import ConfigError
+from harness.rules import (BOOL, COUNT, COUNT_OR_NULL, FRACTION, MAPPING, NON_NEGATIVE_INT, NUMBER, POSITIVE,
+                           POSITIVE_OR_NULL, SHORT_LIST, TEXT, TEXT_OR_NULL, Rule, one_of)
+
+
+def option(default: Any = MISSING, rule: Rule | None = None, *, entry: bool = False, items: Rule | None = None,
+           factory: Any = MISSING) -> Any:
+    """A parameter field: its default (or `factory` for a mutable one), the rule its value obeys,
+    `items` the rule of each item of a list or mapping value, and whether an entry may set it."""
+    meta = {"rule": rule, "items": items, "entry": entry}
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _hf_local_block(**extra: Any) -> Any:
+    """The offline default model block: SmolLM2-135M-Instruct from the set's own subject weights."""
+    return lambda: {"backend": "hf_local", "model": "smollm2_135m_instruct", "subject": "smollm2_135m",
+                    "path": None, "device": "cpu", "dtype": "float32", **extra}
+
+
+def _sampling(max_tokens: int) -> Any:
+    return lambda: {"temperature": 0.0, "max_tokens": max_tokens, "n": 1, "seed": 0}
+
+
+# --- Parameters of each simulator and scorer ---------------------------------------------------
+# The llm and sampling blocks are mappings whose keys the run-level rules check (`*.llm.*`,
+# `*.sampling.*` in harness/validation.py): they are shared with explainers.
+
+@dataclass(frozen=True)
+class TokenMatchParams:
+    high: float = option(10.0, NUMBER, entry=True)  # predicted on a named token (0 elsewhere)
+
+
+@dataclass(frozen=True)
+class NoParams:
+    pass
+
+
+@dataclass(frozen=True)
+class AllAtOnceParams:
+    llm: dict = option(rule=MAPPING, factory=_hf_local_block())
+    batch_size: int = option(16, COUNT)                # windows per forward pass
+    reuse_prefix: bool = option(True, BOOL)            # false: recompute the prefix per row (benchmark only)
+    max_context: int | None = option(None, COUNT_OR_NULL)  # longest prompt; null: the model's limit
+    literal: bool = option(False, BOOL, entry=True)    # at least 10 on tokens the explanation names
+    ten: str = option("split", one_of("split", "token"))  # served: "10" is "1","0" (split) or one token
+    call_cache: str | None = option(None, TEXT_OR_NULL)  # served: SQLite file of cached calls
+    windows_per_request: int = option(1, COUNT)        # served: prompts per request
+
+
+@dataclass(frozen=True)
+class OneAtATimeParams:
+    llm: dict = option(rule=MAPPING, factory=_hf_local_block())
+    batch_size: int = option(16, COUNT)                # prompts per forward pass
+    literal: bool = option(False, BOOL, entry=True)
+
+
+@dataclass(frozen=True)
+class JsonParams:
+    llm: dict = option(rule=MAPPING, factory=_hf_local_block(batch_size=8))
+    sampling: dict = option(rule=MAPPING, factory=_sampling(1024))
+    call_cache: str | None = option(None, TEXT_OR_NULL)
+
+
+@dataclass(frozen=True)
+class ChatLogprobsParams:
+    llm: dict = option(rule=MAPPING, factory=lambda: {"backend": "openai", "model": "gpt-4o-mini", "top_logprobs": 20})
+    sampling: dict = option(rule=MAPPING, factory=_sampling(2048))
+    ten: str = option("token", one_of("split", "token"))
+    call_cache: str | None = option(None, TEXT_OR_NULL)
+
+
+@dataclass(frozen=True)
+class ThresholdParams:
+    max_fractions: list = option(rule=SHORT_LIST, items=FRACTION, entry=True, factory=lambda: [0.25, 0.5, 0.75])
+    quantiles: list = option(rule=SHORT_LIST, items=FRACTION, entry=True, factory=lambda: [0.9, 0.99])
+
+
+@dataclass(frozen=True)
+class AblationParams:
+    # test windows per neuron, the first N of each kind (top, random, quantile)
+    windows_per_kind: dict = option(rule=MAPPING, items=NON_NEGATIVE_INT, entry=True,
+                                    factory=lambda: {"top": 5, "random": 5, "quantile": 0})
+    batch_size: int = option(8, COUNT)                 # rows (window x patch) per forward pass
+    device: str = option("cpu", TEXT)                  # where the subject runs
+
+
+# The model block of each LLM backend, as conf/explainer/<backend>.yaml gives it: what verification
+# puts under a leaderboard entry's model name. Backends take further keys (top_logprobs, a served
+# model's prompt-logprobs form, ...); the run-level `*.llm.*` rules check them.
+
+@dataclass(frozen=True)
+class HFLocalBlock:
+    model: str = option("smollm2_135m_instruct", TEXT)
+    subject: str | None = option("smollm2_135m", TEXT_OR_NULL)  # the conf/subject/ entry whose weights are used
+    path: str | None = option(None, TEXT_OR_NULL)                # instead of subject: any causal LM
+    device: str = option("cpu", TEXT)
+    dtype: str = option("float32", TEXT)
+    batch_size: int = option(8, COUNT)
+
+
+@dataclass(frozen=True)
+class OpenAIBlock:
+    model: str = option("gpt-4o-mini", TEXT)
+    base_url: str | None = option(None, TEXT_OR_NULL)
+    api_key_env: str = option("OPENAI_API_KEY", TEXT)
+    timeout: float = option(60, POSITIVE)
+    max_retries: int = option(4, NON_NEGATIVE_INT)
+    concurrency: int = option(8, COUNT)
+    requests_per_minute: float | None = option(None, POSITIVE_OR_NULL)
+
+
+@dataclass(frozen=True)
+class AnthropicBlock(OpenAIBlock):
+    model: str = option("claude-3-5-haiku-latest", TEXT)
+    api_key_env: str = option("ANTHROPIC_API_KEY", TEXT)
+    concurrency: int = option(4, COUNT)
+
+
+@dataclass(frozen=True)
+class OpenAICompatibleBlock(OpenAIBlock):
+    model: str = option("local-model", TEXT)             # the name the server knows the model by
+    base_url: str | None = option("http://localhost:8000/v1", TEXT_OR_NULL)
+    api_key_env: str = option("OPENAI_COMPATIBLE_API_KEY", TEXT)
+    api_key_required: bool = option(False, BOOL)
+    paid: bool = option(False, BOOL)
+    timeout: float = option(120, POSITIVE)
+    max_retries: int = option(2, NON_NEGATIVE_INT)
+    concurrency: int = option(4, COUNT)
+
+
+# --- Components and groups ---------------------------------------------------------------------
+
+def _resolve(target: Any) -> Any:
+    if isinstance(target, str):
+        module, _, attr = target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+    return target
+
+
+@dataclass(frozen=True)
+class Component:
+    group: str
+    name: str
+    target: Any                      # "module:object" (imported on first use) or the object
+    params: type | None = None       # a dataclass of `option` fields; None: parameters taken as given
+    resources: tuple[str, ...] = ()  # RunContext attributes the class takes by keyword
+    on_board: bool = True            # whether a leaderboard entry may name it (its verifier can rebuild it)
+
+    def resolve(self) -> Any:
+        return _resolve(self.target)
+
+    def defaults(self) -> dict[str, Any]:
+        return asdict(self.params()) if self.params else {}
+
+    def entry_options(self) -> list[str]:
+        """The parameters a leaderboard entry may set."""
+        return [f.name for f in fields(self.params or NoParams) if f.metadata.get("entry")]
+
+    def rules(self, prefix: str) -> dict[str, Rule]:
+        """Dotted option paths under `prefix` → their rule (a list's or mapping's items under `.*`)."""
+        out: dict[str, Rule] = {}
+        for f in fields(self.params or NoParams):
+            if f.metadata.get("rule"):
+                out[f"{prefix}.{f.name}"] = f.metadata["rule"]
+            if f.metadata.get("items"):
+                out[f"{prefix}.{f.name}.*"] = f.metadata["items"]
+        return out
+
+    def unknown(self, params: dict[str, Any], where: str) -> list[str]:
+        if self.params is None:
+            return []
+        known = [f.name for f in fields(self.params)]
+        return [f"unknown option {where}.{key} of {self.group} {self.name}; known: {known}"
+                for key in params if key not in known]
+
+    def parse(self, params: dict[str, Any] | None, where: str) -> dict[str, Any]:
+        """Every parameter, the given ones over the defaults; one ConfigError naming each unknown
+        key and each value that breaks its rule."""
+        from harness.validation import option_problems
+
+        params = dict(params or {})
+        tree: dict[str, Any] = params
+        for key in reversed(where.split(".")):  # the problems name each option by its full path
+            tree = {key: tree}
+        problems = self.unknown(params, where) + option_problems(tree, rules=self.rules(where))
+        if problems:
+            raise ConfigError(f"invalid {self.group} {self.name}: " + "; ".join(problems))
+        return {**self.defaults(), **params}
+
+    def build(self, params: dict[str, Any] | None = None, context: "RunContext | None" = None,
+              where: str | None = None) -> Any:
+        kwargs = self.parse(params, where or self.group)
+        context = context or RunContext()
+        return self.resolve()(**kwargs, **{r: getattr(context, r) for r in self.resources})
+
+
+class Group:
+    """The components of one kind. `group[name]` is the component's object (for code that reads a
+    class or descriptor); `group.component(name)` the Component; an unknown name is one ConfigError:
+    "unknown <what> 'name'; known: [...]"."""
+
+    def __init__(self, name: str, what: str, components: list[Component]):
+        self.name, self.what = name, what
+        self._components = {c.name: c for c in components}
+
+    def component(self, name: Any) -> Component:
+        if not isinstance(name, str) or name not in self._components:
+            raise ConfigError(f"unknown {self.what} {name!r}; known: {sorted(self._components)}")
+        return self._components[name]
+
+    def __getitem__(self, name: Any) -> Any:
+        return self.component(name).resolve()
+
+    def __contains__(self, name: Any) -> bool:
+        return name in self._components
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._components)
+
+    def __len__(self) -> int:
+        return len(self._components)
+
+    def __repr__(self) -> str:
+        return f"Group({self.name!r}, {sorted(self._components)})"
+
+
+def _group(name: str, what: str, entries: dict[str, tuple]) -> Group:
+    return Group(name, what, [Component(name, n, *spec) for n, spec in entries.items()])
+
+
+SIM = "harness.simulate"
+SIMULATORS = _group("simulator", "simulator kind", {
+    "token_match": (f"{SIM}:TokenMatchSimulator", TokenMatchParams),
+    "oracle_quantized": (f"{SIM}:OracleQuantizedSimulator", NoParams, (), False),  # the ceiling control
+    "all_at_once": (f"{SIM}:AllAtOnceSimulator", AllAtOnceParams, ("ledger",)),
+    "one_at_a_time": (f"{SIM}:OneAtATimeSimulator", OneAtATimeParams),
+    "json": (f"{SIM}:JsonSimulator", JsonParams, ("ledger",)),
+    # not on the board yet: no verifier re-reads a chat API's top logprobs within a tested tolerance
+    "chat_logprobs": (f"{SIM}:ChatLogprobsSimulator", ChatLogprobsParams, ("ledger",), False),
+})
+# A scorer's target is its `harness.scoring.Scorer` descriptor (metrics, headline, what it reads);
+# its parameters reach the scoring function as keywords.
+SCORERS = _group("scorer", "scorer", {
+    "correlation": ("harness.scoring:CORRELATION", NoParams),
+    "threshold": ("harness.scoring:THRESHOLD", ThresholdParams),
+    "ablation": ("harness.scoring:ABLATION", AblationParams),
+})
+# A prompt variant (`messages`, `parse`) runs inside the `llm` explainer; hypothesis_loop, which holds
+# its own conversation (`explain`), is built with the LLM instead.
+EXPLAINERS = _group("explainer", "explainer kind", {
+    "llm": ("harness.explain:LLMExplainer",),
+    "baseline_top_tokens": ("baselines.top_tokens:TopTokensExplainer",),
+    "baseline_weight_in": ("baselines.weight_tokens:WeightInExplainer",),
+    "baseline_weight_out": ("baselines.weight_tokens:WeightOutExplainer",),
+    "baseline_empty": ("baselines.empty:EmptyExplainer",),
+    "baseline_borrowed": ("baselines.borrowed:BorrowedExplainer",),
+})
+PROMPTS = _group("prompt", "prompt variant", {
+    "openai_tokens": ("harness.explain:OpenAITokens",), "top_tokens": ("harness.explain:TopTokens",),
+    "contrastive": ("harness.explain:Contrastive",), "cot": ("harness.explain:ChainOfThought",),
+    "hypothesis_loop": ("harness.explain:HypothesisLoop",),
+})
+BACKENDS = _group("backend", "LLM backend", {
+    "openai": ("harness.llm.openai_backend:OpenAIBackend", OpenAIBlock),
+    "openai_compatible": ("harness.llm.openai_backend:OpenAIBackend", OpenAICompatibleBlock),
+    "anthropic": ("harness.llm.anthropic_backend:AnthropicBackend", AnthropicBlock),
+    "hf_local": ("harness.llm.hf_local:HFLocalBackend", HFLocalBlock),
+})
+GROUPS = {g.name: g for g in (SIMULATORS, SCORERS, EXPLAINERS, PROMPTS, BACKENDS)}
+
+
+def component(group: str, name: Any) -> Component:
+    if group not in GROUPS:
+        raise ConfigError(f"unknown component group {group!r}; known: {sorted(GROUPS)}")
+    return GROUPS[group].component(name)
+
+
+def build(group: str, name: Any, params: dict[str, Any] | None = None, context: "RunContext | None" = None) -> Any:
+    """The one factory: the component `name` of `group`, its parameters checked and defaulted,
+    built with the run's resources."""
+    return component(group, name).build(params, context)
+
+
+def component_rules(tree: dict[str, Any]) -> dict[str, Rule]:
+    """The rules of the parameters of every component a config tree names: `simulator.*` for its
+    simulator kind, `scorer.<name>.*` for each scorer."""
+    rules: dict[str, Rule] = {}
+    sim = tree.get("simulator")
+    if isinstance(sim, dict) and sim.get("kind") in SIMULATORS:
+        rules.update(SIMULATORS.component(sim["kind"]).rules("simulator"))
+    for name in tree.get("scorer") or {}:
+        if name in SCORERS:
+            rules.update(SCORERS.component(name).rules(f"scorer.{name}"))
+    return rules
+
+
+def unknown_options(tree: dict[str, Any]) -> list[str]:
+    """Each key of the named simulator's and scorers' blocks that is not one of their parameters."""
+    problems = []
+    sim = tree.get("simulator")
+    if isinstance(sim, dict) and sim.get("kind") in SIMULATORS:
+        problems += SIMULATORS.component(sim["kind"]).unknown({k: v for k, v in sim.items() if k != "kind"},
+                                                               "simulator")
+    for name, params in (tree.get("scorer") or {}).items():
+        if name in SCORERS and isinstance(params, dict):
+            problems += SCORERS.component(name).unknown(params, f"scorer.{name}")
+    return problems
+
+
+# --- What a run shares among its components ----------------------------------------------------
+
+@dataclass
+class RunContext:
+    """The resources a run's components share: the `ledger` every paid call is counted in, the
+    `cache` of model calls, the set's `manifest` (which names its subject) and the subject model,
+    loaded once per process with its weight digest checked (`harness.subject.set_subject`), or given
+    (a modified model in tests). LLMs built through `llm()` share the ledger and cache."""
+
+    manifest: dict[str, Any] | None = None
+    ledger: Any = None
+    cache: Any = None
+    device: str = "cpu"
+    given_subject: Any = None
+    _llms: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def subject(self, device: str | None = None) -> Any:
+        if self.given_subject is not None:
+            return self.given_subject
+        if not self.manifest:
+            raise ConfigError("no subject: this component runs the set's subject model, so it needs the set's "
+                              "manifest; run it through a cell (harness.cell) or give RunContext(manifest=...)")
+        from harness.subject import set_subject
+
+        return set_subject(self.manifest, device or self.device)
+
+    def llm(self, block: dict[str, Any]) -> Any:
+        """An LLM for a model block (conf's `llm:`), behind this run's ledger and call cache; one per block."""
+        from harness.llm import LLM, make_backend
+
+        key = json.dumps(block, sort_keys=True)
+        if key not in self._llms:
+            self._llms[key] = LLM(make_backend(block), ledger=self.ledger, cache=self.cache)
+        return self._llms[key]
