@@ -1,0 +1,144 @@
+"""Components: every plug-in is named, configured and built one way (harness/components.py).
+The params class of a component is the one place its parameters are declared: the cell's checks,
+the leaderboard's allow-list and verification's rebuild all read it."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness import leaderboard as lb
+from harness.components import (BACKENDS, EXPLAINERS, GROUPS, PROMPTS, SCORERS, SIMULATORS, Component, RunContext,
+                                TokenMatchParams, build, option)
+from harness.errors import ConfigError
+from harness.leaderboard.entry import components
+from harness.llm.cache import Ledger
+from harness.rules import BOOL
+from harness.scoring import Scorer, scorers_from
+from harness.simulate import TokenMatchSimulator, make_simulator
+from harness.validation import validate_cell_config
+from tests.cells import cell_cfg
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _configs(group: str) -> dict[str, dict]:
+    return {p.stem: yaml.safe_load(p.read_text()) for p in sorted((CONF / group).glob("*.yaml"))}
+
+
+# --- every name in conf/ resolves, and every preset is a valid parameter set ---------------------
+
+@pytest.mark.parametrize("group", ["explainer", "simulator", "prompt"])
+def test_every_kind_in_conf_resolves(group):
+    configs = _configs(group)
+    assert configs
+    for name, cfg in configs.items():
+        assert callable(GROUPS[group][cfg["kind"]]), f"conf/{group}/{name}.yaml"
+
+
+def test_every_simulator_and_scorer_preset_parses_and_a_preset_named_after_its_component_is_its_defaults():
+    for name, cfg in _configs("simulator").items():
+        kind = cfg.pop("kind")
+        params = SIMULATORS.component(kind).parse(cfg, "simulator")  # unknown keys and bad values raise
+        if name == kind:
+            assert {k: params[k] for k in cfg} == {k: SIMULATORS.component(kind).defaults()[k] for k in cfg}, name
+    for name, cfg in _configs("scorer").items():
+        for scorer, params in cfg.items():
+            assert isinstance(SCORERS[scorer], Scorer) and SCORERS[scorer].name == scorer
+            assert SCORERS.component(scorer).parse(params, f"scorer.{scorer}") == SCORERS.component(scorer).defaults()
+
+
+def test_each_backends_model_block_is_its_explainer_presets():
+    """Verification puts an entry's model under these blocks: they must be what conf/ documents."""
+    for backend in BACKENDS:
+        llm = _configs("explainer")[backend]["llm"]
+        assert llm == {"backend": backend, **BACKENDS.component(backend).defaults()}, backend
+
+
+@pytest.mark.parametrize("group", [EXPLAINERS, PROMPTS, SIMULATORS, SCORERS, BACKENDS])
+def test_every_registered_name_resolves(group):
+    for name in group:
+        assert group[name] is not None
+
+
+def test_an_unknown_name_or_key_is_one_error_listing_what_is_known():
+    with pytest.raises(ConfigError, match=r"unknown simulator kind 'nope'; known: \['all_at_once'"):
+        SIMULATORS["nope"]
+    with pytest.raises(ConfigError, match="unknown prompt variant None"):
+        PROMPTS[None]
+    with pytest.raises(ConfigError, match=r"unknown option simulator.hgh of simulator token_match; known: \['high'\]"):
+        build("simulator", "token_match", {"hgh": 3})
+    with pytest.raises(ConfigError, match="simulator.batch_size=0 must be a positive integer"):
+        build("simulator", "all_at_once", {"batch_size": 0})
+    with pytest.raises(ConfigError, match=r"scorer.threshold.max_fractions.1=2 must be a number in \(0, 1\]"):
+        scorers_from({"threshold": {"max_fractions": [0.5, 2]}})
+    with pytest.raises(ConfigError, match="unknown option scorer.threshold.cut"):
+        validate_cell_config(cell_cfg("scorer=[threshold]", "+scorer.threshold.cut=3"))
+
+
+def test_the_entry_options_are_read_off_the_fields():
+    assert SIMULATORS.component("token_match").entry_options() == ["high"]
+    assert SIMULATORS.component("all_at_once").entry_options() == ["literal"]
+    assert SIMULATORS.component("json").entry_options() == []
+    assert SCORERS.component("threshold").entry_options() == ["max_fractions", "quantiles"]
+    assert SCORERS.component("ablation").entry_options() == ["windows_per_kind"]
+    assert not SIMULATORS.component("oracle_quantized").on_board
+
+
+def test_the_factory_hands_the_run_its_resources():
+    ledger = Ledger()
+    sim = make_simulator({"kind": "json", "llm": {"backend": "openai_compatible", "model": "m",
+                                                  "base_url": "http://localhost:9/v1", "api_key_required": False}},
+                         ledger=ledger)
+    assert sim.llm.ledger is ledger
+    context = RunContext(ledger=ledger)
+    block = {"backend": "openai_compatible", "model": "m", "base_url": "http://localhost:9/v1", "api_key_required": False}
+    assert context.llm(block) is context.llm(dict(block)) and context.llm(block).ledger is ledger
+    with pytest.raises(ConfigError, match="manifest"):
+        RunContext().subject()
+    marker = object()
+    assert RunContext(given_subject=marker).subject() is marker
+
+
+# --- the worked example of docs/components.md ---------------------------------------------------
+
+@dataclass(frozen=True)
+class CaseSensitiveParams(TokenMatchParams):  # step 1: the new field, with its rule and entry flag
+    case_sensitive: bool = option(False, BOOL, entry=True)
+
+
+class CaseSensitiveTokenMatch(TokenMatchSimulator):  # step 2: the simulator reads it
+    def __init__(self, high: float = 10.0, case_sensitive: bool = False):
+        super().__init__(high=high)
+        self.case_sensitive = case_sensitive
+
+    def simulate(self, explanation, records):
+        if not self.case_sensitive:
+            return super().simulate(explanation, records)
+        named = {w for w in explanation.split() if w.lower() not in self.stopwords}
+        return [[self.high if t.strip() in named else 0.0 for t in r.tokens] for r in records]
+
+
+def test_adding_a_simulator_option_touches_one_class_and_one_yaml(monkeypatch, tmp_path):
+    spec = Component("simulator", "token_match", CaseSensitiveTokenMatch, CaseSensitiveParams)
+    monkeypatch.setitem(SIMULATORS._components, "token_match", spec)
+    # the cell's checks follow the field's rule ...
+    with pytest.raises(ConfigError, match="simulator.case_sensitive='yes' must be true or false"):
+        validate_cell_config(cell_cfg("simulator=token_match", "+simulator.case_sensitive=yes"))
+    validate_cell_config(cell_cfg("simulator=token_match", "+simulator.case_sensitive=true"))
+    # ... the factory passes it ...
+    from harness.records import ActivationRecord
+
+    record = ActivationRecord(tokens=["Monday", " monday"], activations=[1.0, 0.0])
+    sim = make_simulator({"kind": "token_match", "case_sensitive": True})
+    assert sim.simulate("Monday", [record]) == [[10.0, 0.0]]
+    assert make_simulator({"kind": "token_match"}).simulate("Monday", [record]) == [[10.0, 10.0]]
+    # ... an entry records it, and verification rebuilds the same simulator from it
+    config = {"explainer": {"kind": "baseline_top_tokens"}, "scorer": {"correlation": {}},
+              "simulator": {"kind": "token_match", "high": 10.0, "case_sensitive": True}}
+    recorded = components(config)["simulator"]
+    assert recorded["parameters"] == {"high": 10.0, "case_sensitive": True}
+    entry = {"simulator": recorded, "scorers": {"correlation": {}}, "stats": {"seed": 0, "bootstrap_resamples": 10}}
+    simulator, _ = lb.resolve_components(entry, lb.load_config())
+    assert simulator == {"kind": "token_match", "high": 10.0, "case_sensitive": True}
