@@ -153,8 +153,8 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         "n_neurons": len(rows),
         "n_failed": n_failed,
         "scores": summarise(table, scorers, "", cfg.stats),
-        **{control: summarise(table, scorers, control + ".", cfg.stats) for control in CONTROLS
-           if cfg.controls[control]},
+        **{control: summarise(table, [(s, p) for s, p in scorers if s.reports(control)], control + ".", cfg.stats)
+           for control in CONTROLS if cfg.controls[control]},
         **({"significance": significance} if significance is not None else {}),
         "cost": ledger.summary(),
         "wall_seconds": round(time.time() - t0, 2),
@@ -207,9 +207,11 @@ def score_neurons(neurons: list[NeuronRecord], rows: list[dict[str, Any]], simul
                 except HarnessError as exc:
                     log.warning("floor for layer %d neuron %d failed: %s", neurons[i].layer, neurons[i].neuron, exc)
         _add_scores(rows, "floor.", scorers, floor, context)
-    if controls["ceiling"]:
+    ceiling_scorers = [(s, p) for s, p in scorers if s.reports("ceiling")]
+    if controls["ceiling"] and ceiling_scorers:
         oracle = OracleQuantizedSimulator()
-        _add_scores(rows, "ceiling.", scorers, {i: simulate(oracle, neurons[i], "", scorers) for i in indices}, context)
+        _add_scores(rows, "ceiling.", ceiling_scorers,
+                    {i: simulate(oracle, neurons[i], "", ceiling_scorers) for i in indices}, context)
     return floor
 
 

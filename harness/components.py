@@ -161,6 +161,14 @@ class OpenAICompatibleBlock(OpenAIBlock):
     concurrency: int = option(4, COUNT)
 
 
+@dataclass(frozen=True)
+class EmbeddingParams:
+    path: str | None = option(None, TEXT_OR_NULL)      # null: the offline all-MiniLM-L6-v2; else a HF id or directory
+    device: str = option("cpu", TEXT)
+    batch_size: int = option(32, COUNT)                # texts per forward pass
+    active: str = option("max50", TEXT, entry=True)    # the window label's threshold (scoring/windows.py)
+
+
 # --- Components and groups ---------------------------------------------------------------------
 
 def _resolve(target: Any) -> Any:
@@ -277,6 +285,7 @@ SCORERS = _group("scorer", "scorer", {
     "correlation": ("harness.scoring:CORRELATION", NoParams),
     "threshold": ("harness.scoring:THRESHOLD", ThresholdParams),
     "ablation": ("harness.scoring:ABLATION", AblationParams),
+    "embedding": ("harness.scoring:EMBEDDING", EmbeddingParams),
 })
 # A prompt variant (`messages`, `parse`) runs inside the `llm` explainer; hypothesis_loop, which holds
 # its own conversation (`explain`), is built with the LLM instead.
@@ -355,6 +364,7 @@ class RunContext:
     device: str = "cpu"
     given_subject: Any = None
     _llms: dict[str, Any] = field(default_factory=dict, repr=False)
+    _embedders: dict[tuple, Any] = field(default_factory=dict, repr=False)
 
     def subject(self, device: str | None = None) -> Any:
         if self.given_subject is not None:
@@ -365,6 +375,23 @@ class RunContext:
         from harness.subject import set_subject
 
         return set_subject(self.manifest, device or self.device)
+
+    @property
+    def set_hash(self) -> str:
+        """The set's content hash: what cached per-set data (window embeddings) is keyed by."""
+        if not self.manifest or not self.manifest.get("hash"):
+            raise ConfigError("this component caches data per neuron set, so it needs the set's manifest; run it "
+                              "through a cell (harness.cell) or give RunContext(manifest=...)")
+        return self.manifest["hash"]
+
+    def embedder(self, path: str | None, device: str, batch_size: int) -> Any:
+        """A sentence-embedding model (harness/embedding.py), loaded once per run."""
+        from harness.embedding import Embedder
+
+        key = (path, device, batch_size)
+        if key not in self._embedders:
+            self._embedders[key] = Embedder(path, device=device, batch_size=batch_size)
+        return self._embedders[key]
 
     def llm(self, block: dict[str, Any]) -> Any:
         """An LLM for a model block (conf's `llm:`), behind this run's ledger and call cache; one per block."""

@@ -66,6 +66,13 @@ class Scorer:
     metrics: tuple[Metric, ...]  # every metric it reports, first match wins
     needs_context: bool = False  # score(batch, context=..., **params): gets the set's manifest
     needs_calibration: bool = False  # reads the simulation of the calibration split
+    # False: judges the explanation itself against the windows (detection, fuzzing, embedding); the
+    # ceiling control (the true activations standing in for a simulation) means nothing to it
+    reads_simulation: bool = True
+
+    def reports(self, control: str) -> bool:
+        """Whether the scorer has a value under `control` ("floor", "ceiling")."""
+        return control != "ceiling" or self.reads_simulation
 
     def metric(self, name: str) -> Metric:
         for m in self.metrics:
@@ -97,6 +104,22 @@ ABLATION = Scorer(
     # score 0 = no better than mean-ablation; KLs are nats/token, lower is better
     # score = 1 - KL(simulated)/KL(reference) with KLs >= 0
     metrics=(Metric("score*", 0.0, high=1.0), Metric("kl_*", None, higher_is_better=False, low=0.0)))
+
+
+def _embedding(batch: list[Simulated], context: RunContext | None = None, path: str | None = None,
+               device: str = "cpu", batch_size: int = 32, active: str = "max50") -> list[dict[str, float]]:
+    from harness.embedding import embedding_scores_batch
+
+    context = context or RunContext()
+    return embedding_scores_batch([s.neuron for s in batch], [s.explanation for s in batch],
+                                  context.embedder(path, device, batch_size), context.set_hash, active)
+
+
+EMBEDDING = Scorer(
+    "embedding", _embedding, headline="auroc", needs_context=True, reads_simulation=False,
+    # AUROC of cosine similarity(explanation, window) against the window's active label; the gap is a
+    # difference of mean cosines of unit vectors
+    metrics=(Metric("auroc", 0.5, low=0.0, high=1.0), Metric("similarity_gap", 0.0, low=-2.0, high=2.0)))
 
 
 def get_scorer(name: str) -> Scorer:
