@@ -269,15 +269,15 @@ def _group(name: str, what: str, entries: dict[str, tuple]) -> Group:
     return Group(name, what, [Component(name, n, *spec) for n, spec in entries.items()])
 
 
-SIM = "harness.simulate"
+SIM = "harness.simulators"
 SIMULATORS = _group("simulator", "simulator kind", {
-    "token_match": (f"{SIM}:TokenMatchSimulator", TokenMatchParams),
-    "oracle_quantized": (f"{SIM}:OracleQuantizedSimulator", NoParams, (), False),  # the ceiling control
-    "all_at_once": (f"{SIM}:AllAtOnceSimulator", AllAtOnceParams, ("ledger",)),
-    "one_at_a_time": (f"{SIM}:OneAtATimeSimulator", OneAtATimeParams),
-    "json": (f"{SIM}:JsonSimulator", JsonParams, ("ledger",)),
+    "token_match": (f"{SIM}.lexical:TokenMatchSimulator", TokenMatchParams),
+    "oracle_quantized": (f"{SIM}.lexical:OracleQuantizedSimulator", NoParams, (), False),  # the ceiling control
+    "all_at_once": (f"{SIM}.local:AllAtOnceSimulator", AllAtOnceParams, ("ledger",)),
+    "one_at_a_time": (f"{SIM}.local:OneAtATimeSimulator", OneAtATimeParams),
+    "json": (f"{SIM}.chat:JsonSimulator", JsonParams, ("ledger",)),
     # not on the board yet: no verifier re-reads a chat API's top logprobs within a tested tolerance
-    "chat_logprobs": (f"{SIM}:ChatLogprobsSimulator", ChatLogprobsParams, ("ledger",), False),
+    "chat_logprobs": (f"{SIM}.chat:ChatLogprobsSimulator", ChatLogprobsParams, ("ledger",), False),
 })
 # A scorer's target is its `harness.scoring.Scorer` descriptor (metrics, headline, what it reads);
 # its parameters reach the scoring function as keywords.

@@ -1,7 +1,7 @@
 """How activation records are written into prompts: Bills et al.'s 0–10 scale, `token<TAB>value`
 lines, text with the strongest tokens in [[double brackets]], token escaping, and the few-shot
 neurons that explainer and simulator prompts share. Explainers (harness/explain.py) and simulators
-(harness/simulate.py) both read from here. Also the one number formatter of every table ("n/a"
+(harness/simulators/) both read from here. Also the one number formatter of every table ("n/a"
 for an undefined value)."""
 
 from __future__ import annotations

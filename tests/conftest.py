@@ -16,7 +16,8 @@ import urllib.request
 import pytest
 import torch
 
-from harness.subject import Subject, _gguf_path, load_subject, subject_config
+from harness.subject import Subject, load_subject, subject_config
+from harness.subjects.gguf import gguf_path
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects
@@ -81,7 +82,7 @@ def llama_server(tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    gguf = _gguf_path(subject_config("smollm2_135m"))
+    gguf = gguf_path(subject_config("smollm2_135m"))
     log = (tmp_path_factory.mktemp("llama") / "server.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
                              "--port", str(port), "--n_ctx", "4096", "--n_threads", "1", "--logits_all", "true",

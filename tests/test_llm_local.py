@@ -10,7 +10,8 @@ from harness.llm import make_backend
 from harness.llm.hf_local import load_local_model, resolve_device, resolve_dtype
 from harness.records import ActivationRecord
 from harness.simulate import make_simulator
-from harness.subject import _gguf_path, subject_config
+from harness.subject import subject_config
+from harness.subjects.gguf import gguf_path
 
 RECORD = ActivationRecord(tokens=["We", " drank", " tea"], activations=[0, 0, 10])
 
@@ -66,7 +67,7 @@ def test_a_model_directory_with_dtype_flows_to_backend_and_simulator(tiny_dir, t
 @pytest.mark.usefixtures("one_thread")
 def test_a_gguf_file_by_path_is_the_subject_model(smollm2):
     """SmolLM2's GGUF given as a file path loads to the same model as the `smollm2_135m` subject."""
-    gguf = _gguf_path(subject_config("smollm2_135m"))
+    gguf = gguf_path(subject_config("smollm2_135m"))
     model, tokenizer = load_local_model(path=str(gguf))
     ids = torch.tensor([smollm2.tokenizer.encode("The cat sat on the mat", add_special_tokens=False)])
     assert tokenizer.encode("The cat sat on the mat", add_special_tokens=False) == ids[0].tolist()

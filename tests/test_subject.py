@@ -13,12 +13,11 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from harness import subject as subject_mod
 from harness.errors import AssetError, ConfigError, FidelityError
-from harness.paths import CONF_DIR
-from harness.subject import (REFERENCE_ACTIVATIONS, Subject, cache_dir, fidelity_check, gelu_erf,
-                             load_subject, load_tokenizer, neuron_map_for, state_dict_digest,
-                             subject_config)
+from harness.paths import CONF_DIR, cache_dir
+from harness.subject import (REFERENCE_ACTIVATIONS, Subject, fidelity_check, gelu_erf, load_subject,
+                             load_tokenizer, neuron_map_for, state_dict_digest, subject_config)
+from harness.subjects import gguf as gguf_mod
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -436,9 +435,9 @@ def test_smollm2_is_cached_as_safetensors(smollm2, monkeypatch):
     def wheel_gone(_cfg):
         raise AssertionError("the GGUF was looked up although the cache is complete")
 
-    monkeypatch.setattr(subject_mod, "_gguf_path", wheel_gone)
-    monkeypatch.setattr(subject_mod, "file_sha256", wheel_gone)
-    assert subject_mod._gguf_cache(cfg) == cached
+    monkeypatch.setitem(gguf_mod.GGUF_LOCATORS, "gguf_wheel", wheel_gone)
+    monkeypatch.setattr(gguf_mod, "file_sha256", wheel_gone)
+    assert gguf_mod.gguf_cache(cfg) == cached
     tok = load_tokenizer(cfg)
     assert tok("Hello", add_special_tokens=False).input_ids == \
         smollm2.tokenizer("Hello", add_special_tokens=False).input_ids
