@@ -63,6 +63,26 @@ def test_a_model_directory_with_dtype_flows_to_backend_and_simulator(tiny_dir, t
         load_local_model(path=str(tiny_dir.parent / "no-such-dir"))
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_logprobs_carry_the_top_alternatives(tiny_dir, tmp_path):
+    """With logprobs=True each generated token has its 20 likeliest alternatives as {text: logprob}
+    (the openai backend's `top`); greedy decoding picked the likeliest of them."""
+    from harness.llm import LLM
+    from harness.llm.cache import CallCache
+
+    llm = LLM(make_backend({"backend": "hf_local", "model": "tiny", "path": str(tiny_dir)}),
+              cache=CallCache(tmp_path / "c.sqlite"))
+    messages = [{"role": "user", "content": "Is tea a drink?"}]
+    [result] = llm.chat_batch([messages], temperature=0.0, max_tokens=3, logprobs=True)
+    assert len(result.logprobs[0]) == result.output_tokens > 0
+    for entry in result.logprobs[0]:
+        top = entry["top"]
+        assert 0 < len(top) <= 20 and all(lp <= 0 for lp in top.values())
+        assert max(top, key=top.get) == entry["token"] and top[entry["token"]] == pytest.approx(entry["logprob"])
+    [plain] = llm.chat_batch([messages], temperature=0.0, max_tokens=3)
+    assert plain.logprobs is None and plain.texts == result.texts
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_a_gguf_file_by_path_is_the_subject_model(smollm2):

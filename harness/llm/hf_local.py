@@ -10,8 +10,9 @@ a GPU, float32 on a CPU). E.g. an 8B instruct model as the simulator on a GPU:
 
     simulator=all_at_once simulator.llm.path=meta-llama/Llama-3.1-8B-Instruct simulator.llm.device=cuda
 
-The backend applies the chat template, generates in left-padded batches and reports exact logprobs
-of the generated tokens from the logits."""
+The backend applies the chat template, generates in left-padded batches and, with `logprobs=True`,
+reports exact logprobs of the generated tokens from the logits, each with its 20 likeliest
+alternatives (`top`, as the openai backend gives them)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import torch
 from harness.errors import AssetError, ConfigError
 from harness.llm import ChatParams, ChatResult
 
+TOP_LOGPROBS = 20  # alternatives per generated token with logprobs=True, as Chat Completions allows at most
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -139,9 +141,20 @@ class HFLocalBackend:
                     ids = ids[: ids.index(tokenizer.eos_token_id)]
                 n_out += len(ids)
                 texts.append(tokenizer.decode(ids, skip_special_tokens=True))
-                lps.append([{"token": tokenizer.decode([t]), "logprob": float(logprobs[s, i, t])}
-                            for i, t in enumerate(ids)])
+                if params.logprobs:
+                    lps.append([{"token": tokenizer.decode([t]), "logprob": float(logprobs[s, i, t]),
+                                 "top": self._top(tokenizer, logprobs[s, i])} for i, t in enumerate(ids)])
             n_in = int(enc.attention_mask[b].sum())
             results.append(ChatResult(texts=texts, input_tokens=n_in, output_tokens=n_out,
                                       logprobs=lps if params.logprobs else None))
         return results
+
+    @staticmethod
+    def _top(tokenizer, logprobs: torch.Tensor) -> dict[str, float]:
+        """The TOP_LOGPROBS most likely next tokens as {text: logprob}, the shape the openai backend
+        gives. Ids that decode to the same text keep the likelier one's logprob, as a mapping must."""
+        values, ids = logprobs.topk(min(TOP_LOGPROBS, logprobs.shape[-1]))
+        top: dict[str, float] = {}
+        for text, lp in zip(tokenizer.batch_decode(ids[:, None]), values.tolist()):
+            top.setdefault(text, lp)
+        return top
