@@ -162,6 +162,16 @@ class OpenAICompatibleBlock(OpenAIBlock):
 
 
 @dataclass(frozen=True)
+class JudgeParams:
+    """Detection and fuzzing (harness/scoring/detection.py): a judge model answers yes/no per window."""
+    llm: dict = option(rule=MAPPING, factory=_hf_local_block(batch_size=8))  # the judge model
+    sampling: dict = option(rule=MAPPING, factory=dict)  # over the judge's own: temperature 0, logprobs on
+    windows_per_prompt: int = option(1, COUNT, entry=True)  # >1: numbered windows packed in one prompt
+    active: str = option("max50", TEXT, entry=True)     # the window label's threshold (scoring/windows.py)
+    seed: int = option(0, NON_NEGATIVE_INT)             # packing order; fuzzing's marks in negative windows
+
+
+@dataclass(frozen=True)
 class EmbeddingParams:
     path: str | None = option(None, TEXT_OR_NULL)      # null: the offline all-MiniLM-L6-v2; else a HF id or directory
     device: str = option("cpu", TEXT)
@@ -286,6 +296,8 @@ SCORERS = _group("scorer", "scorer", {
     "threshold": ("harness.scoring:THRESHOLD", ThresholdParams),
     "ablation": ("harness.scoring:ABLATION", AblationParams),
     "embedding": ("harness.scoring:EMBEDDING", EmbeddingParams),
+    "detection": ("harness.scoring:DETECTION", JudgeParams),
+    "fuzzing": ("harness.scoring:FUZZING", JudgeParams),
 })
 # A prompt variant (`messages`, `parse`) runs inside the `llm` explainer; hypothesis_loop, which holds
 # its own conversation (`explain`), is built with the LLM instead.

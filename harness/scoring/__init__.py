@@ -122,6 +122,30 @@ EMBEDDING = Scorer(
     metrics=(Metric("auroc", 0.5, low=0.0, high=1.0), Metric("similarity_gap", 0.0, low=-2.0, high=2.0)))
 
 
+def _judged(fuzz: bool) -> Callable[..., list[dict[str, float]]]:
+    def score(batch: list[Simulated], context: RunContext | None = None, llm: dict | None = None,
+              sampling: dict | None = None, windows_per_prompt: int = 1, active: str = "max50",
+              seed: int = 0) -> list[dict[str, float]]:
+        from harness.scoring.detection import WindowJudge
+
+        context = context or RunContext()
+        judge = WindowJudge(context.llm(llm), sampling, windows_per_prompt, fuzz, active, seed)
+        return judge.score([(s.neuron, s.explanation) for s in batch])
+    return score
+
+
+# A judge's own decision (P(yes) > 0.5): precision, recall, F1 and the false-positive rate move with its
+# bias towards "yes" and the share of active windows, so they have no fixed no-information value.
+_JUDGE_METRICS = (Metric("auroc", 0.5, low=0.0, high=1.0), Metric("balacc", 0.5, low=0.0, high=1.0),
+                  Metric("precision", None, low=0.0, high=1.0), Metric("recall", None, low=0.0, high=1.0),
+                  Metric("f1", None, low=0.0, high=1.0), Metric("fpr", None, higher_is_better=False, low=0.0, high=1.0),
+                  Metric("failed_fraction", None, higher_is_better=False, low=0.0, high=1.0))
+DETECTION = Scorer("detection", _judged(fuzz=False), headline="auroc", needs_context=True, reads_simulation=False,
+                   metrics=_JUDGE_METRICS)
+FUZZING = Scorer("fuzzing", _judged(fuzz=True), headline="auroc", needs_context=True, reads_simulation=False,
+                 metrics=_JUDGE_METRICS)
+
+
 def get_scorer(name: str) -> Scorer:
     return SCORERS[name]
 
