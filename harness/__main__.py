@@ -13,8 +13,6 @@ and sweeps alike) unless `+overwrite=true` (or, in a sweep, `+resume=false`) say
 
 import json
 import logging
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,41 +23,21 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 
-from harness import __version__
-from harness.cell import lock_output_dir, results_table, run_cell
+from harness.cell import results_table, run_cell
 from harness.cli import exit_on_harness_error
 from harness.errors import ConfigError
-from harness.paths import CONF_DIR, REPO_ROOT
+from harness.paths import CONF_DIR
 from harness.records import resolve_set_path
-from harness.redact import redact, redact_file
+from harness.redact import redact_file
+from harness.rundir import finished, lock_output_dir, run_options, start_run
 from harness.validation import validate_cell_config
 
 log = logging.getLogger("harness")
 
 # Keys that change how a cell runs but not what it computes: a finished cell is kept across them.
 RUNTIME_ONLY = ("call_cache", "batch_neurons", "max_failed_fraction")
-# Options of `python -m harness` itself, not of the cell: `+resume=false`, `+overwrite=true`.
-RUN_OPTIONS = ("resume", "overwrite")
-
-
-def git_commit() -> dict[str, Any]:
-    """The repository's commit and whether the working tree had changes (None outside git)."""
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=20)
-    try:
-        head = git("rev-parse", "HEAD")
-        if head.returncode != 0:
-            return {"commit": None, "dirty": None}
-        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip() != ""
-        return {"commit": head.stdout.strip(), "dirty": dirty}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-
-
-def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in RUNTIME_ONLY}
 
 
 def finished_cell(output_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
@@ -68,20 +46,14 @@ def finished_cell(output_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
     Complete means: summary.json parses, neurons.parquet has `n_neurons` rows, the summary's set
     hash is the configured set's current hash, and the saved configuration equals this one (up to
     runtime-only keys). A directory holding a *different* cell is an error, never overwritten."""
-    summary_path, table_path = output_dir / "summary.json", output_dir / "neurons.parquet"
-    if not summary_path.is_file():
+    summary = finished(output_dir, cfg, "cell", RUNTIME_ONLY)
+    if summary is None:
         return None
     try:
-        summary = json.loads(summary_path.read_text())
-        rows = pq.read_metadata(table_path).num_rows
+        rows = pq.read_metadata(output_dir / "neurons.parquet").num_rows
     except (OSError, ValueError) as exc:
         log.warning("re-running %s: its previous result is unreadable (%s)", output_dir, exc)
         return None
-    current = redact(OmegaConf.to_container(cfg, resolve=True))  # as run_cell saves it
-    if _comparable(summary.get("config", {})) != _comparable(current):
-        raise ConfigError(
-            f"{output_dir} already holds a finished cell with a different configuration; choose another "
-            "output directory (hydra.run.dir / hydra.sweep.dir) or pass +overwrite=true to replace it.")
     try:
         manifest = json.loads((resolve_set_path(cfg.neuron_set.path) / "manifest.json").read_text())
     except (OSError, ValueError):
@@ -92,18 +64,6 @@ def finished_cell(output_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
                     manifest.get("hash"))
         return None
     return summary
-
-
-def save_hydra_config(output_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig) -> None:
-    """What Hydra would write to `.hydra/` (conf/config.yaml turns that off, `hydra.output_subdir:
-    null`): written here instead, under the output directory's lock, so that a run refused for a
-    busy or finished directory leaves no trace of its own configuration there; and without the
-    credentials of any URL (Hydra's own copy would keep them)."""
-    saved = output_dir / ".hydra"
-    saved.mkdir(exist_ok=True)
-    (saved / "config.yaml").write_text(redact(OmegaConf.to_yaml(cfg)))
-    (saved / "hydra.yaml").write_text(redact(OmegaConf.to_yaml({"hydra": hydra_cfg})))
-    (saved / "overrides.yaml").write_text(redact(OmegaConf.to_yaml(list(hydra_cfg.overrides.task))))
 
 
 @exit_on_harness_error
@@ -134,11 +94,7 @@ def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN and (Path(hydra_cfg.sweep.dir) / "multirun.yaml").is_file():
         redact_file(Path(hydra_cfg.sweep.dir) / "multirun.yaml")  # Hydra's copy of the sweep's config
-    overwrite = bool(cfg.get("overwrite", False)) or not bool(cfg.get("resume", True))
-    cell_cfg = cfg.copy()
-    with open_dict(cell_cfg):
-        for option in RUN_OPTIONS:
-            cell_cfg.pop(option, None)
+    cell_cfg, overwrite = run_options(cfg)
     validate_cell_config(cell_cfg)
     with lock_output_dir(output_dir):
         summary = None if overwrite else finished_cell(output_dir, cell_cfg)  # refuses another configuration's cell
@@ -148,12 +104,7 @@ def main(cfg: DictConfig) -> None:
             print(f"skipped (already complete): {output_dir}")
             print(results_table(summary))
             return
-        if overwrite:  # the replaced cell's result must not outlive a failure of this run
-            (output_dir / "summary.json").unlink(missing_ok=True)
-        save_hydra_config(output_dir, cfg, hydra_cfg)
-        provenance = {"harness_version": __version__, **git_commit(), "argv": redact(sys.argv[1:]),
-                      "overrides": redact(list(hydra_cfg.overrides.task)), "pid": os.getpid()}
-        (output_dir / "provenance.json").write_text(json.dumps(provenance, indent=1) + "\n")
+        start_run(output_dir, cfg, hydra_cfg)
         summary = run_cell(cell_cfg, output_dir)
     print(results_table(summary))
     print(f"\nwrote {output_dir / 'neurons.parquet'} and {output_dir / 'summary.json'}")

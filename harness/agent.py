@@ -39,7 +39,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from harness import __version__
-from harness.cell import _write_atomic, lock_output_dir
 from harness.cli import exit_on_harness_error
 from harness.corrupt import check_measure, corruption_spec, make_probe, measure, schema_text
 from harness.errors import ConfigError, LLMError, TransientLLMError
@@ -47,6 +46,8 @@ from harness.formatting import fmt
 from harness.llm import LLM, make_backend
 from harness.llm.cache import CallCache, Ledger
 from harness.redact import redact
+from harness.rundir import (check_same_config, lock_output_dir, mark_done, run_options, saved_config, write_atomic,
+                            write_json)
 from harness.subject import Subject, load_subject
 from harness.text import for_markdown, for_terminal, text_problem
 from harness.validation import option_problems
@@ -205,21 +206,16 @@ def run_agent(cfg: DictConfig, output_dir: Path, clock: Callable[[], float] = ti
                           "its calls would cost $0 and budget.max_cost_usd would never stop the run; add its price "
                           f"(USD per million tokens), e.g. '+pricing.{backend.model}={{input: 0.15, output: 0.6}}', "
                           "or set explainer.llm.paid=false if it costs nothing")
-    config = redact(OmegaConf.to_container(cfg, resolve=True))
+    config = saved_config(cfg)
     saved = output_dir / "run.json"
     if saved.is_file():
-        before = json.loads(saved.read_text())
-        if {k: v for k, v in before.items() if k not in RUNTIME_ONLY} != {k: v for k, v in config.items()
-                                                                            if k not in RUNTIME_ONLY}:
-            raise ConfigError(f"{output_dir} holds an agent run with a different configuration (only budget and "
-                              "call_cache may change on resume); choose another hydra.run.dir or pass "
-                              "+overwrite=true to start over")
+        check_same_config(output_dir, json.loads(saved.read_text()), config, "an agent run", RUNTIME_ONLY)
 
     subject = load_subject(cfg.subject)
     n_layers = subject.neurons.n_layers
     probe = make_probe(subject, cfg.corpus, m)
     # saved once every check has passed, so a run refused for a bad option may be re-run with it fixed
-    _write_atomic(saved, lambda p: p.write_text(json.dumps(config, indent=1) + "\n"))
+    write_json(saved, config)
     ledger = Ledger(prices=prices)
     llm = LLM(backend, ledger=ledger, cache=CallCache(cfg.call_cache) if cfg.call_cache else None)
     sampling = OmegaConf.to_container(cfg.sampling, resolve=True)
@@ -313,8 +309,8 @@ def finish(cfg, output_dir: Path, subject: Subject, records: list[dict[str, Any]
                "interrupted_attempts": len(records) - len(steps),
                "cost_usd": sum(r["cost_usd"] for r in records), "seconds": sum(r["seconds"] for r in records),
                "summary": final, "ledger_this_session": ledger.summary() if ledger else None}
-    _write_atomic(output_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=1) + "\n"))
-    _write_atomic(output_dir / "report.md", lambda p: p.write_text(report_markdown(summary, steps)))
+    write_atomic(output_dir / "report.md", report_markdown(summary, steps))
+    mark_done(output_dir, summary)
     return summary
 
 
@@ -379,13 +375,8 @@ def check_options(cfg: DictConfig) -> None:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="agent")
 @exit_on_harness_error
 def main(cfg: DictConfig) -> None:
-    from omegaconf import open_dict
-
     output_dir = Path(HydraConfig.get().runtime.output_dir)
-    overwrite = bool(cfg.get("overwrite", False))
-    run_cfg = cfg.copy()
-    with open_dict(run_cfg):
-        run_cfg.pop("overwrite", None)
+    run_cfg, overwrite = run_options(cfg)
     with lock_output_dir(output_dir):
         if overwrite:
             for name in ("steps.jsonl", "run.json", "summary.json", "report.md"):

@@ -6,13 +6,16 @@ file behind.
 - `replace_together({path: content, ...})`: several at once (the board's README.md, index.html and
   data/): every one is encoded and staged before the first is replaced.
 
-`content` is text (written as UTF-8), bytes, or a directory given as {relative path: text or bytes}.
-Everything is encoded before anything touches the disk, so text that cannot be written (a lone
-surrogate) fails with `WriteError` having changed nothing. Then each target is staged in a temporary
-directory beside it (same file system), fsync'd, and moved into place with `os.replace` (a replaced
-directory is first moved aside into the staging directory); the staging directory is removed
-whatever happens. A file replaces only a file, a directory only a directory. Only a failure of the
-file system itself between two of those renames can leave some targets replaced and others not.
+`content` is text (written as UTF-8), bytes, a function that writes the bytes to a binary file (for
+large outputs: `lambda f: torch.save(state, f)`), or a directory given as {relative path: any of
+those}. Text and bytes are encoded before anything touches the disk, so text that cannot be written
+(a lone surrogate) fails with `WriteError` having changed nothing; a function runs while its target
+is staged, and if it raises, its error propagates and nothing is replaced. Each target is staged in a
+temporary directory beside it (same file system; `STAGING_PREFIX` and a random suffix, so two
+processes never share one), fsync'd, and moved into place with `os.replace` (a replaced directory is
+first moved aside into the staging directory); the staging directory is removed whatever happens. A
+file replaces only a file, a directory only a directory. Only a failure of the file system itself
+between two of those renames can leave some targets replaced and others not.
 """
 
 from __future__ import annotations
@@ -20,12 +23,16 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from harness.errors import HarnessError
 
-Content = str | bytes | Mapping[str, str | bytes]
+Writer = Callable[[BinaryIO], None]
+Content = str | bytes | Writer | Mapping[str, str | bytes | Writer]
+Encoded = bytes | Writer | dict[PurePosixPath, "Encoded"]
+STAGING_PREFIX = ".staging-"  # a writer's temporary directory beside its targets
 
 
 class WriteError(HarnessError):
@@ -53,7 +60,7 @@ def replace_together(targets: Mapping[Path, Content]) -> None:
             parent = path.parent
             if parent not in stages:
                 parent.mkdir(parents=True, exist_ok=True)
-                stages[parent] = Path(tempfile.mkdtemp(prefix=".staging-", dir=parent))
+                stages[parent] = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent))
             new = stages[parent] / "new" / path.name
             _stage(new, data)
             staged.append((new, path))
@@ -76,7 +83,7 @@ def replace_together(targets: Mapping[Path, Content]) -> None:
             shutil.rmtree(stage, ignore_errors=True)
 
 
-def _encode(path: Path, content: Content) -> bytes | dict[PurePosixPath, bytes]:
+def _encode(path: Path, content: Content) -> Encoded:
     if isinstance(content, Mapping):
         files = {}
         for rel, data in content.items():
@@ -85,7 +92,7 @@ def _encode(path: Path, content: Content) -> bytes | dict[PurePosixPath, bytes]:
                 raise WriteError(f"{path}: {rel!r} is not a path inside the directory")
             files[rel_path] = _encode(path / rel_path, data)
         return files
-    if isinstance(content, bytes):
+    if isinstance(content, bytes) or callable(content):
         return content
     try:
         return content.encode("utf-8")
@@ -95,7 +102,7 @@ def _encode(path: Path, content: Content) -> bytes | dict[PurePosixPath, bytes]:
                          f"{exc.reason}); nothing was written") from exc
 
 
-def _stage(path: Path, data: bytes | dict[PurePosixPath, bytes]) -> None:
+def _stage(path: Path, data: Encoded) -> None:
     if isinstance(data, dict):
         for rel, payload in sorted(data.items()):
             _stage(path.joinpath(*rel.parts), payload)
@@ -103,6 +110,9 @@ def _stage(path: Path, data: bytes | dict[PurePosixPath, bytes]) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
-        f.write(data)
+        if callable(data):
+            data(f)
+        else:
+            f.write(data)
         f.flush()
         os.fsync(f.fileno())

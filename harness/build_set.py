@@ -27,10 +27,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -48,6 +46,7 @@ from harness.corpus import Corpus, load_corpus
 from harness.errors import ConfigError, CorpusError, HarnessError
 from harness.paths import SETS_DIR
 from harness.records import check_replaceable, write_set
+from harness.rundir import write_atomic
 from harness.subject import Subject, fidelity_check, load_subject
 
 log = logging.getLogger(__name__)
@@ -461,10 +460,7 @@ def compute_shard(cfg: DictConfig, setup: Setup, j: int, directory: Path, fp: st
             return state.load_state(saved["state"])
     run_pass1(setup.subject, setup.win, setup.layers, cfg.batch_size, state, cfg.alive.min_activation,
               f"pass 1, shard {j + 1}/{len(setup.ranges)}")
-    directory.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
-    torch.save({"fingerprint": fp, "state": state.state()}, partial)
-    os.replace(partial, path)
+    write_atomic(path, lambda f: torch.save({"fingerprint": fp, "state": state.state()}, f))
     log.info("shard %d/%d: windows [%d, %d) in %.0f s → %s", j + 1, len(setup.ranges), lo, hi, state.seconds, path)
     return state
 

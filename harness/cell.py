@@ -13,8 +13,6 @@ timeouts, 429/5xx after the SDK's retries) stops the cell incomplete: an outage 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import time
@@ -29,12 +27,13 @@ from tqdm import tqdm
 
 from harness import __version__
 from harness.components import RunContext
-from harness.errors import CellFailedError, ConfigError, HarnessError, OutputBusyError, TransientLLMError
+from harness.errors import CellFailedError, ConfigError, HarnessError, TransientLLMError
 from harness.explain import make_explainer
 from harness.formatting import fmt
 from harness.llm.cache import CallCache, Ledger
 from harness.records import NeuronRecord, load_set
 from harness.redact import redact
+from harness.rundir import mark_done, write_atomic
 from harness.scoring import Scorer, Simulated, run_scorers, score_batch, scorers_from
 from harness.scoring.correlation import pooled
 from harness.scoring.stats import derangement, fdr_summary, metric_summary, pearson_p_value
@@ -51,21 +50,6 @@ def simulate(simulator: Simulator, neuron: NeuronRecord, text: str,
     calibration = any(scorer.needs_calibration for scorer, _ in scorers)
     return Simulated(neuron, test=simulator.simulate(text, neuron.test),
                      calibration=simulator.simulate(text, neuron.calibration) if calibration else [], explanation=text)
-
-
-@contextlib.contextmanager
-def lock_output_dir(output_dir: Path):
-    """Hold an exclusive lock on `output_dir` (flock on its `.lock` file, released when the process
-    ends, however it ends) so that two runs never write the same cell at once."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with open(output_dir / ".lock", "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise OutputBusyError(f"another run is writing {output_dir} (it holds {output_dir / '.lock'}); wait "
-                                  "for it to end or choose another output directory (hydra.run.dir / "
-                                  "hydra.sweep.dir).") from exc
-        yield
 
 
 def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
@@ -136,8 +120,7 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
                                                 cfg.stats.get("fdr_q", 0.05))
     table = pd.DataFrame(rows)
     n_failed = int(table["failure"].notna().sum())
-    output_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(output_dir / "neurons.parquet", lambda p: table.to_parquet(p, index=False))
+    write_atomic(output_dir / "neurons.parquet", lambda f: table.to_parquet(f, index=False))
     if n_failed > cfg.max_failed_fraction * len(rows):
         common = table["failure"].dropna().str.split(":").str[0].value_counts()
         raise CellFailedError(
@@ -160,7 +143,7 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         "wall_seconds": round(time.time() - t0, 2),
         "config": redact(OmegaConf.to_container(cfg, resolve=True)),
     }
-    _write_atomic(output_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=1) + "\n"))
+    mark_done(output_dir, summary)
     return summary
 
 
@@ -267,12 +250,6 @@ def _try(fn, *args):
         return fn(*args)
     except HarnessError as exc:
         return exc
-
-
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)
 
 
 def results_table(summary: dict[str, Any]) -> str:

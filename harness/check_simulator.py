@@ -37,6 +37,7 @@ from harness.errors import ConfigError
 from harness.formatting import fmt
 from harness.paths import REPO_ROOT
 from harness.records import ActivationRecord
+from harness.rundir import write_json
 from harness.scoring.correlation import correlation_scores
 from harness.scoring.stats import bootstrap_ci
 from harness.simulate import Simulator, make_simulator
@@ -209,8 +210,7 @@ def main(cfg: DictConfig) -> None:
     if cfg.store:
         out.append(store_path(REPO_ROOT / cfg.store, result))
     for path in out:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=1) + "\n")
+        write_json(path, result)
     print(table(result))
     print("\nwrote " + " and ".join(map(str, out)))
 

@@ -33,9 +33,11 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from harness.atomic import STAGING_PREFIX
 from harness.cli import exit_on_harness_error
 from harness.errors import HarnessError
 from harness.formatting import fmt, undefined
+from harness.rundir import write_atomic
 from harness.scoring.stats import paired_test
 from harness.types import CONTROLS
 
@@ -68,8 +70,13 @@ def benjamini_hochberg(p_values: list[float | None]) -> list[float | None]:
 
 def find_cells(root: Path) -> list[Path]:
     """Cell directories (holding summary.json) under root, in job order where names are numbers."""
-    cells = [p.parent for p in root.rglob("summary.json") if ".submitit" not in p.parts]
+    cells = [p.parent for p in root.rglob("summary.json") if _run_file(p)]
     return sorted(cells, key=lambda p: _job_order(p.relative_to(root)))
+
+
+def _run_file(path: Path) -> bool:
+    """Not submitit's, and not a file being written (or left by a writer killed mid-write)."""
+    return not any(part == ".submitit" or part.startswith(STAGING_PREFIX) for part in path.parts)
 
 
 def _job_order(rel: Path) -> list[tuple[int, int, str]]:
@@ -84,7 +91,7 @@ def incomplete_cells(root: Path) -> dict[str, list[str]]:
     are there) but wrote no summary.json (interrupted, an outage, too many failed neurons);
     `missing` ones never started: of the N jobs in `multirun.yaml` (the product of the sweep's
     override lists), numbered directories 0..N-1 that do not exist."""
-    started = {p.parent for name in RUN_FILES for p in root.rglob(name) if ".submitit" not in p.parts}
+    started = {p.parent for name in RUN_FILES for p in root.rglob(name) if _run_file(p)}
     incomplete = [c for c in started if c != root and not (c / "summary.json").is_file()]
     missing: list[str] = []
     config = root / "multirun.yaml"
@@ -265,11 +272,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     table, paired = collect(args.multirun_dir, args.resamples, args.seed)
     out = args.out or args.multirun_dir
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "cells.csv", index=False)
-    table.to_parquet(out / "cells.parquet", index=False)
-    paired.to_csv(out / "paired.csv", index=False)
-    paired.to_parquet(out / "paired.parquet", index=False)
+    for name, frame in (("cells", table), ("paired", paired)):
+        write_atomic(out / f"{name}.csv", frame.to_csv(index=False))
+        write_atomic(out / f"{name}.parquet", frame.to_parquet(index=False))
     print(markdown(table, paired, args.all_columns))
     absent = incomplete_cells(args.multirun_dir)
     if any(absent.values()):

@@ -35,7 +35,6 @@ variant) and `results.json` (every number and the resolved config); the overall 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import time
@@ -60,6 +59,7 @@ from harness.errors import ConfigError, HarnessError
 from harness.explain import make_explainer
 from harness.formatting import fmt
 from harness.records import ActivationRecord, NeuronRecord
+from harness.rundir import write_atomic, write_figure, write_json
 from harness.scoring import Simulated, scorers_from
 from harness.simulate import make_simulator
 from harness.subject import Subject, fidelity_check, gelu_fast, gelu_tanh, load_subject, quick_gelu
@@ -377,10 +377,9 @@ def run_check(cfg: DictConfig, output_dir: Path, subject: Subject | None = None)
         "seconds": round(time.time() - t0, 1),
         "config": OmegaConf.to_container(cfg, resolve=True),
     })
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_json(output_dir / "results.json", results)
     plot(results, output_dir / "gelu_check.png")
-    (output_dir / "report.md").write_text(report_markdown(results))
+    write_atomic(output_dir / "report.md", report_markdown(results))
     return results
 
 
@@ -620,7 +619,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.suptitle(f"GELU variants on {results['subject']['name']} ({results['corpus']['n_tokens']} tokens)"
                  + (f"; {own[0]} is the model's own (Δ = 0, not drawn)" if own else ""))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_figure(path, fig, dpi=110)
     plt.close(fig)
 
 

@@ -36,7 +36,6 @@ and `results.json` (every number and the resolved config).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +53,7 @@ from harness.formatting import fmt
 from harness.paths import CONF_DIR
 from harness.records import NeuronRecord, load_set
 from harness.components import RunContext
+from harness.rundir import write_atomic, write_figure, write_json
 from harness.scoring import Scorer, Simulated, run_scorers, scorers_from
 from harness.scoring.stats import metric_summary, paired_test
 from harness.planted import CLASS, PLANTED, plant, planted_neuron
@@ -220,10 +220,9 @@ def run_check(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         "metrics": verdicts(grids, scorers, fractions, stats),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_json(output_dir / "results.json", results)
     plot(results, output_dir / "metric_sanity.png")
-    (output_dir / "report.md").write_text(report(results))
+    write_atomic(output_dir / "report.md", report(results))
     return results
 
 
@@ -366,7 +365,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.suptitle("Label-perturbation sanity tests: a sound metric falls in both directions (✓ passes); "
                  "mean with 95% CI", y=0.995)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
-    fig.savefig(path, dpi=80)
+    write_figure(path, fig, dpi=80)
     plt.close(fig)
 
 

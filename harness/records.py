@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import uuid
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from harness.atomic import write_atomic
 from harness.errors import ConfigError, SetIntegrityError
 from harness.paths import SETS_DIR
 
@@ -145,24 +145,14 @@ def check_replaceable(path: Path, overwrite: bool) -> None:
 
 def write_set(path: Path, manifest: dict[str, Any], tables: dict[str, pa.Table], overwrite: bool = False) -> str:
     """Write a set to `path` (see `check_replaceable`) and return its content hash, which is also
-    stored in the manifest. Writes into a temporary sibling directory, then renames it into place,
-    so an interrupted write leaves any previous set at `path` intact."""
+    stored in the manifest. Written all-or-nothing (`harness.atomic`), so an interrupted write
+    leaves any previous set at `path` intact."""
     check_replaceable(path, overwrite)
     manifest = dict(manifest, format_version=FORMAT_VERSION)
     manifest["hash"] = content_hash(manifest, tables)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial, old = (path.with_name(f".{path.name}.{what}-{uuid.uuid4().hex[:8]}") for what in ("partial", "old"))
-    partial.mkdir()
-    try:
-        for name in TABLES:
-            pq.write_table(tables[name], partial / f"{name}.parquet", compression="zstd", compression_level=19)
-        (partial / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-        if path.exists():
-            path.rename(old)
-        partial.rename(path)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)  # only there after a failure
-    shutil.rmtree(old, ignore_errors=True)
+    files = {f"{name}.parquet": partial(pq.write_table, tables[name], compression="zstd", compression_level=19)
+             for name in TABLES}
+    write_atomic(path, {**files, "manifest.json": json.dumps(manifest, indent=1) + "\n"})
     return manifest["hash"]
 
 

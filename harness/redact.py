@@ -5,10 +5,11 @@ one helper wherever the harness writes or logs: saved configs (`summary.json`, `
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any
+
+from harness.atomic import write_atomic
 
 # scheme://userinfo@ (also as Hydra prints an override, `http\://user\:key@host`)
 URL_CREDENTIALS = re.compile(r"\b([a-zA-Z][\w+.-]*\\?://)[^/@\s'\"]+@")
@@ -42,6 +43,4 @@ def redact_file(path: Path) -> None:
     text = path.read_text()
     clean = redact(text)
     if clean != text:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")  # parallel jobs of a sweep may do this at once
-        tmp.write_text(clean)
-        tmp.replace(path)
+        write_atomic(path, clean)  # parallel jobs of a sweep may do this at once

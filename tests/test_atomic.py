@@ -65,3 +65,17 @@ def test_a_directory_that_cannot_be_replaced_is_put_back(tmp_path, monkeypatch):
     with pytest.raises(WriteError, match="Permission denied"):
         write_atomic(tmp_path / "d", {"new.txt": "new"})
     assert _snapshot(tmp_path) == {"d": None, "d/old.txt": b"old"}
+
+
+def test_a_function_writes_its_target_while_staged_and_a_failing_one_replaces_nothing(tmp_path):
+    write_atomic(tmp_path / "big.bin", lambda f: f.writelines([b"a" * 10, b"b" * 10]))
+    write_atomic(tmp_path / "d", {"t.bin": lambda f: f.write(b"in a directory"), "m.txt": "text"})
+    before = _snapshot(tmp_path)
+    assert before == {"big.bin": b"a" * 10 + b"b" * 10, "d": None, "d/m.txt": b"text", "d/t.bin": b"in a directory"}
+
+    def dies(f):
+        f.write(b"half")
+        raise KeyError("the state to save")
+    with pytest.raises(KeyError, match="the state to save"):
+        replace_together({tmp_path / "big.bin": b"new", tmp_path / "d": {"t.bin": dies}})
+    assert _snapshot(tmp_path) == before

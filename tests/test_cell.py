@@ -146,18 +146,6 @@ def test_single_run_refuses_a_finished_cell_of_another_configuration(tiny_set, t
     assert saved["config"]["explainer"]["kind"] == "baseline_empty" and "overwrite" not in saved["config"]
 
 
-def test_output_directory_lock_is_exclusive(tmp_path):
-    from harness.cell import lock_output_dir
-    from harness.errors import OutputBusyError
-
-    with lock_output_dir(tmp_path):
-        with pytest.raises(OutputBusyError, match=str(tmp_path)):
-            with lock_output_dir(tmp_path):
-                pass
-    with lock_output_dir(tmp_path):  # released at the end of the first
-        pass
-
-
 @pytest.mark.heavy
 def test_second_run_on_a_busy_output_directory_fails_clearly(tiny_set, tmp_path):
     import fcntl

@@ -24,6 +24,7 @@ from hydra.experimental.callback import Callback
 
 from harness.errors import ConfigError
 from harness.formatting import fmt
+from harness.rundir import write_atomic, write_figure
 from harness.text import for_markdown
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ def plot(df: pd.DataFrame, path: Path) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(f"Corrupting the decoder layers of {df['subject'].iloc[0]}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_figure(path, fig, dpi=110)
     plt.close(fig)
 
 
@@ -164,7 +165,7 @@ def report_markdown(df: pd.DataFrame, notes: list[str] | None = None) -> str:
 
 
 def write_report(df: pd.DataFrame, out: Path) -> None:
-    (out / "report.md").write_text(report_markdown(df))
+    write_atomic(out / "report.md", report_markdown(df))
     plot(df, out / "corruption.png")
 
 
@@ -189,14 +190,13 @@ def gather(sweep_dirs: list[Path]) -> tuple[pd.DataFrame, list[str]]:
 def aggregate(sweep_dirs: list[Path], out: Path | None = None) -> Path:
     df, missing = gather(sweep_dirs)
     out = out or sweep_dirs[0]
-    out.mkdir(parents=True, exist_ok=True)
-    df.to_parquet(out / "results.parquet", index=False)
+    write_atomic(out / "results.parquet", lambda f: df.to_parquet(f, index=False))
     notes = [f"unfinished job(s) left out: {', '.join(missing)} (re-run the sweep to finish them)"] if missing else []
     clean = df.loc[df["measure"] == "loss_clean", "value"]
     if clean.max() - clean.min() > 1e-4 * max(1.0, abs(clean.mean())):
         notes.append("the runs were measured on different inputs (their clean losses differ: "
                      f"{clean.min():.4f}..{clean.max():.4f}); compare them with care")
-    (out / "report.md").write_text(report_markdown(df, notes))
+    write_atomic(out / "report.md", report_markdown(df, notes))
     plot(df, out / "corruption.png")
     log.info("aggregated %d run(s) into %s", df["corruption"].nunique(), out)
     return out

@@ -19,9 +19,11 @@ from typing import Any
 import pandas as pd
 
 from harness import __version__
+from harness.atomic import write_atomic
 from harness.components import SCORERS, SIMULATORS
 from harness.leaderboard.schema import (SAFE_SECRET_KEYS, SCHEMA_VERSION, SECRET_KEY_RE, EntryError, entry_path,
                                         known_set, parse_entry_text, validate_entry)
+from harness.rundir import git_commit
 from harness.text import canonical_json
 from harness.types import CONTROLS
 
@@ -167,7 +169,6 @@ def build_entry(cell_dir: Path, name: str, submitter: str, cfg: dict[str, Any],
     if (cell_dir / "provenance.json").is_file():
         provenance = json.loads((cell_dir / "provenance.json").read_text())
     else:
-        from harness.__main__ import git_commit
         provenance = git_commit()
     cost = summary.get("cost", {})
     return {
@@ -246,8 +247,4 @@ def submit(cell_dir: Path, name: str, submitter: str, cfg: dict[str, Any], force
         if same:
             raise EntryError(f"the cell is already on the board as {other.stem!r} (same set, simulator, scorers and "
                              "explanations); a submission is listed once")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    return write_atomic(path, text)
