@@ -16,6 +16,25 @@ from harness.errors import ConfigError
 from harness.rules import (BOOL, COUNT, COUNT_OR_NULL, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE,
                            POSITIVE_OR_NULL, UNIT_INTERVAL, Rule, is_int)
 
+# The llm and sampling blocks of an explainer, a simulator (`*.llm.timeout`) or a scorer that asks a
+# model (`scorer.*.llm.timeout`).
+SHARED_BLOCKS: dict[str, Rule] = {
+    "llm.timeout": POSITIVE,
+    "llm.max_retries": NON_NEGATIVE_INT,
+    "llm.concurrency": COUNT,
+    "llm.requests_per_minute": POSITIVE_OR_NULL,
+    "llm.batch_size": COUNT,
+    "llm.paid": BOOL,
+    "llm.api_key_required": BOOL,
+    "llm.top_logprobs": (lambda x: is_int(x) and 1 <= x <= 100, "an integer in [1, 100]"),
+    "llm.echo_shift": (lambda x: x in (0, 1) and not isinstance(x, bool), "0 or 1"),
+    "sampling.temperature": NON_NEGATIVE,
+    "sampling.max_tokens": COUNT,
+    "sampling.n": COUNT,
+    "sampling.seed": NON_NEGATIVE_INT,
+    "sampling.logprobs": BOOL,
+}
+
 # Run-level option paths, dotted (`*` matches one key, or one list item's index) and what each must
 # be. Every numeric or boolean option of every file under conf/ has a rule, here or on its
 # component's params class (tests/test_cell.py checks).
@@ -27,19 +46,7 @@ RULES: dict[str, Rule] = {
     "stats.seed": NON_NEGATIVE_INT,
     "stats.bootstrap_resamples": COUNT,
     "stats.fdr_q": FRACTION,
-    "*.llm.timeout": POSITIVE,
-    "*.llm.max_retries": NON_NEGATIVE_INT,
-    "*.llm.concurrency": COUNT,
-    "*.llm.requests_per_minute": POSITIVE_OR_NULL,
-    "*.llm.batch_size": COUNT,
-    "*.llm.paid": BOOL,
-    "*.llm.api_key_required": BOOL,
-    "*.llm.top_logprobs": (lambda x: is_int(x) and 1 <= x <= 100, "an integer in [1, 100]"),
-    "*.llm.echo_shift": (lambda x: x in (0, 1) and not isinstance(x, bool), "0 or 1"),
-    "*.sampling.temperature": NON_NEGATIVE,
-    "*.sampling.max_tokens": COUNT,
-    "*.sampling.n": COUNT,
-    "*.sampling.seed": NON_NEGATIVE_INT,
+    **{f"{where}.{option}": rule for where in ("*", "scorer.*") for option, rule in SHARED_BLOCKS.items()},
     "explainer.n_tokens": COUNT,
     "explainer.source.n_tokens": COUNT,
     "explainer.seed": NON_NEGATIVE_INT,
