@@ -13,7 +13,7 @@ import pytest
 
 from harness import leaderboard as lb
 from harness.leaderboard.__main__ import main
-from harness.leaderboard.board import board_rows, random_weight_rows
+from harness.leaderboard.rows import board_rows, random_weight_rows
 from harness.leaderboard.entry import fingerprint
 from harness.leaderboard.verify import load_records, recomputed_summary
 from tests.test_leaderboard import _entry_file, _load, board, honest, lb_cells, lb_sets  # noqa: F401

@@ -12,7 +12,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from harness import leaderboard as lb
-from harness.leaderboard.board import random_weight_rows, render_markdown
+from harness.leaderboard.markdown import render_markdown
+from harness.leaderboard.rows import random_weight_rows
 from harness.errors import ConfigError
 from harness.metric_sanity import Plan, conditions, curves, perturbed_batch, run_check
 from harness.paths import CONF_DIR, SETS_DIR

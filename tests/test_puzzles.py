@@ -100,7 +100,7 @@ def test_all_at_once_smollm2_check_above_chance(smollm2, capsys, record_property
 
 
 def test_board_shows_the_stored_check_of_an_entrys_simulator():
-    from harness.leaderboard.board import simulator_check_label
+    from harness.leaderboard.assess import simulator_check_label
 
     stored = stored_check({"kind": "token_match", "high": 10.0})  # reports/simulator_checks/, committed
     s = stored["summary"]["all"]

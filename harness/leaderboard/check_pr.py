@@ -35,7 +35,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.leaderboard.board import assess, render
+from harness.leaderboard.assess import assess
+from harness.leaderboard.board import render
 from harness.leaderboard.schema import EntryError, parse_entry_text, safe_name
 from harness.text import for_terminal
 

@@ -21,8 +21,9 @@ import pandas as pd
 from harness import __version__
 from harness.atomic import write_atomic
 from harness.components import SCORERS, SIMULATORS
-from harness.leaderboard.schema import (SAFE_SECRET_KEYS, SCHEMA_VERSION, SECRET_KEY_RE, EntryError, entry_path,
-                                        known_set, parse_entry_text, validate_entry)
+from harness.leaderboard.checks import looks_secret
+from harness.leaderboard.schema import (SCHEMA_VERSION, EntryError, entry_path, known_set, parse_entry_text,
+                                        validate_entry)
 from harness.rundir import git_commit
 from harness.text import canonical_json
 from harness.types import CONTROLS
@@ -31,8 +32,7 @@ from harness.types import CONTROLS
 def clean_params(obj: Any) -> Any:
     """Drop anything that looks like a secret; strip user:password@ from URLs."""
     if isinstance(obj, dict):
-        return {k: clean_params(v) for k, v in obj.items()
-                if not (SECRET_KEY_RE.search(str(k)) and str(k) not in SAFE_SECRET_KEYS)}
+        return {k: clean_params(v) for k, v in obj.items() if not looks_secret(k)}
     if isinstance(obj, list):
         return [clean_params(v) for v in obj]
     if isinstance(obj, str):

@@ -15,7 +15,8 @@ from typing import Any
 import pandas as pd
 
 from harness.atomic import WriteError, write_atomic
-from harness.leaderboard.board import Assessed, assess, explainer_label
+from harness.leaderboard.assess import Assessed, assess
+from harness.leaderboard.rows import explainer_label
 
 
 def export_table(assessed: list[Assessed], include_unverified: bool = False) -> pd.DataFrame:

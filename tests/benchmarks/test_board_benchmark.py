@@ -20,8 +20,9 @@ import time
 import numpy as np
 
 from harness import leaderboard as lb
-from harness.leaderboard.board import SetViews, VerdictCache
+from harness.leaderboard.assess import VerdictCache
 from harness.leaderboard.entry import dumps_entry
+from harness.leaderboard.views import SetViews
 
 N_ENTRIES = 200
 FIRST_LOAD_LIMIT = 1 << 20
