@@ -130,8 +130,9 @@ def score_problems(data: dict[str, Any]) -> list[str]:
             if blocks is not None:
                 problems.append(f"summary.{part} is given, but the entry did not run that control")
             continue
-        if set(blocks or {}) != ran:
-            problems.append(f"summary.{part} has blocks for {sorted(blocks or {})}; the entry ran {sorted(ran)}")
+        expected = {s for s in ran if SCORERS[s].reports(part)}  # no ceiling for scorers reading no simulation
+        if set(blocks or {}) != expected:
+            problems.append(f"summary.{part} has blocks for {sorted(blocks or {})}; expected {sorted(expected)}")
             continue
         for scorer, block in blocks.items():
             headline = SCORERS[scorer].headline
@@ -150,8 +151,9 @@ def score_problems(data: dict[str, Any]) -> list[str]:
                 continue
             for key, value in (values or {}).items():
                 scorer, name = key.split(".", 1)
-                if scorer not in ran:
-                    problems.append(f"{where}: {part} {key}: the entry did not run scorer {scorer}")
+                if scorer not in ran or not SCORERS[scorer].reports(part):
+                    problems.append(f"{where}: {part} {key}: the entry did not run scorer {scorer}"
+                                    + ("" if scorer not in ran else f", or it has no {part}"))
                     continue
                 m = metric(scorer, name, f"{where}: {part}")
                 if m is not None and value is not None and not m.in_range(value):

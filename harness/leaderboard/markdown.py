@@ -31,8 +31,8 @@ mismatch, never shown.
   (correlation in [−1, 1], AUROC, balanced accuracy and F1 in [0, 1], explained variance and the
   ablation score at most 1, KL at least 0).
 - **Verification re-scores** the explanations with a simulator and scorers rebuilt **by name from
-  this repository's `conf/`**; an entry may set only the parameters `conf/leaderboard.yaml` allows
-  (`entry_allowed`), each type-checked by the cell's own rule table. Endpoints, key variables, file
+  their component specs** (`harness/components.py`); an entry may set only the parameters their
+  params classes mark as entry options, each type-checked by its rule. Endpoints, key variables, file
   paths and caches come from the verifier's own configuration and environment, so verifying never
   sends a credential or writes a file where an entry says. Simulators that do not read the
   explanation (the oracle) are controls, never entries.

@@ -267,7 +267,8 @@ def recomputed_summary(entry: dict[str, Any], order: list[tuple[int, int]]) -> d
            "scores": summarise(table, scorers, "", entry["stats"])}
     for control in ("floor", "ceiling"):
         if entry["controls"][control]:
-            out[control] = summarise(table, scorers, control + ".", entry["stats"])
+            out[control] = summarise(table, [(s, p) for s, p in scorers if s.reports(control)], control + ".",
+                                     entry["stats"])
     return out
 
 
