@@ -43,11 +43,11 @@ import torch
 
 from harness.atomic import write_atomic
 from harness.errors import AssetError, ConfigError
-from harness.paths import cache_dir
+from harness.paths import cache_dir, file_sha256
 from harness.records import ActivationRecord, NeuronRecord
 from harness.scoring.threshold import auroc
 from harness.scoring.windows import active_fraction, window_labels
-from harness.subject import file_sha256, state_dict_digest
+from harness.subject import state_dict_digest
 
 log = logging.getLogger(__name__)
 

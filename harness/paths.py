@@ -1,5 +1,7 @@
-"""Where things live on disk: the repository, the frozen sets and the download/model cache."""
+"""Where things live on disk: the repository, the frozen sets and the download/model cache; and
+a file's sha256, which pins an asset or names an entry."""
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -14,3 +16,12 @@ def cache_dir(*parts: str) -> Path:
     path = root.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read in 4 MiB chunks (a model file need not fit in memory twice)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -38,7 +38,7 @@ from harness.atomic import write_atomic
 from harness.errors import HarnessError, TransientLLMError
 from harness.leaderboard.entry import allowed_key, flatten
 from harness.leaderboard.schema import EntryError, known_set, parse_entry_text
-from harness.paths import REPO_ROOT
+from harness.paths import REPO_ROOT, file_sha256
 from harness.text import canonical_json, for_terminal
 from harness.components import RunContext
 from harness.validation import option_problems
@@ -404,10 +404,6 @@ def verify(entry: dict[str, Any], cfg: dict[str, Any], entry_sha256: str | None 
 
 
 # --- Records ----------------------------------------------------------------------------------
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
 
 @functools.lru_cache(maxsize=1)
 def code_digest() -> str:

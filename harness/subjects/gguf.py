@@ -16,17 +16,9 @@ from typing import Any, Callable
 import torch
 
 from harness.errors import AssetError
-from harness.paths import cache_dir
+from harness.paths import cache_dir, file_sha256
 
 log = logging.getLogger(__name__)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _package_file(cfg: Any, package: str, file: str, not_installed: str) -> Path:
