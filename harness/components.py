@@ -163,8 +163,12 @@ class OpenAICompatibleBlock(OpenAIBlock):
 
 @dataclass(frozen=True)
 class JudgeParams:
-    """Detection and fuzzing (harness/scoring/detection.py): a judge model answers yes/no per window."""
-    llm: dict = option(rule=MAPPING, factory=_hf_local_block(batch_size=8))  # the judge model
+    """Detection and fuzzing (harness/scoring/detection.py): a judge model answers yes/no per window.
+    The offline judge is Qwen2.5-Coder-0.5B-Instruct (`make qwen`): SmolLM2-135M-Instruct does not keep
+    to a yes/no answer (most of its slots fail)."""
+    llm: dict = option(rule=MAPPING, factory=lambda: {
+        "backend": "hf_local", "model": "qwen25_coder_05b_instruct", "subject": "qwen25_coder_05b", "path": None,
+        "device": "cpu", "dtype": "float32", "batch_size": 8})
     sampling: dict = option(rule=MAPPING, factory=dict)  # over the judge's own: temperature 0, logprobs on
     windows_per_prompt: int = option(1, COUNT, entry=True)  # >1: numbered windows packed in one prompt
     active: str = option("max50", TEXT, entry=True)     # the window label's threshold (scoring/windows.py)

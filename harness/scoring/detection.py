@@ -41,6 +41,7 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from harness.errors import ConfigError, HarnessError, TransientLLMError
 from harness.formatting import escaped
@@ -200,8 +201,8 @@ class WindowJudge:
 
     def judge(self, items: list[tuple[NeuronRecord, str]]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per (neuron, explanation): the test windows' labels and P(yes), NaN for a failed slot.
-        Every prompt of every item goes out in one `chat_batch`, so a local model batches and API
-        calls overlap."""
+        The prompts of every item go out together (`chat_batch`, 64 at a time behind a progress bar),
+        so a local model batches and API calls overlap."""
         prompts, where, labels = [], [], []  # where: (item, window indices of the prompt)
         for n, (neuron, explanation) in enumerate(items):
             y = window_labels(neuron, neuron.test, self.active)
@@ -212,7 +213,13 @@ class WindowJudge:
                 ws = order[lo:lo + self.k].tolist()
                 prompts.append(self.messages(explanation, [self.text(neuron.test[w], marks[w]) for w in ws]))
                 where.append((n, ws))
-        results = self.llm.chat_batch(prompts, **self.sampling) if prompts else []
+        results = []
+        chunk = 64  # prompts per call: large enough for a local model's batches and overlapping API calls
+        with tqdm(total=len(prompts), desc="fuzzing" if self.fuzz else "detection", unit="prompt",
+                  disable=len(prompts) <= chunk) as bar:
+            for lo in range(0, len(prompts), chunk):
+                results += self.llm.chat_batch(prompts[lo:lo + chunk], **self.sampling)
+                bar.update(len(prompts[lo:lo + chunk]))
         p = [np.full(len(y), np.nan) for y in labels]
         for (n, ws), result in zip(where, results):
             if isinstance(result, TransientLLMError):
