@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from transformers.activations import ACT2FN
 
 import harness.build_set as build_set
+import harness.sets.setup as setup_mod
 from harness.build_set import make_windows
 from harness.corpus import load_corpus
 from harness.errors import ConfigError, FidelityError
@@ -242,7 +243,7 @@ def test_cli_unknown_variant_fails_cleanly(tmp_path):
 def test_fidelity_guard_stops_a_build_whose_model_computes_another_activation(tmp_path, monkeypatch):
     """tiny_gpt2's config says gelu_new, but its MLPs compute quick_gelu: the build must stop
     before writing, naming the layer and the size of the difference."""
-    real_load = build_set.load_subject
+    real_load = setup_mod.load_subject
 
     def load_wrong(cfg):
         subject = real_load(cfg)
@@ -251,7 +252,7 @@ def test_fidelity_guard_stops_a_build_whose_model_computes_another_activation(tm
         assert subject.neurons.activation == "gelu_new"
         return subject
 
-    monkeypatch.setattr(build_set, "load_subject", load_wrong)
+    monkeypatch.setattr(setup_mod, "load_subject", load_wrong)
     out = tmp_path / "wrong"
     cfg = _cfg("build_set", "subject=tiny_gpt2", "corpus.max_documents=12", f"output_dir={out}", "name=wrong",
                "sample_windows=48", "alive.min_windows=2", "alive.min_activation=0.0", "neurons_per_layer=4")
