@@ -309,16 +309,16 @@ def test_fidelity_guard_catches_erf_gelu_in_gemma(gemma):
 def test_scorer_parameters_reach_the_scores(gpt2_o1, tmp_path, monkeypatch):
     """The check scores with the scorers as configured, parameters and all (it used to rebuild
     them by name with none, so an override was silently ignored)."""
-    import harness.gelu_check as gelu_check
+    import harness.gelu.scores as scores_mod
 
     seen = []
-    real = gelu_check.score_neurons
+    real = scores_mod.score_neurons
 
     def spy(neurons, rows, simulated, simulator, scorers, *args, **kwargs):
         seen.append([(s.name, params) for s, params in scorers])
         return real(neurons, rows, simulated, simulator, scorers, *args, **kwargs)
 
-    monkeypatch.setattr(gelu_check, "score_neurons", spy)
+    monkeypatch.setattr(scores_mod, "score_neurons", spy)
     cfg = _cfg("check/gelu", *TINY, "scorer=[correlation,threshold]", "scorer.threshold.max_fractions=[0.25,0.75]")
     results = run_check(cfg, tmp_path, subject=gpt2_o1)
     assert seen and all(dict(s)["threshold"]["max_fractions"] == [0.25, 0.75] for s in seen)
