@@ -21,6 +21,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from harness import build_set as build_set_mod
+from harness.sets import pass1 as pass1_mod
+from harness.sets import setup as setup_mod
 from harness.build_set import build
 from harness.corpus import load_corpus
 from harness.errors import ConfigError, CorpusError, FidelityError, HarnessError, SetIntegrityError
@@ -245,7 +247,9 @@ def test_hash_does_not_depend_on_how_long_the_build_took(small_corpus, tmp_path,
     hashes = []
     for step in (1.0, 2.0):  # a fake clock: the second build "takes" twice as long
         ticks = iter(np.arange(1000.0, 2000.0, step))
-        monkeypatch.setattr(build_set_mod, "time", SimpleNamespace(time=lambda: float(next(ticks))))
+        clock = SimpleNamespace(time=lambda: float(next(ticks)))
+        monkeypatch.setattr(build_set_mod, "time", clock)  # the build's wall time
+        monkeypatch.setattr(pass1_mod, "time", clock)  # pass 1's own timing
         hashes.append(build(_small(small_corpus, tmp_path / f"s{step}")))
     tables = [pq.read_table(tmp_path / f"s{s}" / "records.parquet") for s in (1.0, 2.0)]
     assert tables[0].equals(tables[1])  # the content is the same ...
@@ -448,7 +452,7 @@ def test_name_must_be_a_plain_name(tmp_path, monkeypatch, name):
     sets.mkdir(parents=True)
     (tmp_path / "leaderboard" / "entries").mkdir()
     (tmp_path / "leaderboard" / "entries" / "entry.json").write_text("{}")
-    monkeypatch.setattr(build_set_mod, "SETS_DIR", sets)  # with the defect, the real board is not at risk
+    monkeypatch.setattr(setup_mod, "SETS_DIR", sets)  # with the defect, the real board is not at risk
     with pytest.raises(ConfigError, match="plain name"):
         build(compose_cfg(BASE + [f"name='{name}'"]))
     assert (tmp_path / "leaderboard" / "entries" / "entry.json").is_file()

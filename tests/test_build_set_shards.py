@@ -13,7 +13,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from harness import build_set as build_set_mod
+from harness.sets import shards as shards_mod
 from harness.build_set import ExactSum, TopK, build, shard_dir, shard_ranges
 from harness.errors import ConfigError
 from harness.paths import CONF_DIR
@@ -66,13 +66,13 @@ def test_a_killed_shard_reruns_alone(single, tmp_path, monkeypatch):
     assert not out.exists()
 
     ran = []
-    real = build_set_mod.run_pass1
+    real = shards_mod.run_pass1
 
     def counting(subject, win, layers, batch_size, state, *args, **kwargs):
         ran.append((state.lo, state.hi))
         return real(subject, win, layers, batch_size, state, *args, **kwargs)
 
-    monkeypatch.setattr(build_set_mod, "run_pass1", counting)
+    monkeypatch.setattr(shards_mod, "run_pass1", counting)
     digest = build(compose_cfg(BASE + [f"output_dir={out}", "shards=3"]))
     n_windows = json.loads((out / "manifest.json").read_text())["corpus"]["n_windows"]
     assert ran == [shard_ranges(n_windows, 8, 3)[1]]
@@ -82,7 +82,7 @@ def test_a_killed_shard_reruns_alone(single, tmp_path, monkeypatch):
 def test_a_finished_shard_is_not_computed_again(tmp_path, monkeypatch):
     out = tmp_path / "set"
     build(compose_cfg(BASE + [f"output_dir={out}", "shards=2", "shard=1"]))
-    monkeypatch.setattr(build_set_mod, "run_pass1", lambda *a, **k: pytest.fail("shard 1 ran again"))
+    monkeypatch.setattr(shards_mod, "run_pass1", lambda *a, **k: pytest.fail("shard 1 ran again"))
     build(compose_cfg(BASE + [f"output_dir={out}", "shards=2", "shard=1"]))
 
 
@@ -123,13 +123,13 @@ def test_cuda_without_a_gpu_is_a_config_error(tmp_path):
 
 def test_dtype_reaches_the_subject_and_the_manifest(tmp_path, monkeypatch):
     seen = []
-    real = build_set_mod.run_pass1
+    real = shards_mod.run_pass1
 
     def spying(subject, *args, **kwargs):
         seen.append(next(subject.model.parameters()).dtype)
         return real(subject, *args, **kwargs)
 
-    monkeypatch.setattr(build_set_mod, "run_pass1", spying)
+    monkeypatch.setattr(shards_mod, "run_pass1", spying)
     out = tmp_path / "set"
     build(compose_cfg(BASE + [f"output_dir={out}", "dtype=bfloat16", "fidelity_tolerance=0.05"]))
     assert seen == [torch.bfloat16]

@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from transformers.activations import ACT2FN
 
 import harness.build_set as build_set
+import harness.sets.setup as setup_mod
 from harness.build_set import make_windows
 from harness.corpus import load_corpus
 from harness.errors import ConfigError, FidelityError
@@ -242,7 +243,7 @@ def test_cli_unknown_variant_fails_cleanly(tmp_path):
 def test_fidelity_guard_stops_a_build_whose_model_computes_another_activation(tmp_path, monkeypatch):
     """tiny_gpt2's config says gelu_new, but its MLPs compute quick_gelu: the build must stop
     before writing, naming the layer and the size of the difference."""
-    real_load = build_set.load_subject
+    real_load = setup_mod.load_subject
 
     def load_wrong(cfg):
         subject = real_load(cfg)
@@ -251,7 +252,7 @@ def test_fidelity_guard_stops_a_build_whose_model_computes_another_activation(tm
         assert subject.neurons.activation == "gelu_new"
         return subject
 
-    monkeypatch.setattr(build_set, "load_subject", load_wrong)
+    monkeypatch.setattr(setup_mod, "load_subject", load_wrong)
     out = tmp_path / "wrong"
     cfg = _cfg("build_set", "subject=tiny_gpt2", "corpus.max_documents=12", f"output_dir={out}", "name=wrong",
                "sample_windows=48", "alive.min_windows=2", "alive.min_activation=0.0", "neurons_per_layer=4")
@@ -308,16 +309,16 @@ def test_fidelity_guard_catches_erf_gelu_in_gemma(gemma):
 def test_scorer_parameters_reach_the_scores(gpt2_o1, tmp_path, monkeypatch):
     """The check scores with the scorers as configured, parameters and all (it used to rebuild
     them by name with none, so an override was silently ignored)."""
-    import harness.gelu_check as gelu_check
+    import harness.gelu.scores as scores_mod
 
     seen = []
-    real = gelu_check.score_neurons
+    real = scores_mod.score_neurons
 
     def spy(neurons, rows, simulated, simulator, scorers, *args, **kwargs):
         seen.append([(s.name, params) for s, params in scorers])
         return real(neurons, rows, simulated, simulator, scorers, *args, **kwargs)
 
-    monkeypatch.setattr(gelu_check, "score_neurons", spy)
+    monkeypatch.setattr(scores_mod, "score_neurons", spy)
     cfg = _cfg("check/gelu", *TINY, "scorer=[correlation,threshold]", "scorer.threshold.max_fractions=[0.25,0.75]")
     results = run_check(cfg, tmp_path, subject=gpt2_o1)
     assert seen and all(dict(s)["threshold"]["max_fractions"] == [0.25, 0.75] for s in seen)
