@@ -56,3 +56,27 @@ def test_a_subject_whose_weights_differ_from_the_sets_is_refused(tiny_set, monke
     forged = {**manifest, "subject": {**manifest["subject"], "weights_digest": "0" * 64}}
     with pytest.raises(SetIntegrityError, match="loaded with weight digest"):
         subject_module.set_subject(forged)
+
+
+def test_a_judge_scorers_calls_are_counted_and_it_reports_no_ceiling(tiny_set, tmp_path, monkeypatch):
+    """scorer=detection next to correlation in one cell: the judge model's calls go through the
+    cell's ledger and call cache, and the ceiling (a simulation standing in) exists only for the
+    scorer that reads the simulation."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-fake-0123456789abcdefghijklmnopqrstuv")
+    judge = lambda request: "yes" if "the" in request["messages"][-1]["content"].split("Text:")[-1] else "no"  # noqa: E731
+    with FakeLLMServer(reply=judge) as server:
+        llm = f'{{backend:openai,model:gpt-4o-mini,base_url:"{server.url}/v1",timeout:5,max_retries:0}}'
+        cfg = cell_cfg(f"neuron_set.path={tiny_set}", "neuron_set.limit=3", "explainer=baseline_top_tokens",
+                       "scorer=[correlation,detection]", "~scorer.detection.llm", f"+scorer.detection.llm={llm}",
+                       "+scorer.detection.sampling.logprobs=false", f"call_cache={tmp_path / 'calls.sqlite'}")
+        summary = run_cell(cfg, tmp_path / "cell")
+        requests = len(server.requests)
+        again = run_cell(cfg, tmp_path / "again")  # the same calls, answered from the cache
+    # every judge call is counted; the repeats within the run (the same explanation on a shared window)
+    # and every call of the second run are answered from the cache, with no new request
+    assert requests > 0 and summary["cost"]["calls"] == requests and len(server.requests) == requests
+    assert again["cost"]["calls"] == 0 and again["cost"]["cache_hits"] == requests + summary["cost"]["cache_hits"]
+    assert set(summary["scores"]) == {"correlation", "detection"} and set(summary["floor"]) == {"correlation", "detection"}
+    assert set(summary["ceiling"]) == {"correlation"}
+    detection = summary["scores"]["detection"]
+    assert detection["metric"] == "auroc" and detection["metrics"]["failed_fraction"]["mean_defined"] == 0.0

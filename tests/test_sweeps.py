@@ -24,7 +24,10 @@ from tests.fake_llm_server import FakeLLMServer, GatedServer
 from tests.test_leaderboard import lb_sets  # noqa: F401  (session fixture)
 
 FAKE_KEY = "sk-test-sweeps-0123456789"
-ALL_SCORERS = "[" + ",".join(sorted(p.stem for p in (CONF_DIR / "scorer").glob("*.yaml"))) + "]"
+# Every scorer but the judges (detection, fuzzing: a 0.5B judge model per cell would take the sweep past
+# its time; tests/test_cell_costs.py runs one in a cell, tests/test_detection.py on the real models).
+JUDGES = {"detection", "fuzzing"}
+ALL_SCORERS = "[" + ",".join(sorted(p.stem for p in (CONF_DIR / "scorer").glob("*.yaml") if p.stem not in JUDGES)) + "]"
 # Keep the subject-running ablation scorer small here (the entry records it; verify re-runs it so).
 SMALL_SCORERS = ["scorer.ablation.windows_per_kind={top:2,random:2,quantile:0}"] if "ablation" in ALL_SCORERS else []
 
