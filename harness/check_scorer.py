@@ -39,7 +39,8 @@ def scorer_identity(name: str, params: dict[str, Any]) -> str:
 
 def run_check(name: str, params: dict[str, Any] | None, puzzle_files: list[str | Path],
               planted_corpus: dict[str, Any] | None, resamples: int = 2000, seed: int = 0,
-              metric: str | None = None, context: RunContext | None = None) -> dict[str, Any]:
+              metric: str | None = None, negatives: int | None = None,
+              context: RunContext | None = None) -> dict[str, Any]:
     """The check's result: per-item rows and a summary per group and per puzzle kind, the candidates
     ranked by `metric` (default: the scorer's headline)."""
     [(scorer, params)] = scorers_from({name: params})
@@ -49,7 +50,7 @@ def run_check(name: str, params: dict[str, Any] | None, puzzle_files: list[str |
     files = [Path(p) for p in puzzle_files]
     items: list[ScorerItem] = []
     for path in files:
-        items += puzzle_neurons(load_puzzles(path))
+        items += puzzle_neurons(load_puzzles(path), negatives, seed)
     if planted_corpus is not None:
         planted = planted_item(planted_corpus)
         neuron = _planted(planted_corpus)
@@ -67,7 +68,8 @@ def run_check(name: str, params: dict[str, Any] | None, puzzle_files: list[str |
     result = check_scorer(score, items, no_information=0.5 if no_information is None else no_information,
                           resamples=resamples, seed=seed)
     return {"scorer": {"name": name, **params}, "metric": headline,
-            "identity": scorer_identity(name, {**params, **({"check_metric": metric} if metric else {})}),
+            "identity": scorer_identity(name, {**params, **({"check_metric": metric} if metric else {}),
+                                               **({"check_negatives": negatives} if negatives else {})}),
             "harness_version": __version__, "puzzle_files": [_shown(p) for p in files], **result}
 
 
@@ -87,7 +89,8 @@ def main(cfg: DictConfig) -> None:
         raise ConfigError(f"unknown scorer {name!r}; known: {sorted(SCORERS)}")
     files = list(cfg.puzzles) if cfg.puzzles is not None else sorted(PUZZLE_DIR.glob("*.json"))
     corpus = OmegaConf.to_container(cfg.corpus, resolve=True) if cfg.planted else None
-    result = run_check(name, params, files, corpus, cfg.bootstrap.resamples, cfg.bootstrap.seed, cfg.metric)
+    result = run_check(name, params, files, corpus, cfg.bootstrap.resamples, cfg.bootstrap.seed, cfg.metric,
+                       cfg.negatives)
     out = [Path(HydraConfig.get().runtime.output_dir) / "results.json"]
     if cfg.store:
         out.append(store_path(REPO_ROOT / cfg.store, result))

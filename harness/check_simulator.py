@@ -205,12 +205,13 @@ class ScorerItem:
     true_index: int
 
 
-def puzzle_neurons(items: list[Item]) -> list[ScorerItem]:
+def puzzle_neurons(items: list[Item], negatives: int | None = None, seed: int = 0) -> list[ScorerItem]:
     """Each puzzle as a neuron: its `test` split holds the puzzle's window (kind "top", its
     activations) and, as inactive windows, the texts of the other puzzles of its file with the
     marks stripped (kind "random", activations 0). `calibration` holds the same windows, so
     q-thresholds are defined; `max_activation` is 10, the puzzles' scale. The true explanation is
-    the first candidate."""
+    the first candidate. `negatives`: at most this many other puzzles per puzzle, a seeded draw (a
+    judge model's time grows with the windows)."""
     out = []
     for item in items:
         if len(item.records) != 1:
@@ -220,6 +221,9 @@ def puzzle_neurons(items: list[Item]) -> list[ScorerItem]:
         top = ActivationRecord(list(own.tokens), list(own.activations), doc_id=item.name, kind="top")
         others = [ActivationRecord(list(o.records[0].tokens), [0.0] * len(o.records[0].tokens), doc_id=o.name,
                                    kind="random") for o in items if o.group == item.group and o is not item]
+        if negatives is not None and len(others) > negatives:
+            keep = np.random.default_rng([seed, len(out)]).choice(len(others), size=negatives, replace=False)
+            others = [others[i] for i in sorted(keep)]
         windows = [top, *others]
         acts = np.concatenate([r.activations for r in windows])
         neuron = NeuronRecord(layer=0, neuron=len(out), calibration=list(windows), test=list(windows),
