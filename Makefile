@@ -36,7 +36,7 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=O
 BOARD_SET := smollm2_135m_brown_v2
 BOARD_PREFIX := v2-
 BASELINES := baseline_top_tokens,baseline_weight_in,baseline_weight_out,baseline_empty,baseline_borrowed
-BOARD_SCORERS := [correlation,threshold]
+BOARD_SCORERS := [correlation,threshold,embedding]
 FAST := not slow and not browser and not served and not benchmark and not heavy
 
 .PHONY: install llama gemma qwen minilm chromium demo test test-fast clean board board-hf-local set-v2 random-set board-random board-random-hf-local metric-sanity

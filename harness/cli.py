@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-openai": ("harness.export_openai", "write a set in OpenAI neuron-explainer's format"),
     "connections": ("harness.connections", "connection-weight tables of MLP neurons"),
     "check-simulator": ("harness.check_simulator", "check a simulator on planted neurons and puzzles"),
+    "check-scorer": ("harness.check_scorer", "check a scorer that judges explanations (detection, fuzzing, embedding)"),
     "metric-sanity": ("harness.metric_sanity", "label-perturbation sanity checks of every metric"),
     "gelu-check": ("harness.gelu_check", "GELU-variant check of the subject's activations"),
     "corrupt": ("harness.corrupt", "corruption experiments on the subject's layers"),
