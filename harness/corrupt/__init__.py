@@ -42,6 +42,9 @@ from harness.validation import option_problems
 
 log = logging.getLogger(__name__)
 
+__all__ = ["MEASURE_OPTIONS", "Corruption", "Probe", "check_measure", "corrupted", "corruption_spec", "make_probe",
+           "measure", "schema_text"]
+
 MAX_REPEAT = 8  # a layer run at most this many times in a row
 MAX_SEED = 2**32 - 1
 

@@ -21,6 +21,8 @@ from harness.components import BACKENDS
 log = logging.getLogger(__name__)
 
 
+__all__ = ["BACKENDS", "LLM", "Backend", "ChatParams", "ChatResult", "make_backend"]
+
 @dataclass
 class ChatResult:
     texts: list[str]

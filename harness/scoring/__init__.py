@@ -25,6 +25,9 @@ from harness.scoring.correlation import correlation_scores
 from harness.scoring.threshold import HEADLINE as THRESHOLD_HEADLINE, threshold_scores
 
 
+__all__ = ["ABLATION", "CORRELATION", "DETECTION", "EMBEDDING", "FUZZING", "SCORERS", "THRESHOLD", "Metric", "Scorer",
+           "Simulated", "get_scorer", "per_neuron", "run_scorers", "score_batch", "scorers_from"]
+
 @dataclass
 class Simulated:
     neuron: NeuronRecord
