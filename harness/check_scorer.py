@@ -22,8 +22,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from harness import __version__
-from harness.check_simulator import (PUZZLE_DIR, _planted, _shown, check_scorer, load_puzzles, planted_item,
-                                     puzzle_neurons, simulator_identity, table, ScorerItem)
+from harness.check_simulator import (PUZZLE_DIR, check_scorer, load_puzzles, planted_item, planted_record,
+                                     puzzle_neurons, shown_path, simulator_identity, table, ScorerItem)
 from harness.cli import exit_on_harness_error
 from harness.components import SCORERS, RunContext
 from harness.errors import ConfigError
@@ -53,7 +53,7 @@ def run_check(name: str, params: dict[str, Any] | None, puzzle_files: list[str |
         items += puzzle_neurons(load_puzzles(path), negatives, seed)
     if planted_corpus is not None:
         planted = planted_item(planted_corpus)
-        neuron = _planted(planted_corpus)
+        neuron = planted_record(planted_corpus)
         items.insert(0, ScorerItem("planted", "planted", None, neuron, [planted.true, *planted.false], 0))
     # Window embeddings are cached by "set": here, the puzzle files' content and the planted corpus.
     key = hashlib.sha256(b"".join(p.read_bytes() for p in files) + repr(planted_corpus).encode()).hexdigest()
@@ -70,7 +70,7 @@ def run_check(name: str, params: dict[str, Any] | None, puzzle_files: list[str |
     return {"scorer": {"name": name, **params}, "metric": headline,
             "identity": scorer_identity(name, {**params, **({"check_metric": metric} if metric else {}),
                                                **({"check_negatives": negatives} if negatives else {})}),
-            "harness_version": __version__, "puzzle_files": [_shown(p) for p in files], **result}
+            "harness_version": __version__, "puzzle_files": [shown_path(p) for p in files], **result}
 
 
 def store_path(store: str | Path, result: dict[str, Any]) -> Path:

@@ -116,7 +116,7 @@ def load_puzzles(path: str | Path) -> list[Item]:
     return items
 
 
-def _planted(corpus_cfg: dict[str, Any]) -> NeuronRecord:
+def planted_record(corpus_cfg: dict[str, Any]) -> NeuronRecord:
     """The planted neuron, recorded on the corpus `corpus_cfg` describes."""
     from harness.corpus import load_corpus
     from harness.planted import plant, planted_neuron
@@ -130,7 +130,7 @@ def planted_item(corpus_cfg: dict[str, Any]) -> Item:
     """The planted neuron's test windows and its four candidate explanations."""
     from harness.planted import EXPLANATIONS
 
-    return Item("planted", _planted(corpus_cfg).test, EXPLANATIONS["true"],
+    return Item("planted", planted_record(corpus_cfg).test, EXPLANATIONS["true"],
                 [v for k, v in EXPLANATIONS.items() if k != "true"], "planted")
 
 
@@ -188,7 +188,7 @@ def run_check(simulator_cfg: dict[str, Any], puzzle_files: list[str | Path], pla
     t0 = time.monotonic()
     rows = [score_item(simulator, it) for it in tqdm(items, desc="check", leave=False)]
     return {"simulator": simulator_cfg, "identity": simulator_identity(simulator_cfg),
-            "harness_version": __version__, "puzzle_files": [_shown(p) for p in puzzle_files],
+            "harness_version": __version__, "puzzle_files": [shown_path(p) for p in puzzle_files],
             "wall_s": round(time.monotonic() - t0, 1), **report(rows, resamples, seed)}
 
 
@@ -250,7 +250,7 @@ def check_scorer(score_fn: Callable[[list[tuple[NeuronRecord, str]]], list[float
     return {"wall_s": round(time.monotonic() - t0, 1), **report(rows, resamples, seed)}
 
 
-def _shown(path: str | Path) -> str:
+def shown_path(path: str | Path) -> str:
     """A puzzle file as recorded: relative to the repository when in it (no checkout's absolute path
     in a committed result)."""
     path = Path(path).resolve()
