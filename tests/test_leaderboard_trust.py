@@ -15,10 +15,12 @@ from harness import leaderboard as lb
 from harness.leaderboard.__main__ import main
 from harness.leaderboard.rows import board_rows, random_weight_rows
 from harness.leaderboard.entry import fingerprint
-from harness.leaderboard.verify import load_records, recomputed_summary
+from harness.leaderboard.verification_records import load_records
+from harness.leaderboard.verify import recomputed_summary
 from tests.test_leaderboard import _entry_file, _load, board, honest, lb_cells, lb_sets  # noqa: F401
 
 verify_module = importlib.import_module("harness.leaderboard.verify")  # the package re-exports a function `verify`
+records_module = importlib.import_module("harness.leaderboard.verification_records")
 
 
 def _refused(entry: dict, cfg: dict, match: str) -> None:
@@ -219,13 +221,13 @@ def test_L11_records_are_bound_to_the_code_and_revoked_files_never_come_back(boa
     entry = lb.read_entry(path, cfg)
     lb.record_verification(path, lb.Verification("top-tokens", "verified", 8, 8), entry, cfg)
     record = load_records(cfg)["top-tokens"]
-    assert record["set_hash"] == entry["neuron_set"]["hash"] and record["harness_digest"] == verify_module.code_digest()
+    assert record["set_hash"] == entry["neuron_set"]["hash"] and record["harness_digest"] == records_module.code_digest()
     assert _status(cfg, "top-tokens").status == "verified"
-    monkeypatch.setattr(verify_module, "code_digest", lambda: "0" * 64)  # other verifying code: the record is stale
+    monkeypatch.setattr(records_module, "code_digest", lambda: "0" * 64)  # other verifying code: the record is stale
     assert lb.trusted_record(path, entry, cfg) is None
     monkeypatch.undo()
     monkeypatch.setenv("NEURONBENCH_VERIFY_KEY", "maintainers-secret")
-    sha = verify_module.file_sha256(path)
+    sha = records_module.file_sha256(path)
     revoked = {**cfg, "revoked": [sha]}
     assert lb.trusted_record(path, entry, revoked) is None
     a = _status(revoked, "top-tokens")

@@ -13,8 +13,9 @@ from harness.leaderboard.page import page_data
 from harness.leaderboard.rows import board_rows
 from harness.leaderboard.schema import (ENTRY_SCHEMA, SCHEMA_VERSION, EntryError, entry_path, known_set,
                                         load_config, parse_entry_text, read_entry, safe_name, validate_entry)
-from harness.leaderboard.verify import (Verification, file_sha256, record_verification, resolve_components,
-                                        trusted_record, verify)
+from harness.leaderboard.verification_records import record_verification, trusted_record
+from harness.leaderboard.verify import Verification, resolve_components, verify
+from harness.paths import file_sha256
 
 __all__ = ["TRUST_MODEL", "Assessed", "assess", "board_rows", "page_data", "render", "build_entry", "cell_entry_name",
            "clean_params", "dumps_entry", "fingerprint", "submit", "ENTRY_SCHEMA", "SCHEMA_VERSION", "EntryError",

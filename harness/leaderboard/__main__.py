@@ -36,7 +36,9 @@ from harness.errors import HarnessError
 from harness.leaderboard.board import render
 from harness.leaderboard.entry import cell_entry_name, submit
 from harness.leaderboard.schema import ENTRY_SCHEMA, entry_path, read_entry, safe_name
-from harness.leaderboard.verify import Verification, file_sha256, load_records, record_verification, verify
+from harness.leaderboard.verification_records import load_records, record_verification
+from harness.leaderboard.verify import Verification, verify
+from harness.paths import file_sha256
 
 EXIT_CODES = {"verified": 0, "failed": 1, "pending": 3}
 SEVERITY = ("verified", "pending", "failed")  # the exit code is the worst outcome's

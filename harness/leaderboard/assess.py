@@ -22,8 +22,9 @@ from harness.errors import HarnessError
 from harness.formatting import fmt
 from harness.leaderboard.entry import fingerprint
 from harness.leaderboard.schema import EntryError, check_file_name, entry_from_bytes, read_entry_bytes
-from harness.leaderboard.verify import (Verification, code_digest, over_budget, resolve_components, revoked,
-                                       trusted_record, uses_api, verify, verify_key)
+from harness.leaderboard.verification_records import code_digest, revoked, trusted_record
+from harness.leaderboard.verify import (Verification, over_budget, resolve_components, uses_api, verify,
+                                       verify_key)
 from harness.leaderboard.views import SetViews
 from harness.paths import cache_dir
 

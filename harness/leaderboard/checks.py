@@ -132,7 +132,8 @@ def score_problems(data: dict[str, Any]) -> list[str]:
             continue
         expected = {s for s in ran if SCORERS[s].reports(part)}  # no ceiling for scorers reading no simulation
         if set(blocks or {}) != expected:
-            problems.append(f"summary.{part} has blocks for {sorted(blocks or {})}; expected {sorted(expected)}")
+            problems.append(f"summary.{part} has blocks for {sorted(blocks or {})}; the entry ran {sorted(ran)}"
+                            + ("" if expected == ran else f", of which {sorted(expected)} report a {part}"))
             continue
         for scorer, block in blocks.items():
             headline = SCORERS[scorer].headline

@@ -1,9 +1,9 @@
 """Verification: re-score an entry's explanations with the verifier's own simulator and scorers.
 
-The simulator and scorers are rebuilt by name from this repository's conf/ (`resolve_components`),
-with only the parameters `conf/leaderboard.yaml` allows taken from the entry, type-checked by the
-cell's own rule table: an entry never chooses an endpoint, a key variable, a file path, a cache or
-a config to load. Re-scoring goes through the cell's own scoring core (`harness.cell.score_neurons`,
+The simulator and scorers are rebuilt by name from their component specs (`resolve_components`,
+harness/components.py), with only the parameters their params classes mark as entry options taken
+from the entry, type-checked by their rules: an entry never chooses an endpoint, a key variable, a
+file path, a cache or a config to load. Re-scoring goes through the cell's own scoring core (`harness.cell.score_neurons`,
 `summarise`).
 
 Simulators cheap enough (`verify.full`, e.g. token_match) are re-run on every neuron; the others
@@ -12,33 +12,27 @@ with the maintainers' secret ($NEURONBENCH_VERIFY_KEY), so a submitter cannot ai
 neurons left out; without the key such an entry stays `pending`. Each re-scored value must match
 within the tolerance and so must their mean (a small shift on every neuron fails), and the schema
 range-checks every value of every neuron. An entry whose re-scoring would exceed the budget, or
-whose API key the verifier lacks, is `pending`.
+whose API key the verifier lacks, is `pending`. Signed records of a verification:
+`verification_records.py`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import functools
 import hashlib
 import hmac
-import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from harness import __version__
-from harness.atomic import write_atomic
 from harness.errors import HarnessError, TransientLLMError
 from harness.leaderboard.entry import allowed_key, flatten
-from harness.leaderboard.schema import EntryError, known_set, parse_entry_text
-from harness.paths import REPO_ROOT, file_sha256
+from harness.leaderboard.schema import EntryError, known_set
 from harness.text import canonical_json, for_terminal
 from harness.components import RunContext
 from harness.validation import option_problems
@@ -401,94 +395,3 @@ def verify(entry: dict[str, Any], cfg: dict[str, Any], entry_sha256: str | None 
     if result.problems:
         result.status = "failed"
     return result
-
-
-# --- Records ----------------------------------------------------------------------------------
-
-@functools.lru_cache(maxsize=1)
-def code_digest() -> str:
-    """A digest of the code and configuration that verify an entry (harness/, baselines/, conf/):
-    a record names it, so a record made by other code counts for nothing."""
-    h = hashlib.sha256(__version__.encode())
-    for root in ("harness", "baselines", "conf"):
-        for f in sorted((REPO_ROOT / root).rglob("*")):
-            if f.suffix in (".py", ".yaml") and f.is_file():
-                h.update(f.relative_to(REPO_ROOT).as_posix().encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()
-
-
-def records_path(cfg: dict[str, Any]) -> Path:
-    return cfg["entries_dir"].parent / "verification.json"
-
-
-def load_records(cfg: dict[str, Any]) -> dict[str, Any]:
-    """verification.json, read like an entry (size-bounded, no duplicate keys, bounded nesting);
-    a malformed store is an EntryError naming it, never a traceback."""
-    store = records_path(cfg)
-    if not store.is_file():
-        return {}
-    try:
-        raw = store.read_bytes()
-        if len(raw) > cfg["max_entry_bytes"]:
-            raise EntryError(f"it is {len(raw)} bytes, over max_entry_bytes")
-        return parse_entry_text(raw.decode("utf-8"))
-    except (EntryError, UnicodeDecodeError) as exc:
-        raise EntryError(f"{store} cannot be read ({exc}): restore it from git (or delete it: records are "
-                         "re-made by `python -m harness.leaderboard verify`)") from exc
-
-
-def _signature(record: dict[str, Any], key: bytes) -> str:
-    body = {k: v for k, v in record.items() if k != "signature"}
-    return hmac.new(key, canonical_json(body).encode(), hashlib.sha256).hexdigest()
-
-
-def revoked(sha256: str, cfg: dict[str, Any]) -> bool:
-    """Whether the maintainers withdrew this exact file (`revoked` in conf/leaderboard.yaml)."""
-    return sha256 in set(cfg.get("revoked") or ())
-
-
-def record_verification(path: Path, result: Verification, entry: dict[str, Any], cfg: dict[str, Any]) -> None:
-    """Record the outcome in verification.json under the entry's file name, bound to what was run
-    (the entry file's sha256, the set's hash, the digest of the verifying code and of the rebuilt
-    components), signed with the maintainers' key when set. Written atomically."""
-    try:
-        digest = components_digest(*resolve_components(entry, cfg))
-    except EntryError:  # refused components: the record says so in its problems
-        digest = None
-    record = {**{k: v for k, v in asdict(result).items() if k != "problems"}, "problems": result.problems[:20],
-              "entry_sha256": file_sha256(path), "set_hash": entry["neuron_set"]["hash"],
-              "components_digest": digest, "harness_version": __version__, "harness_digest": code_digest(),
-              "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()}
-    key = verify_key(cfg)
-    record["signature"] = _signature(record, key) if key else None
-    records = load_records(cfg)
-    records[Path(path).stem] = record
-    write_atomic(records_path(cfg), json.dumps(dict(sorted(records.items())), indent=1) + "\n")
-
-
-def trusted_record(path: Path, entry: dict[str, Any], cfg: dict[str, Any]) -> Verification | None:
-    """The recorded verification of an entry the board does not re-score itself (an API simulator,
-    or one over the verification budget), if it can be trusted: signed with the maintainers' key
-    (which this process must hold to check it), for this file's exact bytes (not revoked), this
-    set, this verifying code and these components. None otherwise: the entry is then pending."""
-    key = verify_key(cfg)
-    if key is None:
-        return None
-    try:
-        record = load_records(cfg).get(Path(path).stem)
-        sha = file_sha256(path)
-        simulator, scorers = resolve_components(entry, cfg)
-        ok = (isinstance(record, dict) and isinstance(record.get("signature"), str)
-              and hmac.compare_digest(record["signature"], _signature(record, key))
-              and record.get("entry_sha256") == sha and not revoked(sha, cfg)
-              and record.get("set_hash") == entry["neuron_set"]["hash"]
-              and record.get("harness_digest") == code_digest()
-              and record.get("components_digest") == components_digest(simulator, scorers)
-              and record.get("status") in STATUSES)
-        if ok:
-            known_set(entry, cfg["sets_dir"])  # the set the record was made on is the one here, intact
-            return Verification(record["name"], record["status"], record["checked"], record["of"],
-                                record["problems"], record["note"], record.get("subset_seed"))
-    except (HarnessError, ValueError, AttributeError, TypeError, KeyError):
-        pass
-    return None
