@@ -10,7 +10,8 @@ import yaml
 
 from harness import leaderboard as lb
 from harness.components import (BACKENDS, EXPLAINERS, GROUPS, PROMPTS, SCORERS, SIMULATORS, Component, RunContext,
-                                TokenMatchParams, build, option)
+                                build)
+from harness.params import TokenMatchParams, option
 from harness.errors import ConfigError
 from harness.leaderboard.entry import components
 from harness.llm.cache import Ledger

@@ -1,0 +1,162 @@
+"""The parameters of each component (harness/components.py): one frozen dataclass per simulator,
+scorer and LLM backend model block, one field per parameter. `option(default, rule, entry=...)`
+declares a field's default, the rule its value obeys (harness/rules.py) and whether a leaderboard
+entry may set it; the cell's checks, the entry's recorded parameters and verification's rebuild all
+read these fields, and nothing else lists them."""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, field
+from typing import Any
+
+from harness.rules import (BOOL, COUNT, COUNT_OR_NULL, FRACTION, MAPPING, NON_NEGATIVE_INT, NUMBER, POSITIVE,
+                           POSITIVE_OR_NULL, SHORT_LIST, TEXT, TEXT_OR_NULL, Rule, one_of)
+
+
+def option(default: Any = MISSING, rule: Rule | None = None, *, entry: bool = False, items: Rule | None = None,
+           factory: Any = MISSING) -> Any:
+    """A parameter field: its default (or `factory` for a mutable one), the rule its value obeys,
+    `items` the rule of each item of a list or mapping value, and whether an entry may set it."""
+    meta = {"rule": rule, "items": items, "entry": entry}
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _hf_local_block(**extra: Any) -> Any:
+    """The offline default model block: SmolLM2-135M-Instruct from the set's own subject weights."""
+    return lambda: {"backend": "hf_local", "model": "smollm2_135m_instruct", "subject": "smollm2_135m",
+                    "path": None, "device": "cpu", "dtype": "float32", **extra}
+
+
+def _sampling(max_tokens: int) -> Any:
+    return lambda: {"temperature": 0.0, "max_tokens": max_tokens, "n": 1, "seed": 0}
+
+
+# --- Parameters of each simulator and scorer ---------------------------------------------------
+# The llm and sampling blocks are mappings whose keys the run-level rules check (`*.llm.*`,
+# `*.sampling.*` in harness/validation.py): they are shared with explainers.
+
+@dataclass(frozen=True)
+class TokenMatchParams:
+    high: float = option(10.0, NUMBER, entry=True)  # predicted on a named token (0 elsewhere)
+
+
+@dataclass(frozen=True)
+class NoParams:
+    pass
+
+
+@dataclass(frozen=True)
+class AllAtOnceParams:
+    llm: dict = option(rule=MAPPING, factory=_hf_local_block())
+    batch_size: int = option(16, COUNT)                # windows per forward pass
+    reuse_prefix: bool = option(True, BOOL)            # false: recompute the prefix per row (benchmark only)
+    max_context: int | None = option(None, COUNT_OR_NULL)  # longest prompt; null: the model's limit
+    literal: bool = option(False, BOOL, entry=True)    # at least 10 on tokens the explanation names
+    ten: str = option("split", one_of("split", "token"))  # served: "10" is "1","0" (split) or one token
+    call_cache: str | None = option(None, TEXT_OR_NULL)  # served: SQLite file of cached calls
+    windows_per_request: int = option(1, COUNT)        # served: prompts per request
+
+
+@dataclass(frozen=True)
+class OneAtATimeParams:
+    llm: dict = option(rule=MAPPING, factory=_hf_local_block())
+    batch_size: int = option(16, COUNT)                # prompts per forward pass
+    literal: bool = option(False, BOOL, entry=True)
+
+
+@dataclass(frozen=True)
+class JsonParams:
+    llm: dict = option(rule=MAPPING, factory=_hf_local_block(batch_size=8))
+    sampling: dict = option(rule=MAPPING, factory=_sampling(1024))
+    call_cache: str | None = option(None, TEXT_OR_NULL)
+
+
+@dataclass(frozen=True)
+class ChatLogprobsParams:
+    llm: dict = option(rule=MAPPING, factory=lambda: {"backend": "openai", "model": "gpt-4o-mini", "top_logprobs": 20})
+    sampling: dict = option(rule=MAPPING, factory=_sampling(2048))
+    ten: str = option("token", one_of("split", "token"))
+    call_cache: str | None = option(None, TEXT_OR_NULL)
+
+
+@dataclass(frozen=True)
+class ThresholdParams:
+    max_fractions: list = option(rule=SHORT_LIST, items=FRACTION, entry=True, factory=lambda: [0.25, 0.5, 0.75])
+    quantiles: list = option(rule=SHORT_LIST, items=FRACTION, entry=True, factory=lambda: [0.9, 0.99])
+
+
+@dataclass(frozen=True)
+class AblationParams:
+    # test windows per neuron, the first N of each kind (top, random, quantile)
+    windows_per_kind: dict = option(rule=MAPPING, items=NON_NEGATIVE_INT, entry=True,
+                                    factory=lambda: {"top": 5, "random": 5, "quantile": 0})
+    batch_size: int = option(8, COUNT)                 # rows (window x patch) per forward pass
+    device: str = option("cpu", TEXT)                  # where the subject runs
+
+
+# The model block of each LLM backend, as conf/explainer/<backend>.yaml gives it: what verification
+# puts under a leaderboard entry's model name. Backends take further keys (top_logprobs, a served
+# model's prompt-logprobs form, ...); the run-level `*.llm.*` rules check them.
+
+@dataclass(frozen=True)
+class HFLocalBlock:
+    model: str = option("smollm2_135m_instruct", TEXT)
+    subject: str | None = option("smollm2_135m", TEXT_OR_NULL)  # the conf/subject/ entry whose weights are used
+    path: str | None = option(None, TEXT_OR_NULL)                # instead of subject: any causal LM
+    device: str = option("cpu", TEXT)
+    dtype: str = option("float32", TEXT)
+    batch_size: int = option(8, COUNT)
+
+
+@dataclass(frozen=True)
+class OpenAIBlock:
+    model: str = option("gpt-4o-mini", TEXT)
+    base_url: str | None = option(None, TEXT_OR_NULL)
+    api_key_env: str = option("OPENAI_API_KEY", TEXT)
+    timeout: float = option(60, POSITIVE)
+    max_retries: int = option(4, NON_NEGATIVE_INT)
+    concurrency: int = option(8, COUNT)
+    requests_per_minute: float | None = option(None, POSITIVE_OR_NULL)
+
+
+@dataclass(frozen=True)
+class AnthropicBlock(OpenAIBlock):
+    model: str = option("claude-3-5-haiku-latest", TEXT)
+    api_key_env: str = option("ANTHROPIC_API_KEY", TEXT)
+    concurrency: int = option(4, COUNT)
+
+
+@dataclass(frozen=True)
+class OpenAICompatibleBlock(OpenAIBlock):
+    model: str = option("local-model", TEXT)             # the name the server knows the model by
+    base_url: str | None = option("http://localhost:8000/v1", TEXT_OR_NULL)
+    api_key_env: str = option("OPENAI_COMPATIBLE_API_KEY", TEXT)
+    api_key_required: bool = option(False, BOOL)
+    paid: bool = option(False, BOOL)
+    timeout: float = option(120, POSITIVE)
+    max_retries: int = option(2, NON_NEGATIVE_INT)
+    concurrency: int = option(4, COUNT)
+
+
+@dataclass(frozen=True)
+class JudgeParams:
+    """Detection and fuzzing (harness/scoring/detection.py): a judge model answers yes/no per window.
+    The offline judge is Qwen2.5-Coder-0.5B-Instruct (`make qwen`): SmolLM2-135M-Instruct does not keep
+    to a yes/no answer (most of its slots fail)."""
+    llm: dict = option(rule=MAPPING, factory=lambda: {
+        "backend": "hf_local", "model": "qwen25_coder_05b_instruct", "subject": "qwen25_coder_05b", "path": None,
+        "device": "cpu", "dtype": "float32", "batch_size": 8})
+    sampling: dict = option(rule=MAPPING, factory=dict)  # over the judge's own: temperature 0, logprobs on
+    windows_per_prompt: int = option(1, COUNT, entry=True)  # >1: numbered windows packed in one prompt
+    active: str = option("max50", TEXT, entry=True)     # the window label's threshold (scoring/windows.py)
+    seed: int = option(0, NON_NEGATIVE_INT)             # packing order; fuzzing's marks in negative windows
+
+
+@dataclass(frozen=True)
+class EmbeddingParams:
+    path: str | None = option(None, TEXT_OR_NULL)      # null: the offline all-MiniLM-L6-v2; else a HF id or directory
+    device: str = option("cpu", TEXT)
+    batch_size: int = option(32, COUNT)                # texts per forward pass
+    active: str = option("max50", TEXT, entry=True)    # the window label's threshold (scoring/windows.py)
