@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("harness", "run one benchmark cell, or a sweep with -m (Hydra overrides)"),
     "collect": ("harness.collect", "a sweep's cells as one table, with paired comparisons"),
     "compare": ("harness.scoring.stats", "compare two cells neuron by neuron (paired bootstrap, permutation p)"),
+    "agreement": ("harness.agreement", "scorer agreement: Kendall τ between scorers' rankings of verified entries"),
     "build-set": ("harness.build_set", "build a frozen, hashed neuron set"),
     "set-info": ("harness.set_info", "describe a frozen neuron set as JSON"),
     "export-openai": ("harness.export_openai", "write a set in OpenAI neuron-explainer's format"),

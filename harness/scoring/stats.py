@@ -28,11 +28,21 @@ def bootstrap_ci(values, n_resamples: int = 2000, seed: int = 0, level: float = 
     out = {"n": int(len(ok)), "n_failed": int(len(x) - len(ok))}
     if len(ok) == 0:
         return {"mean": None, "ci95": [None, None], **out}
-    rng = np.random.default_rng(seed)
-    means = ok[rng.integers(0, len(ok), size=(n_resamples, len(ok)))].mean(axis=1)
+    means = ok[resample_indices(len(ok), n_resamples, seed)].mean(axis=1)
+    return {"mean": float(ok.mean()), "ci95": percentile_ci(means, level), **out}
+
+
+def resample_indices(n: int, n_resamples: int = 2000, seed: int = 0) -> np.ndarray:
+    """The seeded bootstrap draw every CI here uses: `n_resamples` rows of `n` indices in [0, n),
+    drawn with replacement. Statistics computed on the same rows share one resample of the neurons."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+
+
+def percentile_ci(samples, level: float = 0.95) -> list[float]:
+    """The percentile interval [lo, hi] of bootstrap `samples` at `level`."""
     alpha = (1 - level) / 2
-    lo, hi = np.quantile(means, [alpha, 1 - alpha])
-    return {"mean": float(ok.mean()), "ci95": [float(lo), float(hi)], **out}
+    lo, hi = np.quantile(samples, [alpha, 1 - alpha])
+    return [float(lo), float(hi)]
 
 
 def metric_summary(values, no_information: float | None, n_resamples: int = 2000, seed: int = 0) -> dict:
