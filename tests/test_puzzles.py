@@ -224,6 +224,8 @@ def test_board_shows_the_stored_check_of_an_entrys_simulator():
     from harness.leaderboard.assess import simulator_check_label
 
     stored = stored_check({"kind": "token_match", "high": 10.0})  # reports/simulator_checks/, committed
-    s = stored["summary"]["all"]
-    assert simulator_check_label({"kind": "token_match", "high": 10.0}).startswith(f"{s['first']}/{s['n']} first")
+    lexical, semantic = stored["by_kind"]["lexical"], stored["by_kind"]["semantic"]
+    assert simulator_check_label({"kind": "token_match", "high": 10.0}).startswith(
+        f"lexical {lexical['first']}/{lexical['n']} first (chance {lexical['chance_first'] * lexical['n']:.1f}), "
+        f"semantic {semantic['first']}/{semantic['n']} first")
     assert simulator_check_label({"kind": "token_match", "high": 3.0}) == "n/a"

@@ -154,12 +154,18 @@ def assess(cfg: dict[str, Any], use_cache: bool = True) -> list[Assessed]:
 
 
 def simulator_check_label(simulator: dict[str, Any]) -> str:
-    """"k/n first, margin m" of the simulator's stored check over all its items, or "n/a"."""
+    """"k/n first" of the simulator's stored check on the lexical and on the semantic puzzles (a
+    true explanation that names its tokens, or one that describes a category without naming them),
+    or over all its items for a check made before puzzles had kinds; "n/a" without a check."""
     from harness.check_simulator import stored_check
 
     check = stored_check(simulator)
     if check is None:
         return "n/a"
+    kinds = check.get("by_kind") or {}
+    if kinds:
+        return ", ".join(f"{kind} {s['first']}/{s['n']} first (chance {s['chance_first'] * s['n']:.1f})"
+                         for kind, s in kinds.items())
     s = check["summary"]["all"]
     return f"{s['first']}/{s['n']} first, margin {fmt(s['mean_margin'], '+.2f')}"
 
