@@ -35,11 +35,10 @@ from typing import Any, Callable
 
 import hydra
 import pandas as pd
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from harness import __version__
-from harness.cli import exit_on_harness_error
+from harness.cli import exit_on_harness_error, hydra_output_dir
 from harness.corrupt import check_measure, corruption_spec, make_probe, measure, schema_text
 from harness.errors import ConfigError, LLMError, TransientLLMError
 from harness.formatting import fmt
@@ -375,7 +374,7 @@ def check_options(cfg: DictConfig) -> None:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="agent")
 @exit_on_harness_error
 def main(cfg: DictConfig) -> None:
-    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    output_dir = hydra_output_dir()
     run_cfg, overwrite = run_options(cfg)
     with lock_output_dir(output_dir):
         if overwrite:

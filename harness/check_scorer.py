@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness import __version__
 from harness.check_simulator import (PUZZLE_DIR, check_scorer, load_puzzles, planted_item, planted_record,
                                      puzzle_neurons, shown_path, simulator_identity, table, ScorerItem)
-from harness.cli import exit_on_harness_error
+from harness.cli import exit_on_harness_error, hydra_output_dir
 from harness.components import SCORERS, RunContext
 from harness.errors import ConfigError
 from harness.paths import REPO_ROOT
@@ -80,8 +80,6 @@ def store_path(store: str | Path, result: dict[str, Any]) -> Path:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="check/scorer")
 @exit_on_harness_error
 def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
     if len(cfg.scorer) != 1:
         raise ConfigError(f"check one scorer at a time (scorer=<name>); got {list(cfg.scorer)}")
     [(name, params)] = OmegaConf.to_container(cfg.scorer, resolve=True).items()
@@ -91,7 +89,7 @@ def main(cfg: DictConfig) -> None:
     corpus = OmegaConf.to_container(cfg.corpus, resolve=True) if cfg.planted else None
     result = run_check(name, params, files, corpus, cfg.bootstrap.resamples, cfg.bootstrap.seed, cfg.metric,
                        cfg.negatives)
-    out = [Path(HydraConfig.get().runtime.output_dir) / "results.json"]
+    out = [hydra_output_dir() / "results.json"]
     if cfg.store:
         out.append(store_path(REPO_ROOT / cfg.store, result))
     for path in out:

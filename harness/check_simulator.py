@@ -40,7 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from harness import __version__
-from harness.cli import exit_on_harness_error
+from harness.cli import exit_on_harness_error, hydra_output_dir
 from harness.errors import ConfigError
 from harness.formatting import fmt
 from harness.paths import REPO_ROOT
@@ -297,14 +297,12 @@ def stored_check(simulator: dict[str, Any], store: str | Path = REPO_ROOT / "rep
 @hydra.main(version_base="1.3", config_path="../conf", config_name="check/simulator")
 @exit_on_harness_error
 def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
     simulator_cfg = OmegaConf.to_container(cfg.simulator, resolve=True)
     files = list(cfg.puzzles) if cfg.puzzles is not None else sorted(PUZZLE_DIR.glob("*.json"))
     corpus = OmegaConf.to_container(cfg.corpus, resolve=True) if cfg.planted else None
     result = run_check(simulator_cfg, files, corpus,
                        cfg.bootstrap.resamples, cfg.bootstrap.seed)
-    out = [Path(HydraConfig.get().runtime.output_dir) / "results.json"]
+    out = [hydra_output_dir() / "results.json"]
     if cfg.store:
         out.append(store_path(REPO_ROOT / cfg.store, result))
     for path in out:

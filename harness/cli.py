@@ -5,6 +5,7 @@ one command over all of them: `neuronbench COMMAND [ARGS...]` runs `python -m MO
 import functools
 import runpy
 import sys
+from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.redact import redact
@@ -31,6 +32,13 @@ def exit_on_harness_error(task):
 
 
 # command -> (module run as `python -m`, what it does); `neuronbench --help` lists them in this order.
+
+def hydra_output_dir() -> Path:
+    """The output directory of the running Hydra job (its run or sweep cell directory)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("harness", "run one benchmark cell, or a sweep with -m (Hydra overrides)"),
     "collect": ("harness.collect", "a sweep's cells as one table, with paired comparisons"),

@@ -47,7 +47,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from harness import __version__
-from harness.cli import exit_on_harness_error
+from harness.cli import exit_on_harness_error, hydra_output_dir
 from harness.corpus import load_corpus
 from harness.errors import ConfigError
 from harness.gelu.capture import VariantRuns, own_window_maxima
@@ -138,9 +138,7 @@ def run_check(cfg: DictConfig, output_dir: Path, subject: Subject | None = None)
 @hydra.main(version_base="1.3", config_path="../conf", config_name="check/gelu")
 @exit_on_harness_error
 def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
-    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    output_dir = hydra_output_dir()
     results = run_check(cfg, output_dir)
     print(overall_table(results))
     print()

@@ -46,7 +46,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from harness.cli import exit_on_harness_error
+from harness.cli import exit_on_harness_error, hydra_output_dir
 from harness.corpus import load_corpus
 from harness.errors import ConfigError
 from harness.formatting import fmt
@@ -372,9 +372,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="check/metric_sanity")
 @exit_on_harness_error
 def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
-    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    output_dir = hydra_output_dir()
     results = run_check(cfg, output_dir)
     print(verdict_table(results))
     print(f"\nwrote {output_dir / 'report.md'}, {output_dir / 'metric_sanity.png'} and {output_dir / 'results.json'}")
