@@ -96,9 +96,8 @@ class Component:
             raise ConfigError(f"invalid {self.group} {self.name}: " + "; ".join(problems))
         return {**self.defaults(), **params}
 
-    def build(self, params: dict[str, Any] | None = None, context: "RunContext | None" = None,
-              where: str | None = None) -> Any:
-        kwargs = self.parse(params, where or self.group)
+    def build(self, params: dict[str, Any] | None = None, context: "RunContext | None" = None) -> Any:
+        kwargs = self.parse(params, self.group)
         context = context or RunContext()
         return self.resolve()(**kwargs, **{r: getattr(context, r) for r in self.resources})
 
