@@ -34,7 +34,7 @@ from harness.llm.cache import CallCache, Ledger
 from harness.records import NeuronRecord, load_set
 from harness.redact import redact
 from harness.rundir import mark_done, write_atomic
-from harness.scoring import Scorer, Simulated, run_scorers, score_batch, scorers_from
+from harness.scoring import Scorer, Simulated, reporting, run_scorers, score_batch, scorers_from
 from harness.scoring.correlation import pooled
 from harness.scoring.stats import derangement, fdr_summary, metric_summary, pearson_p_value
 from harness.simulate import OracleQuantizedSimulator, Simulator, make_simulator
@@ -136,7 +136,7 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         "n_neurons": len(rows),
         "n_failed": n_failed,
         "scores": summarise(table, scorers, "", cfg.stats),
-        **{control: summarise(table, [(s, p) for s, p in scorers if s.reports(control)], control + ".", cfg.stats)
+        **{control: summarise(table, reporting(scorers, control), control + ".", cfg.stats)
            for control in CONTROLS if cfg.controls[control]},
         **({"significance": significance} if significance is not None else {}),
         "cost": ledger.summary(),
@@ -190,7 +190,7 @@ def score_neurons(neurons: list[NeuronRecord], rows: list[dict[str, Any]], simul
                 except HarnessError as exc:
                     log.warning("floor for layer %d neuron %d failed: %s", neurons[i].layer, neurons[i].neuron, exc)
         _add_scores(rows, "floor.", scorers, floor, context)
-    ceiling_scorers = [(s, p) for s, p in scorers if s.reports("ceiling")]
+    ceiling_scorers = reporting(scorers, "ceiling")
     if controls["ceiling"] and ceiling_scorers:
         oracle = OracleQuantizedSimulator()
         _add_scores(rows, "ceiling.", ceiling_scorers,

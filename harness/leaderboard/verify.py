@@ -253,7 +253,7 @@ def recomputed_summary(entry: dict[str, Any], order: list[tuple[int, int]]) -> d
     neurons), from the entry's own per-neuron values, which the schema range-checks on every
     neuron and verification re-scores: what the board shows, never the submitter's own summary."""
     from harness.cell import summarise
-    from harness.scoring import get_scorer
+    from harness.scoring import get_scorer, reporting
 
     table = _claimed_table(entry, order)
     scorers = [(get_scorer(name), params) for name, params in entry["scorers"].items()]
@@ -261,8 +261,7 @@ def recomputed_summary(entry: dict[str, Any], order: list[tuple[int, int]]) -> d
            "scores": summarise(table, scorers, "", entry["stats"])}
     for control in ("floor", "ceiling"):
         if entry["controls"][control]:
-            out[control] = summarise(table, [(s, p) for s, p in scorers if s.reports(control)], control + ".",
-                                     entry["stats"])
+            out[control] = summarise(table, reporting(scorers, control), control + ".", entry["stats"])
     return out
 
 

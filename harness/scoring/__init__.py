@@ -4,10 +4,11 @@ A scorer receives every neuron's `Simulated` (its records plus the simulator's p
 its `calibration` and `test` splits, one list per record, `None` for a window the simulator
 failed on) and returns one {metric: value} per neuron, computed on the raw activations of `test`.
 It works on the whole batch so a rule that runs the subject model (ablation) can patch many
-neurons in one forward pass; such a rule declares `needs_context` and receives `context=`, the run's
-`harness.components.RunContext` (the set's manifest and subject, the ledger and call cache). NaN means the metric is undefined for the neuron (e.g. a constant
-prediction) and counts as a failure, never as 0. Parameters: the scorer's params class in
-harness/components.py; presets in `conf/scorer/<name>.yaml`.
+neurons in one forward pass; such a rule declares `needs_context` and receives `context=`, the
+run's `harness.components.RunContext` (the set's manifest and subject, the ledger and call cache).
+NaN means the metric is undefined for the neuron (e.g. a constant prediction) and counts as a
+failure, never as 0. Parameters: the scorer's params class in harness/params.py; presets in
+`conf/scorer/<name>.yaml`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from harness.scoring.threshold import HEADLINE as THRESHOLD_HEADLINE, threshold_
 
 
 __all__ = ["ABLATION", "CORRELATION", "DETECTION", "EMBEDDING", "FUZZING", "SCORERS", "THRESHOLD", "Metric", "Scorer",
-           "Simulated", "get_scorer", "per_neuron", "run_scorers", "score_batch", "scorers_from"]
+           "Simulated", "get_scorer", "per_neuron", "reporting", "run_scorers", "score_batch", "scorers_from"]
+
 
 @dataclass
 class Simulated:
@@ -82,6 +84,11 @@ class Scorer:
             if fnmatchcase(name, m.pattern):
                 return m
         raise ConfigError(f"scorer {self.name} declares no metric {name!r}")
+
+
+def reporting(scorers: list[tuple[Scorer, dict[str, Any]]], control: str) -> list[tuple[Scorer, dict[str, Any]]]:
+    """The (scorer, parameters) pairs that have a value under `control` (Scorer.reports)."""
+    return [(s, p) for s, p in scorers if s.reports(control)]
 
 
 def per_neuron(fn: Callable[[Simulated], dict[str, float]]) -> Callable[..., list[dict[str, float]]]:
