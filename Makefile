@@ -39,7 +39,7 @@ BASELINES := baseline_top_tokens,baseline_weight_in,baseline_weight_out,baseline
 BOARD_SCORERS := [correlation,threshold,embedding]
 FAST := not slow and not browser and not served and not benchmark and not heavy
 
-.PHONY: install llama gemma qwen minilm chromium demo test test-fast clean board board-hf-local set-v2 random-set board-random board-random-hf-local metric-sanity
+.PHONY: install llama gemma qwen minilm chromium demo test test-fast clean board board-hf-local set-v2 set-v2-lite random-set board-random board-random-hf-local metric-sanity
 
 install: $(STAMP)
 
@@ -99,6 +99,11 @@ board-hf-local: install
 # Set v2 (conf/build_set.yaml's defaults: every full window of Brown), pass 1 in 8 resumable shards.
 set-v2: install
 	$(PY) -m harness.build_set shards=8
+
+# v2's lite set (4 of v2's 10 neurons in each layer, seed 0; v2's records unchanged) for costly simulators
+# and scorers. A no-op when the committed one is already there (same hash).
+set-v2-lite: install
+	$(PY) -m harness.sets.lite --parent smollm2-135m-brown-v2 --per-layer 4 --seed 0 --name smollm2-135m-brown-v2-lite
 
 # The random-weights control (issue 17): the v1 rules on smollm2_135m_random (weights re-drawn from the
 # model's initialisation, seed 0), and every seeded explainer on it; the board shows trained vs random.

@@ -45,6 +45,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("harness.scoring.stats", "compare two cells neuron by neuron (paired bootstrap, permutation p)"),
     "agreement": ("harness.agreement", "scorer agreement: Kendall τ between scorers' rankings of verified entries"),
     "build-set": ("harness.build_set", "build a frozen, hashed neuron set"),
+    "lite-set": ("harness.sets.lite", "draw a lite set: a stratified subset of a frozen set, its records unchanged"),
     "set-info": ("harness.set_info", "describe a frozen neuron set as JSON"),
     "export-openai": ("harness.export_openai", "write a set in OpenAI neuron-explainer's format"),
     "connections": ("harness.connections", "connection-weight tables of MLP neurons"),

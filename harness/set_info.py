@@ -42,6 +42,7 @@ def set_info(name_or_path: str) -> dict:
             for s, c in per_split.items()},
         "shared_docs_explain_vs_scoring": len(docs["explain"] & docs["scoring"]),
         "selection_rule": manifest.get("selection", {}).get("rule"),
+        "parent": manifest.get("parent"),  # a lite set's parent set (name, hash); None for a built set
     }
 
 
