@@ -65,7 +65,6 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     # What the run's components share: the ledger and call cache, and the set's subject, loaded once
     # (digest-checked) for every component that reads it (a weight baseline's explainer, the ablation scorer).
     context = RunContext(manifest=neuron_set.manifest, ledger=ledger, cache=cache)
-    subject = context.subject() if "subject" in cfg.explainer else None
 
     def judge(neuron: NeuronRecord, text: str) -> float:
         """The first scorer's headline metric on the calibration split (never on test)."""
@@ -74,8 +73,8 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         sims = simulator.simulate(text, neuron.calibration)
         return score_batch(scorer, params, [Simulated(on_calibration, sims, sims, text)], context)[0][scorer.headline]
 
-    explainer = make_explainer(cfg.explainer, cfg.get("prompt"), ledger=ledger, judge=judge,
-                               cache=cache, subject=subject)
+    context.judge = judge  # for an explainer that chooses among candidates (n samples, hypothesis_loop)
+    explainer = make_explainer(cfg.explainer, cfg.get("prompt"), context)
     if hasattr(explainer, "prepare"):  # e.g. baseline_borrowed explains every neuron first
         explainer.prepare(neurons)
     explain_batch = getattr(explainer, "explain_batch", None) or (lambda ns: [_try(explainer.explain, n) for n in ns])

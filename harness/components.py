@@ -8,8 +8,8 @@ A component is registered once, in its group (`simulator`, `scorer`, ...), by na
 - `target`: what the component is, as "module:object", imported only when first used (a group
   never imports its plug-ins: no import cycles, no heavy import for an unused entry). A class is
   built as `target(**parameters, **resources)`;
-- `resources`: what the class takes from the run (`RunContext`: the ledger, the call cache), by
-  keyword.
+- `resources`: what the class takes from the run (`RunContext`: the ledger, the call cache, the
+  judge), by keyword.
 
 `build(group, name, params, context)` is the one factory: it looks the name up, checks every
 parameter (an unknown name or key is one ConfigError listing what is known), fills the defaults and
@@ -18,9 +18,9 @@ parameters, documented there for the person who sweeps them.
 
 Adding a parameter to a simulator: add a field to its params class in harness/params.py, read it
 in the simulator, and set or document it in conf/simulator/<kind>.yaml (docs/components.md walks
-through one). Explainers and prompts have no params class yet: they are looked up here too and
-take their parameters as given (harness/validation.py's run-level rules check those); a backend's
-params class gives only its default model block.
+through one). An explainer is built the same way, through `harness.explain.make_explainer`, which
+also hands it what it is built on (its prompt variant, an LLM for its model block, a source
+explainer, the run's subject); a backend's params class gives only its default model block.
 """
 
 from __future__ import annotations
@@ -31,9 +31,12 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterator
 
 from harness.errors import ConfigError
-from harness.params import (AblationParams, AllAtOnceParams, AnthropicBlock, ChatLogprobsParams, EmbeddingParams,
-                            HFLocalBlock, JsonParams, JudgeParams, NoParams, OneAtATimeParams, OpenAIBlock,
-                            OpenAICompatibleBlock, ThresholdParams, TokenMatchParams)
+from harness.params import (AblationParams, AllAtOnceParams, AnthropicBlock, BorrowedParams, ChainOfThoughtParams,
+                            ChatLogprobsParams, ContrastiveParams, EmbeddingParams, EmptyParams, HFLocalBlock,
+                            HypothesisLoopParams, JsonParams, JudgeParams, LLMExplainerParams, NoParams,
+                            OneAtATimeParams, OpenAIBlock, OpenAICompatibleBlock, OpenAITokensParams,
+                            ThresholdParams, TokenMatchParams, TopTokensBaselineParams, TopTokensPromptParams,
+                            WeightTokensParams)
 from harness.rules import Rule
 
 
@@ -51,7 +54,7 @@ class Component:
     group: str
     name: str
     target: Any                      # "module:object" (imported on first use) or the object
-    params: type | None = None       # a dataclass of `option` fields; None: parameters taken as given
+    params: type = NoParams          # a dataclass of `option` fields
     resources: tuple[str, ...] = ()  # RunContext attributes the class takes by keyword
     on_board: bool = True            # whether a leaderboard entry may name it (its verifier can rebuild it)
 
@@ -59,16 +62,16 @@ class Component:
         return _resolve(self.target)
 
     def defaults(self) -> dict[str, Any]:
-        return asdict(self.params()) if self.params else {}
+        return asdict(self.params())
 
     def entry_options(self) -> list[str]:
         """The parameters a leaderboard entry may set."""
-        return [f.name for f in fields(self.params or NoParams) if f.metadata.get("entry")]
+        return [f.name for f in fields(self.params) if f.metadata.get("entry")]
 
     def rules(self, prefix: str) -> dict[str, Rule]:
         """Dotted option paths under `prefix` → their rule (a list's or mapping's items under `.*`)."""
         out: dict[str, Rule] = {}
-        for f in fields(self.params or NoParams):
+        for f in fields(self.params):
             if f.metadata.get("rule"):
                 out[f"{prefix}.{f.name}"] = f.metadata["rule"]
             if f.metadata.get("items"):
@@ -76,8 +79,6 @@ class Component:
         return out
 
     def unknown(self, params: dict[str, Any], where: str) -> list[str]:
-        if self.params is None:
-            return []
         known = [f.name for f in fields(self.params)]
         return [f"unknown option {where}.{key} of {self.group} {self.name}; known: {known}"
                 for key in params if key not in known]
@@ -96,10 +97,12 @@ class Component:
             raise ConfigError(f"invalid {self.group} {self.name}: " + "; ".join(problems))
         return {**self.defaults(), **params}
 
-    def build(self, params: dict[str, Any] | None = None, context: "RunContext | None" = None) -> Any:
+    def build(self, params: dict[str, Any] | None = None, context: "RunContext | None" = None, **given: Any) -> Any:
+        """`given`: what the caller built for this component (an explainer's prompt variant, the LLM of
+        its model block), passed by keyword, over the checked parameter of the same name if any."""
         kwargs = self.parse(params, self.group)
         context = context or RunContext()
-        return self.resolve()(**kwargs, **{r: getattr(context, r) for r in self.resources})
+        return self.resolve()(**{**kwargs, **{r: getattr(context, r) for r in self.resources}, **given})
 
 
 class Group:
@@ -156,20 +159,23 @@ SCORERS = _group("scorer", "scorer", {
     "detection": ("harness.scoring:DETECTION", JudgeParams),
     "fuzzing": ("harness.scoring:FUZZING", JudgeParams),
 })
-# A prompt variant (`messages`, `parse`) runs inside the `llm` explainer; hypothesis_loop, which holds
-# its own conversation (`explain`), is built with the LLM instead.
+# An explainer's `explain(neuron)` describes a neuron from its explain split. The `llm` explainer runs
+# a prompt variant (`messages`, `parse`); hypothesis_loop holds its own conversation with its LLM.
+# Both take the cell's `judge` (calibration only) to choose among candidates.
 EXPLAINERS = _group("explainer", "explainer kind", {
-    "llm": ("harness.explain:LLMExplainer",),
-    "baseline_top_tokens": ("baselines.top_tokens:TopTokensExplainer",),
-    "baseline_weight_in": ("baselines.weight_tokens:WeightInExplainer",),
-    "baseline_weight_out": ("baselines.weight_tokens:WeightOutExplainer",),
-    "baseline_empty": ("baselines.empty:EmptyExplainer",),
-    "baseline_borrowed": ("baselines.borrowed:BorrowedExplainer",),
+    "llm": ("harness.explain:LLMExplainer", LLMExplainerParams, ("judge",)),
+    "hypothesis_loop": ("harness.explain:HypothesisLoop", HypothesisLoopParams, ("judge",)),
+    "baseline_top_tokens": ("baselines.top_tokens:TopTokensExplainer", TopTokensBaselineParams),
+    "baseline_weight_in": ("baselines.weight_tokens:WeightInExplainer", WeightTokensParams),
+    "baseline_weight_out": ("baselines.weight_tokens:WeightOutExplainer", WeightTokensParams),
+    "baseline_empty": ("baselines.empty:EmptyExplainer", EmptyParams),
+    "baseline_borrowed": ("baselines.borrowed:BorrowedExplainer", BorrowedParams),
 })
 PROMPTS = _group("prompt", "prompt variant", {
-    "openai_tokens": ("harness.explain:OpenAITokens",), "top_tokens": ("harness.explain:TopTokens",),
-    "contrastive": ("harness.explain:Contrastive",), "cot": ("harness.explain:ChainOfThought",),
-    "hypothesis_loop": ("harness.explain:HypothesisLoop",),
+    "openai_tokens": ("harness.explain:OpenAITokens", OpenAITokensParams),
+    "top_tokens": ("harness.explain:TopTokens", TopTokensPromptParams),
+    "contrastive": ("harness.explain:Contrastive", ContrastiveParams),
+    "cot": ("harness.explain:ChainOfThought", ChainOfThoughtParams),
 })
 BACKENDS = _group("backend", "LLM backend", {
     "openai": ("harness.llm.openai_backend:OpenAIBackend", OpenAIBlock),
@@ -186,36 +192,41 @@ def component(group: str, name: Any) -> Component:
     return GROUPS[group].component(name)
 
 
-def build(group: str, name: Any, params: dict[str, Any] | None = None, context: "RunContext | None" = None) -> Any:
+def build(group: str, name: Any, params: dict[str, Any] | None = None, context: "RunContext | None" = None,
+          **given: Any) -> Any:
     """The one factory: the component `name` of `group`, its parameters checked and defaulted,
-    built with the run's resources."""
-    return component(group, name).build(params, context)
+    built with the run's resources (and what the caller built for it, `given`)."""
+    return component(group, name).build(params, context, **given)
+
+
+def named(tree: dict[str, Any]) -> list[tuple[Group, Any, str, Any]]:
+    """Each component a config tree names, as (its group, its name, where its block is, its parameters):
+    the simulator, the explainer (and a baseline_borrowed explainer's source), the prompt variant and
+    each scorer. A name may be unknown to its group."""
+    blocks = [(SIMULATORS, "simulator", tree.get("simulator")), (PROMPTS, "prompt", tree.get("prompt"))]
+    explainer, where = tree.get("explainer"), "explainer"
+    while isinstance(explainer, dict):  # baseline_borrowed names the explainer it is built on as its `source`
+        blocks.append((EXPLAINERS, where, explainer))
+        explainer, where = explainer.get("source"), f"{where}.source"
+    out = [(group, block.get("kind"), where, {k: v for k, v in block.items() if k != "kind"})
+           for group, where, block in blocks if isinstance(block, dict)]
+    return out + [(SCORERS, name, f"scorer.{name}", params) for name, params in (tree.get("scorer") or {}).items()]
 
 
 def component_rules(tree: dict[str, Any]) -> dict[str, Rule]:
     """The rules of the parameters of every component a config tree names: `simulator.*` for its
-    simulator kind, `scorer.<name>.*` for each scorer."""
+    simulator kind, `explainer.*` and `prompt.*` likewise, `scorer.<name>.*` for each scorer."""
     rules: dict[str, Rule] = {}
-    sim = tree.get("simulator")
-    if isinstance(sim, dict) and sim.get("kind") in SIMULATORS:
-        rules.update(SIMULATORS.component(sim["kind"]).rules("simulator"))
-    for name in tree.get("scorer") or {}:
-        if name in SCORERS:
-            rules.update(SCORERS.component(name).rules(f"scorer.{name}"))
+    for group, name, where, _ in named(tree):
+        if name in group:
+            rules.update(group.component(name).rules(where))
     return rules
 
 
 def unknown_options(tree: dict[str, Any]) -> list[str]:
-    """Each key of the named simulator's and scorers' blocks that is not one of their parameters."""
-    problems = []
-    sim = tree.get("simulator")
-    if isinstance(sim, dict) and sim.get("kind") in SIMULATORS:
-        problems += SIMULATORS.component(sim["kind"]).unknown({k: v for k, v in sim.items() if k != "kind"},
-                                                               "simulator")
-    for name, params in (tree.get("scorer") or {}).items():
-        if name in SCORERS and isinstance(params, dict):
-            problems += SCORERS.component(name).unknown(params, f"scorer.{name}")
-    return problems
+    """Each key of a named component's block that is not one of its parameters."""
+    return [problem for group, name, where, params in named(tree) if name in group and isinstance(params, dict)
+            for problem in group.component(name).unknown(params, where)]
 
 
 # --- What a run shares among its components ----------------------------------------------------
@@ -223,15 +234,18 @@ def unknown_options(tree: dict[str, Any]) -> list[str]:
 @dataclass
 class RunContext:
     """The resources a run's components share: the `ledger` every paid call is counted in, the
-    `cache` of model calls, the set's `manifest` (which names its subject) and the subject model,
-    loaded once per process with its weight digest checked (`harness.subject.set_subject`), or given
-    (a modified model in tests). LLMs built through `llm()` share the ledger and cache."""
+    `cache` of model calls, the `judge` that scores a candidate explanation on a neuron's
+    calibration split (a cell's simulator and first scorer; never test), the set's `manifest`
+    (which names its subject) and the subject model, loaded once per process with its weight digest
+    checked (`harness.subject.set_subject`), or given (a modified model in tests). LLMs built
+    through `llm()` share the ledger and cache."""
 
     manifest: dict[str, Any] | None = None
     ledger: Any = None
     cache: Any = None
     device: str = "cpu"
     given_subject: Any = None
+    judge: Any = None  # (neuron, explanation text) → its score on the neuron's calibration split
     _llms: dict[str, Any] = field(default_factory=dict, repr=False)
     _embedders: dict[tuple, Any] = field(default_factory=dict, repr=False)
 

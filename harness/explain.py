@@ -1,11 +1,12 @@
-"""Explainers: a registry from config name to a class whose `explain(neuron)` describes it.
+"""Explainers: classes whose `explain(neuron)` describes a neuron, registered in
+harness.components' EXPLAINERS and built by `make_explainer`.
 
 An explainer sees only a neuron's `explain` split. `calibration` may be used to choose among
-candidate explanations (n samples, hypothesis_loop); `test` is never seen.
+candidate explanations (n samples, hypothesis_loop), through the run's judge; `test` is never seen.
 
-LLM explainers combine an LLM backend (`conf/explainer/`) with a prompt variant (`conf/prompt/`):
-a prompt variant is one small class here with `messages(neuron)` and `parse(text)`, or (like
-hypothesis_loop) an explainer of its own that holds its conversation with the LLM. The shared
+The `llm` explainer combines an LLM backend (its `llm:` block, `conf/explainer/`) with a prompt
+variant (`conf/prompt/`): one small class here with `messages(neuron)` and `parse(text)`.
+`hypothesis_loop` is an explainer of its own that holds its conversation with its LLM. The shared
 types (`Explanation`, `Explainer`, `Judge`) live in the leaf module `harness.types`.
 """
 
@@ -15,15 +16,15 @@ import logging
 import math
 import re
 from collections import defaultdict
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from omegaconf import OmegaConf
+
+from harness.components import EXPLAINERS, PROMPTS, RunContext
 from harness.errors import ConfigError, ExplanationError, HarnessError
 from harness.formatting import EXPLAINER_SHOTS, highlighted_text, token_lines
-from harness.llm import LLM, make_backend
 from harness.records import ActivationRecord, NeuronRecord
-from harness.components import EXPLAINERS, PROMPTS
 from harness.types import Explainer, Explanation, Judge  # re-exported: callers import them from here
 
 log = logging.getLogger(__name__)
@@ -203,13 +204,15 @@ class LLMExplainer:
 
 
 class HypothesisLoop:
-    """Propose K binary-condition hypotheses, score each on the calibration split with the cell's
-    simulator and scorer, refine the best for R rounds; the best on calibration is kept."""
+    """Propose K binary-condition hypotheses, score each on the calibration split with the run's
+    judge (the cell's simulator and first scorer), refine the best for R rounds; the best on
+    calibration is kept."""
 
     def __init__(self, llm, sampling: dict[str, Any], judge: Judge | None, k: int = 4, rounds: int = 2,
                  max_records: int = 8):
         if judge is None:
-            raise ConfigError("prompt=hypothesis_loop needs a simulator and scorer to judge hypotheses")
+            raise ConfigError("explainer=hypothesis_loop needs a judge to score hypotheses on the calibration split "
+                              "(a cell's simulator and first scorer): run it in a cell, or give RunContext(judge=...)")
         self.llm, self.sampling, self.judge = llm, dict(sampling), judge
         self.k, self.rounds, self.max_records = k, rounds, max_records
 
@@ -249,27 +252,33 @@ class HypothesisLoop:
         return Explanation(text=best["text"], cost_usd=cost, details={"hypotheses": tried})
 
 
-def make_explainer(cfg: Any, prompt_cfg: Any = None, ledger=None, judge: Judge | None = None,
-                   cache=None, subject=None) -> Explainer:
-    """An explainer from its `conf/explainer/` config; `kind: llm` also takes the `conf/prompt/`
-    variant and the cell's ledger, judge and call cache; an explainer that reads the subject's
-    weights (a `subject` parameter) takes the run's loaded `subject` instead of loading its own."""
-    params = dict(cfg)
-    if subject is not None and "subject" in params:
-        params["subject"] = subject
-    kind = params.pop("kind")
-    explainer = EXPLAINERS[kind]
+def make_explainer(cfg: Any, prompt_cfg: Any = None, context: RunContext | None = None) -> Explainer:
+    """The explainer `cfg` names (its `kind` and parameters, checked and defaulted by its params class
+    in harness/params.py), built by the one factory with the run's `context`: the cell's judge, an LLM
+    for its model block behind the run's ledger and call cache, and, for one that reads the set's
+    subject, the subject the run loaded. `kind: llm` also takes its prompt variant (`prompt_cfg`,
+    conf/prompt/); baseline_borrowed the explainer its `source` names, built first."""
+    params = _plain(cfg)
+    kind = params.pop("kind", None)
+    spec = EXPLAINERS.component(kind)
+    checked = spec.parse(params, "explainer")
+    context = context or RunContext()
+    given: dict[str, Any] = {}
+    if "llm" in checked:
+        given["llm"] = context.llm(checked["llm"])
     if kind == "llm":
-        llm = LLM(make_backend(params["llm"]), ledger=ledger, cache=cache)
-        prompt = dict(prompt_cfg or {})
-        variant = PROMPTS[prompt.pop("kind", None)]
-        if hasattr(variant, "explain"):
-            return variant(llm, params.get("sampling", {}), judge, **prompt)
-        return explainer(llm, variant(**prompt), params.get("sampling", {}), judge)
-    if isinstance(params.get("source"), Mapping):  # built on another explainer (baseline_borrowed)
-        source = dict(params["source"])
-        if source.get("kind") == "llm":
+        prompt = _plain(prompt_cfg or {})
+        given["prompt"] = PROMPTS.component(prompt.pop("kind", None)).build(prompt)
+    if kind == "baseline_borrowed":
+        if "llm" in EXPLAINERS.component(checked["source"].get("kind")).defaults():
             raise ConfigError("baseline_borrowed borrows from a no-LLM explainer; for LLM explainers "
                               "use the cell's own floor control (summary.json → floor)")
-        params["source"] = make_explainer(source)
-    return explainer(**params)
+        given["source"] = make_explainer(checked["source"], context=context)
+    manifest = context.manifest or {}
+    if checked.get("subject") is not None and checked["subject"] == manifest.get("subject", {}).get("name"):
+        given["subject"] = context.subject()  # the set's subject, loaded once per run and digest-checked
+    return spec.build(checked, context, **given)
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)

@@ -1,8 +1,9 @@
 """The parameters of each component (harness/components.py): one frozen dataclass per simulator,
-scorer and LLM backend model block, one field per parameter. `option(default, rule, entry=...)`
-declares a field's default, the rule its value obeys (harness/rules.py) and whether a leaderboard
-entry may set it; the cell's checks, the entry's recorded parameters and verification's rebuild all
-read these fields, and nothing else lists them."""
+scorer, explainer, prompt variant and LLM backend model block, one field per parameter.
+`option(default, rule, entry=...)` declares a field's default, the rule its value obeys
+(harness/rules.py) and whether a leaderboard entry may set it (or, for an explainer or prompt,
+records it); the cell's checks, the entry's recorded parameters and verification's rebuild all read
+these fields, and nothing else lists them."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def _sampling(max_tokens: int) -> Any:
 
 # --- Parameters of each simulator and scorer ---------------------------------------------------
 # The llm and sampling blocks are mappings whose keys the run-level rules check (`*.llm.*`,
-# `*.sampling.*` in harness/validation.py): they are shared with explainers.
+# `*.sampling.*` in harness/validation.py): explainers and scorers that ask a model share them.
 
 @dataclass(frozen=True)
 class TokenMatchParams:
@@ -160,3 +161,68 @@ class EmbeddingParams:
     device: str = option("cpu", TEXT)
     batch_size: int = option(32, COUNT)                # texts per forward pass
     active: str = option("max50", TEXT, entry=True)    # the window label's threshold (scoring/windows.py)
+
+
+# --- Parameters of each explainer and prompt variant --------------------------------------------
+# A leaderboard entry records its explainer and prompt as a description of what ran (verification
+# re-scores the explanations; it never re-runs an explainer), so every field is `entry=True`.
+
+@dataclass(frozen=True)
+class LLMExplainerParams:
+    """`llm` (harness/explain.py): a prompt variant (conf/prompt/) against an LLM; the presets are
+    conf/explainer/{hf_local,openai,anthropic,openai_compatible}.yaml."""
+    llm: dict = option(rule=MAPPING, entry=True, factory=_hf_local_block(batch_size=8))
+    sampling: dict = option(rule=MAPPING, entry=True, factory=_sampling(48))  # n > 1: the best on calibration is kept
+
+
+@dataclass(frozen=True)
+class HypothesisLoopParams(LLMExplainerParams):
+    sampling: dict = option(rule=MAPPING, entry=True, factory=_sampling(128))  # room for k numbered lines
+    k: int = option(4, COUNT, entry=True)                   # hypotheses asked for per round
+    rounds: int = option(2, NON_NEGATIVE_INT, entry=True)   # refinements after the first round
+    max_records: int = option(8, COUNT, entry=True)         # top windows shown
+
+
+@dataclass(frozen=True)
+class TopTokensBaselineParams:
+    n_tokens: int = option(5, COUNT, entry=True)
+
+
+@dataclass(frozen=True)
+class WeightTokensParams:
+    subject: str | None = option(None, TEXT_OR_NULL, entry=True)  # null: the one the neuron set was built on
+    n_tokens: int = option(5, COUNT, entry=True)
+
+
+@dataclass(frozen=True)
+class EmptyParams:
+    text: str = option("nothing in particular", TEXT, entry=True)
+
+
+@dataclass(frozen=True)
+class BorrowedParams:
+    # a no-LLM explainer's config (its `kind` and parameters), checked as that explainer's
+    source: dict = option(rule=MAPPING, entry=True, factory=lambda: {"kind": "baseline_top_tokens", "n_tokens": 5})
+    seed: int = option(0, NON_NEGATIVE_INT, entry=True)     # the derangement that hands explanations round
+
+
+@dataclass(frozen=True)
+class OpenAITokensParams:
+    max_records: int = option(10, COUNT, entry=True)        # top windows shown
+
+
+@dataclass(frozen=True)
+class TopTokensPromptParams:
+    n_tokens: int = option(15, COUNT, entry=True)           # tokens listed
+    context: int = option(6, NON_NEGATIVE_INT, entry=True)  # tokens of context before each example
+
+
+@dataclass(frozen=True)
+class ContrastiveParams:
+    n_top: int = option(6, COUNT, entry=True)               # windows where the neuron fires
+    n_low: int = option(6, NON_NEGATIVE_INT, entry=True)    # random windows where it stays lowest
+
+
+@dataclass(frozen=True)
+class ChainOfThoughtParams:
+    max_records: int = option(8, COUNT, entry=True)         # top windows shown

@@ -1,9 +1,9 @@
-"""Checking a configuration before anything runs. A component's parameters (the simulator's, each
-scorer's) are checked against the rules on its params class (harness/components.py); every other
-numeric or boolean option of a cell, a corruption run or an agent run (the run-level options, and the
-llm and sampling blocks that explainers and simulators share) against the table below. A bad value
-or an unknown component name or key is one ConfigError naming each offending option, never a
-traceback deep inside a run."""
+"""Checking a configuration before anything runs. A component's parameters (the simulator's, the
+explainer's, the prompt variant's, each scorer's) are checked against the rules on its params class
+(harness/params.py); every other numeric or boolean option of a cell, a corruption run or an agent
+run (the run-level options, and the llm and sampling blocks that explainers, simulators and
+scorers share) against the table below. A bad value or an unknown component name or key is one
+ConfigError naming each offending option, never a traceback deep inside a run."""
 
 from __future__ import annotations
 
@@ -47,16 +47,6 @@ RULES: dict[str, Rule] = {
     "stats.bootstrap_resamples": COUNT,
     "stats.fdr_q": FRACTION,
     **{f"{where}.{option}": rule for where in ("*", "scorer.*") for option, rule in SHARED_BLOCKS.items()},
-    "explainer.n_tokens": COUNT,
-    "explainer.source.n_tokens": COUNT,
-    "explainer.seed": NON_NEGATIVE_INT,
-    "prompt.max_records": COUNT,
-    "prompt.n_tokens": COUNT,
-    "prompt.context": NON_NEGATIVE_INT,
-    "prompt.n_top": COUNT,
-    "prompt.n_low": NON_NEGATIVE_INT,
-    "prompt.k": COUNT,
-    "prompt.rounds": NON_NEGATIVE_INT,
     "pricing.*.*": NON_NEGATIVE,
     # conf/corruption_measures/ (python -m harness.corrupt and python -m harness.agent)
     "measure.n_windows": COUNT,
@@ -129,15 +119,15 @@ def option_problems(tree: Any, required: tuple[str, ...] = (), rules: dict[str, 
 
 def validate_cell_config(cfg: DictConfig) -> None:
     """Raise one ConfigError listing every option of the cell's config that breaks its rule, every
-    simulator or scorer name no component has, and every key that is not one of its parameters."""
-    from harness.components import SCORERS, SIMULATORS, unknown_options
+    simulator, explainer, prompt variant or scorer name no component has, and every key of theirs
+    that is not one of its parameters."""
+    from harness.components import SCORERS, named, unknown_options
 
     tree = OmegaConf.to_container(cfg, resolve=True)
     problems = option_problems(tree) + unknown_options(tree)
-    if (tree.get("simulator") or {}).get("kind") not in SIMULATORS:
-        problems.append(f"unknown simulator kind {tree['simulator'].get('kind')!r}; known: {sorted(SIMULATORS)}")
-    for name in tree.get("scorer") or {}:
-        if name not in SCORERS:
-            problems.append(f"unknown scorer {name!r}; available: {', '.join(sorted(SCORERS))}")
+    for group, name, where, _ in named(tree):
+        if name not in group:
+            problems.append(f"unknown scorer {name!r}; available: {', '.join(sorted(SCORERS))}" if group is SCORERS
+                            else f"{where}.kind: unknown {group.what} {name!r}; known: {sorted(group)}")
     if problems:
         raise ConfigError("invalid configuration: " + "; ".join(problems))

@@ -1,11 +1,13 @@
 """The benchmark cell end to end: `python -m harness` on a tiny built set and on the frozen set."""
 
 import json
+import math
 import re
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -16,8 +18,12 @@ from harness.cell import run_cell
 from harness.errors import ConfigError, SetIntegrityError
 from harness.paths import CONF_DIR, REPO_ROOT
 from harness.components import SCORERS
+from harness.records import load_set
+from harness.scoring.correlation import pooled
+from harness.simulate import TokenMatchSimulator
 from harness.validation import config_rules, leaves, rule_for, validate_cell_config
 from tests.cells import build_tiny_set, cell_cfg
+from tests.fake_llm_server import FakeLLMServer
 from harness.set_info import set_info
 
 FROZEN = ("smollm2-135m-brown-v1", "smollm2-135m-brown-v2")  # v2 is the default set
@@ -80,6 +86,39 @@ def test_limit_takes_the_sets_fixed_order(tiny_set, tmp_path):
     own = [c for c in first.columns if not c.startswith("floor.")]  # the floor borrows across the neurons run
     pd.testing.assert_frame_equal(first[own], every.head(3)[own])
     assert len(every) == 8
+
+
+def test_a_cells_hypothesis_loop_is_judged_on_calibration_never_test(tiny_set, tmp_path, monkeypatch):
+    """explainer=hypothesis_loop in a cell: every hypothesis is scored with the cell's simulator and
+    first scorer on the neuron's calibration split, and the best there is kept."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-fake-0123456789abcdefghijklmnopqrstuv")
+    answer = '1. the token is "the"\n2. the token is ","\n3. the token is "."\n4. the token is "of"'
+    with FakeLLMServer(reply=lambda request: answer) as server:
+        cfg = cell_cfg(f"neuron_set.path={tiny_set}", "neuron_set.limit=3", "explainer=hypothesis_loop",
+                       "explainer.rounds=1", "~explainer.llm",
+                       f'+explainer.llm={{backend:openai,model:gpt-4o-mini,base_url:"{server.url}/v1",timeout:5,'
+                       'max_retries:0}', f"call_cache={tmp_path / 'calls.sqlite'}", "controls.floor=false",
+                       "controls.ceiling=false")
+        summary = run_cell(cfg, tmp_path / "cell")
+        requests = len(server.requests)
+    assert requests == 3 * 2 and summary["cost"]["calls"] == requests  # its calls go through the cell's ledger
+    rows = pd.read_parquet(tmp_path / "cell" / "neurons.parquet")
+    simulator, differs = TokenMatchSimulator(), 0
+
+    def pearson(records, text):
+        real, pred = pooled(records, simulator.simulate(text, records), {"top", "random"})
+        return float(np.corrcoef(real, pred)[0, 1]) if pred.std() > 0 and real.std() > 0 else math.nan
+
+    for neuron, row in zip(load_set(tiny_set, limit=3).neurons, rows.itertuples()):
+        tried = json.loads(row.details)["hypotheses"]
+        assert [t["round"] for t in tried] == [0] * 4 + [1] * 4
+        for t in tried:
+            on_calibration, on_test = pearson(neuron.calibration, t["text"]), pearson(neuron.test, t["text"])
+            assert t["calibration_score"] == pytest.approx(on_calibration, abs=1e-6, nan_ok=True)
+            differs += on_calibration != pytest.approx(on_test, abs=1e-6, nan_ok=True)
+        best = max((t for t in tried if not math.isnan(t["calibration_score"])), key=lambda t: t["calibration_score"])
+        assert row.explanation == best["text"]
+    assert differs  # the splits tell the hypotheses apart differently: the check above could fail
 
 
 @pytest.mark.heavy

@@ -11,9 +11,10 @@ import yaml
 from harness import leaderboard as lb
 from harness.components import (BACKENDS, EXPLAINERS, GROUPS, PROMPTS, SCORERS, SIMULATORS, Component, RunContext,
                                 build)
+from harness.explain import HypothesisLoop, make_explainer
 from harness.params import TokenMatchParams, option
 from harness.errors import ConfigError
-from harness.leaderboard.entry import components
+from harness.leaderboard.entry import cell_entry_name, components
 from harness.llm.cache import Ledger
 from harness.rules import BOOL
 from harness.scoring import Scorer, scorers_from
@@ -48,6 +49,17 @@ def test_every_simulator_and_scorer_preset_parses_and_a_preset_named_after_its_c
         for scorer, params in cfg.items():
             assert isinstance(SCORERS[scorer], Scorer) and SCORERS[scorer].name == scorer
             assert SCORERS.component(scorer).parse(params, f"scorer.{scorer}") == SCORERS.component(scorer).defaults()
+
+
+def test_every_explainer_and_prompt_preset_parses_and_one_named_after_its_component_is_its_defaults():
+    for group in (EXPLAINERS, PROMPTS):
+        for name, cfg in _configs(group.name).items():
+            spec = group.component(cfg.pop("kind"))
+            assert spec.parse(cfg, group.name) == {**spec.defaults(), **cfg}, name  # unknown keys and bad values raise
+            if name == spec.name:
+                assert cfg == spec.defaults(), name
+            validate_cell_config(cell_cfg(f"{group.name}={name}"))
+    assert "hypothesis_loop" in EXPLAINERS and "hypothesis_loop" not in PROMPTS  # an explainer, not a prompt
 
 
 def test_each_backends_model_block_is_its_explainer_presets():
@@ -85,6 +97,10 @@ def test_the_entry_options_are_read_off_the_fields():
     assert SCORERS.component("threshold").entry_options() == ["max_fractions", "quantiles"]
     assert SCORERS.component("ablation").entry_options() == ["windows_per_kind"]
     assert not SIMULATORS.component("oracle_quantized").on_board
+    # an entry describes its explainer and prompt by every parameter they ran with
+    assert EXPLAINERS.component("hypothesis_loop").entry_options() == ["llm", "sampling", "k", "rounds", "max_records"]
+    assert EXPLAINERS.component("baseline_borrowed").entry_options() == ["source", "seed"]
+    assert PROMPTS.component("top_tokens").entry_options() == ["n_tokens", "context"]
 
 
 def test_the_factory_hands_the_run_its_resources():
@@ -100,6 +116,59 @@ def test_the_factory_hands_the_run_its_resources():
         RunContext().subject()
     marker = object()
     assert RunContext(given_subject=marker).subject() is marker
+
+
+# --- explainers and prompt variants ---------------------------------------------------------------
+
+@pytest.mark.parametrize("overrides, message", [
+    (["+explainer.n_tokns=3"], r"unknown option explainer.n_tokns of explainer baseline_top_tokens; known: \['n_tokens'\]"),
+    (["+prompt.max_recs=3"], r"unknown option prompt.max_recs of prompt openai_tokens; known: \['max_records'\]"),
+    (["explainer=hypothesis_loop", "+explainer.kk=3"], "unknown option explainer.kk of explainer hypothesis_loop"),
+    (["explainer=baseline_borrowed", "+explainer.source.n=3"], "unknown option explainer.source.n of explainer "
+                                                                "baseline_top_tokens"),
+    (["explainer.kind=nope"], r"explainer.kind: unknown explainer kind 'nope'; known: \['baseline_borrowed'"),
+    (["explainer.n_tokens=0"], "explainer.n_tokens=0 must be a positive integer"),
+    (["explainer=baseline_borrowed", "explainer.source.n_tokens=0"], "explainer.source.n_tokens=0 must be a positive"),
+    (["explainer=baseline_empty", "explainer.text=''"], "explainer.text='' must be a non-empty string"),
+    (["explainer=hypothesis_loop", "explainer.k=two"], "explainer.k='two' must be a positive integer"),
+    (["explainer=hypothesis_loop", "explainer.rounds=-1"], "explainer.rounds=-1 must be an integer >= 0"),
+    (["explainer=hypothesis_loop", "explainer.sampling.max_tokens=0"], "explainer.sampling.max_tokens=0 must be"),
+    (["prompt=contrastive", "prompt.n_low=-1"], "prompt.n_low=-1 must be an integer >= 0"),
+    (["prompt=cot", "prompt.max_records=1.5"], "prompt.max_records=1.5 must be a positive integer"),
+])
+def test_explainer_and_prompt_options_are_checked_from_their_fields(overrides, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        validate_cell_config(cell_cfg(*overrides))
+    assert str(err.value).count("must be") + str(err.value).count("unknown") == 1  # that one problem, named
+
+
+def test_hypothesis_loop_is_an_explainer_built_with_the_runs_judge_and_llm():
+    block = {"backend": "openai_compatible", "model": "m", "base_url": "http://localhost:9/v1", "api_key_required": False}
+    judge = lambda neuron, text: 0.0  # noqa: E731
+    context = RunContext(ledger=Ledger(), judge=judge)
+    explainer = make_explainer({"kind": "hypothesis_loop", "llm": block, "k": 3}, context=context)
+    assert isinstance(explainer, HypothesisLoop) and explainer.judge is judge
+    assert explainer.llm is context.llm(block) and explainer.llm.ledger is context.ledger  # its calls are counted
+    assert (explainer.k, explainer.rounds, explainer.max_records) == (3, 2, 8)  # the given k over the defaults
+    with pytest.raises(ConfigError, match="explainer=hypothesis_loop needs a judge"):
+        make_explainer({"kind": "hypothesis_loop", "llm": block})
+    # the llm explainer takes the same judge and LLM, and the prompt variant conf/prompt/ names
+    llm = make_explainer({"kind": "llm", "llm": block}, {"kind": "cot", "max_records": 3}, context)
+    assert llm.judge is judge and llm.llm is context.llm(block) and llm.prompt == PROMPTS["cot"](max_records=3)
+    with pytest.raises(ConfigError, match="unknown option prompt.k of prompt cot"):
+        make_explainer({"kind": "llm", "llm": block}, {"kind": "cot", "k": 3}, context)
+
+
+def test_an_entry_records_hypothesis_loop_as_its_explainer():
+    explainer = {"kind": "hypothesis_loop", **EXPLAINERS.component("hypothesis_loop").defaults()}
+    config = {"explainer": explainer, "prompt": {"kind": "openai_tokens", "max_records": 10},
+              "simulator": {"kind": "token_match", "high": 10.0}, "scorer": {"correlation": {}}}
+    recorded = components(config)
+    assert recorded["explainer"]["kind"] == "hypothesis_loop" and recorded["prompt"] is None  # it runs no prompt variant
+    assert (recorded["explainer"]["backend"], recorded["explainer"]["model"]) == ("hf_local", "smollm2_135m_instruct")
+    assert {k: recorded["explainer"]["parameters"][k] for k in ("k", "rounds", "max_records")} == {
+        "k": 4, "rounds": 2, "max_records": 8}
+    assert cell_entry_name(config) == "hf_local-smollm2_135m_instruct-hypothesis_loop"
 
 
 # --- the worked example of docs/components.md ---------------------------------------------------

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from harness.components import RunContext
 from harness.errors import ConfigError, ExplanationError, LLMError
 from harness.explain import PROMPTS, LLMExplainer, make_explainer
 from harness.formatting import normalized
@@ -205,6 +206,22 @@ def test_n_samples_keep_the_best_on_calibration(server, cache):
     assert [s["calibration_score"] for s in result.details["samples"]] == [0.0, 1.0]
 
 
+def test_hypothesis_loop_refines_the_best_on_calibration_and_keeps_it(server, cache):
+    answers = iter(['1. the token is "dog"\n2. the token is "cat"\nnot a hypothesis', '1) "sat"\n2) "cat" after "The"'])
+    server.reply = lambda request: next(answers)
+    scores = {'the token is "dog"': 0.1, 'the token is "cat"': 0.5, '"sat"': float("nan"), '"cat" after "The"': 0.9}
+    block = {"backend": "openai", "model": "gpt-4o-mini", "base_url": server.url + "/v1", "timeout": 5, "max_retries": 2}
+    context = RunContext(ledger=Ledger(), cache=cache, judge=lambda neuron, text: scores[text])
+    explainer = make_explainer({"kind": "hypothesis_loop", "llm": block, "k": 2, "rounds": 1}, context=context)
+    result = explainer.explain(_neuron())
+    assert result.text == '"cat" after "The"'  # the best on calibration; an unscorable one (NaN) is skipped
+    assert [(t["round"], t["text"]) for t in result.details["hypotheses"]] == [
+        (0, 'the token is "dog"'), (0, 'the token is "cat"'), (1, '"sat"'), (1, '"cat" after "The"')]
+    refine = server.requests[1]["messages"][-1]["content"]
+    assert 'The best hypothesis so far is "the token is "cat"" (score 0.50' in refine and "exactly 2 hypotheses" in refine
+    assert len(server.requests) == 2 and context.ledger.summary()["calls"] == 2
+
+
 def test_openai_tokens_prompt_uses_floor_scale_and_ending():
     records = [ActivationRecord(tokens=["a", "b", "c"], activations=[-1.0, 2.99, 10.0])]
     assert normalized(records) == [[0, 2, 10]]
@@ -332,7 +349,7 @@ def test_hf_local_explainer_on_the_frozen_set(tmp_path):
     explainer = make_explainer({"kind": "llm", "llm": {"backend": "hf_local", "model": "smollm2_135m_instruct",
                                                        "subject": "smollm2_135m"},
                                 "sampling": {"temperature": 0.0, "max_tokens": 32}},
-                               {"kind": "openai_tokens"}, cache=CallCache(tmp_path / "c.sqlite"))
+                               {"kind": "openai_tokens"}, RunContext(cache=CallCache(tmp_path / "c.sqlite")))
     results = explainer.explain_batch(neurons)
     assert all(not isinstance(r, Exception) and r.text for r in results), results
 

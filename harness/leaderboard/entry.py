@@ -1,8 +1,9 @@
 """Building an entry from a finished cell and submitting it (`submit`, `submit-sweep`).
 
-An entry records the explainer and prompt as description only, and of the simulator and scorers
-only what verification may take from it: their names and the parameters their params classes mark
-`entry=True` (harness/components.py). Everything else is rebuilt from the components' own specs.
+An entry records each component by name with the parameters its params class marks `entry=True`
+(harness/params.py): for the explainer and prompt, a description of what ran (every parameter,
+less anything that looks like a secret); for the simulator and scorers, what verification may take
+from it. Everything else is rebuilt from the components' own specs.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pandas as pd
 
 from harness import __version__
 from harness.atomic import write_atomic
-from harness.components import SCORERS, SIMULATORS
+from harness.components import EXPLAINERS, PROMPTS, SCORERS, SIMULATORS
 from harness.leaderboard.checks import looks_secret
 from harness.leaderboard.schema import (SCHEMA_VERSION, EntryError, entry_path, known_set, parse_entry_text,
                                         validate_entry)
@@ -81,11 +82,13 @@ def components(config: dict[str, Any]) -> dict[str, Any]:
     kind = explainer.pop("kind")
     llm = dict(explainer.pop("llm", None) or {})
     backend, model = llm.pop("backend", None), llm.pop("model", None)
-    params = clean_params({**({"llm": llm} if llm else {}), **explainer})
+    params = {**({"llm": llm} if llm else {}), **explainer}
+    params = clean_params(_only_allowed(params, _entry_options(EXPLAINERS, kind)))
     prompt = None
     if kind == "llm" and config.get("prompt"):
         p = dict(config["prompt"])
-        prompt = {"variant": p.pop("kind", "unknown"), "parameters": clean_params(p)}
+        variant = p.pop("kind", "unknown")
+        prompt = {"variant": variant, "parameters": clean_params(_only_allowed(p, _entry_options(PROMPTS, variant)))}
     sim = dict(config["simulator"])
     sim_kind = sim.pop("kind")
     sim_llm = sim.pop("llm", None) or {}
@@ -195,11 +198,14 @@ def build_entry(cell_dir: Path, name: str, submitter: str, cfg: dict[str, Any],
 
 
 def cell_entry_name(config: dict[str, Any]) -> str:
-    """A default entry name for a cell: explainer (model) [-prompt] [-simulator unless token_match]."""
+    """A default entry name for a cell: explainer kind, or for one with a model its backend-model and
+    its prompt (`llm`) or kind (hypothesis_loop); then the simulator unless token_match."""
     explainer, simulator = config["explainer"], config["simulator"]
     llm = explainer.get("llm") or {}
-    parts = [explainer["kind"] if explainer["kind"] != "llm" else f"{llm.get('backend')}-{llm.get('model')}"]
-    if explainer["kind"] == "llm" and config.get("prompt"):
+    parts = [f"{llm.get('backend')}-{llm.get('model')}"] if llm else [explainer["kind"]]
+    if explainer["kind"] != "llm" and llm:
+        parts.append(explainer["kind"])
+    elif explainer["kind"] == "llm" and config.get("prompt"):
         parts.append(config["prompt"].get("kind", "unknown"))
     if simulator["kind"] != "token_match":
         parts.append(simulator["kind"])
