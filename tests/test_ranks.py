@@ -103,7 +103,9 @@ def test_the_minimum_detectable_difference_is_the_formula_on_the_median_neighbou
     sds = [np.std(x[i] - x[i + 1], ddof=1) for i in range(3)]
     assert np.allclose([g.sd for g in r.gaps], sds) and abs(r.sd - np.median(sds)) < 1e-9
     assert abs(r.mdd - 2.8015848 * np.median(sds) / math.sqrt(N)) < 1e-6
-    assert ranking(entries[:1], "correlation", n_resamples=50).mdd is None  # no pair, no SD
+    lone = ranking(entries[:1], "correlation", n_resamples=50)
+    assert lone.mdd is None and lone.gaps == []  # no pair, no SD
+    assert f"{N} neurons, a single entry; no MDD (no pair of entries)." in "\n".join(render_section([lone], []))
 
 
 def test_undefined_values_count_at_the_no_information_value():
@@ -171,8 +173,8 @@ def test_sets_are_matched_by_explainer_prompt_and_simulator_not_by_name():
                  n_resamples=200)
     assert cross_set(a, b3).explainers == [] and math.isnan(cross_set(a, b3).tau)
     text = "\n".join(render_section([a, b], cross_sets([a, b], [("v1", "v2")])))
-    assert "### Across re-drawn sets" in text and f"| v1 vs v2 | correlation: ev\\_correlation\\_score | 4 | {want:+.2f} |" \
-        in text
+    assert "### Across re-drawn sets" in text
+    assert f"| v1 vs v2 | correlation: ev\\_correlation\\_score | 4 | {want:+.2f} |" in text
 
 
 def test_bad_input_gets_a_config_error():
@@ -201,8 +203,10 @@ def test_the_board_shows_rank_uncertainty_in_readme_and_page(board, tmp_path):  
     text = md.read_text()
     section = text.split("## Rank uncertainty")[1].split("## How entries")[0]
     assert "### tiny (`" in section and "— correlation: ev\\_correlation\\_score" in section
-    assert "| # | entry | explainer / prompt | score | rank 95% interval | group | Δ to next | 95% CI | p (Holm) |" in section
-    assert "| 1 | top-tokens | baseline\\_top\\_tokens / — |" in section and "| 2 | empty | baseline\\_empty / — |" in section
+    assert ("| # | entry | explainer / prompt | score | rank 95% interval | group | Δ to next | 95% CI | p (Holm) |"
+            in section)
+    assert "| 1 | top-tokens | baseline\\_top\\_tokens / — |" in section
+    assert "| 2 | empty | baseline\\_empty / — |" in section
     assert "8 neurons, 2 entries in" in section and "MDD " in section and "Stability over 1000 bootstrap" in section
     assert lb.render(cfg, out_dir=tmp_path / "two")[0].read_text() == text  # seeded: the same section again
     data, _ = lb.page_data(lb.assess(cfg), cfg)

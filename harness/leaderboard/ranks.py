@@ -246,12 +246,12 @@ NOTE = (
     f"{RESAMPLES} seeded resamples of the set's neurons (one resample shared by every entry) every entry's mean and "
     "so its rank is recomputed; the interval runs from the 2.5th percentile of the entry's best rank to the 97.5th "
     "of its worst (entries tied in a resample may take any of their places). **MDD**: the minimum detectable "
-    f"difference of a paired comparison at {POWER:.0%} power and α = {ALPHA} (two-sided), (z₀.₉₇₅ + z₀.₈)·SD/√n = "
-    "2.80·SD/√n, with SD the median over neighbour pairs of the SD of their per-neuron differences and n the set's "
-    "neurons. **Stability**: the median Kendall τ-b between each resample's ranking and the full ranking, with its "
-    "95% CI; and below, τ between two sets' rankings of the same explainers (matched by explainer, prompt, "
-    "simulator and scorer parameters). The intervals resample neurons, not windows or explainers. "
-    "`python -m harness.leaderboard ranks` prints the same tables.")
+    f"difference of a paired comparison at {POWER:.0%} power and α = {ALPHA} (two-sided), "
+    "(z₀.₉₇₅ + z₀.₈)·SD/√n = 2.80·SD/√n, with SD the median over neighbour pairs of the SD of their per-neuron "
+    "differences and n the set's neurons. **Stability**: the median Kendall τ-b between each resample's ranking "
+    "and the full ranking, with its 95% CI; and below, τ between two sets' rankings of the same explainers "
+    "(matched by explainer, prompt, simulator and scorer parameters). The intervals resample neurons, not windows "
+    "or explainers. `python -m harness.leaderboard ranks` prints the same tables.")
 
 
 def _p(p: float) -> str:
@@ -275,28 +275,30 @@ def render_ranking(r: Ranking, heading: str = "###") -> list[str]:
         g = r.gaps[i] if i < len(r.gaps) else None
         gap = (f"{fmt(g.diff, '+.3f')} | [{fmt(g.ci95[0], '+.3f')}, {fmt(g.ci95[1], '+.3f')}] | {_p(g.p_holm)}"
                if g else "— | — | —")
-        lines.append(f"| {e.rank} | {_md(e.name)} | {_md(e.label)} | {fmt(e.mean)} | {e.rank_ci[0]}–{e.rank_ci[1]} | "
-                     f"{e.group} | {gap} |")
-    resolved = sum(g.resolved for g in r.gaps)
-    mdd = (f"MDD {r.mdd:.3f} (median SD of the paired differences {r.sd:.3f} over {len(r.gaps)} neighbour "
-           f"pair{'s' if len(r.gaps) > 1 else ''})" if r.mdd is not None else "no MDD (a single entry)")
+        lines.append(f"| {e.rank} | {_md(e.name)} | {_md(e.label)} | {fmt(e.mean)} | "
+                     f"{e.rank_ci[0]}–{e.rank_ci[1]} | {e.group} | {gap} |")
+    k, n_gaps = len(r.entries), len(r.gaps)
+    groups = (f"{k} entries in {r.n_groups} group{'s' if r.n_groups > 1 else ''} "
+              f"({sum(g.resolved for g in r.gaps)} of {n_gaps} neighbour gaps resolved after Holm)"
+              if n_gaps else "a single entry")
+    mdd = (f"MDD {r.mdd:.3f} (median SD of the paired differences {r.sd:.3f} over {n_gaps} neighbour "
+           f"pair{'s' if n_gaps > 1 else ''})" if r.mdd is not None else "no MDD (no pair of entries)")
     direction = "" if r.higher_is_better else " Lower is better: the scores are the metric's own; Δ is next − this."
-    lines += ["", f"{r.n_neurons} neurons, {len(r.entries)} entries in {r.n_groups} group{'s' if r.n_groups > 1 else ''} "
-                  f"({resolved} of {len(r.gaps)} neighbour gaps resolved after Holm). {mdd}. Stability over "
-                  f"{len(r.boot)} bootstrap re-draws of the neurons: median τ = "
-                  f"{_tau(r.tau, r.tau_ci, len(r.entries))}.{direction}", ""]
+    lines += ["", f"{r.n_neurons} neurons, {groups}; {mdd}. Stability over {len(r.boot)} bootstrap re-draws of the "
+                  f"neurons: median τ = {_tau(r.tau, r.tau_ci, k)}.{direction}", ""]
     return lines
 
 
 def render_cross_sets(rows: list[CrossSet]) -> list[str]:
     """The cross-set τ's as a Markdown table."""
-    lines = ["| sets | scorer | explainers on both | Kendall τ | 95% CI | entries unmatched |", "|---|---|---|---|---|---|"]
+    lines = ["| sets | scorer | explainers on both | Kendall τ | 95% CI | entries unmatched |",
+             "|---|---|---|---|---|---|"]
     for c in rows:
         n = len(c.explainers)
         tau = fmt(c.tau, "+.2f") if n >= MIN_ENTRIES else f"— (< {MIN_ENTRIES})"
         ci = f"[{c.ci95[0]:+.2f}, {c.ci95[1]:+.2f}]" if math.isfinite(c.tau) else "—"
-        lines.append(f"| {_md(c.sets[0])} vs {_md(c.sets[1])} | {_md(c.scorer)}: {_md(c.metric)} | {n} | {tau} | {ci} | "
-                     f"{c.unmatched[0]}, {c.unmatched[1]} |")
+        lines.append(f"| {_md(c.sets[0])} vs {_md(c.sets[1])} | {_md(c.scorer)}: {_md(c.metric)} | {n} | {tau} | "
+                     f"{ci} | {c.unmatched[0]}, {c.unmatched[1]} |")
     return lines
 
 
