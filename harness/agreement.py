@@ -86,7 +86,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(sps.spearmanr(a[ok], b[ok]).statistic)
 
 
-def _values(entry: dict[str, Any], keys: list[tuple[int, int]], scorer: str) -> np.ndarray:
+def headline_values(entry: dict[str, Any], keys: list[tuple[int, int]], scorer: str) -> np.ndarray:
     """The scorer's headline per neuron in `keys` order, undefined at the no-information value (NaN
     without one), negated when lower is better."""
     from harness.scoring import get_scorer
@@ -118,7 +118,7 @@ def set_agreement(entries: list[dict[str, Any]], n_resamples: int = RESAMPLES, s
     with warnings.catch_warnings():  # an entry undefined on every neuron, of a metric without a no-information value
         warnings.simplefilter("ignore", RuntimeWarning)
         for s in scorers:
-            values[s] = {e["name"]: _values(e, keys, s) for e in entries if s in e["scorers"]}
+            values[s] = {e["name"]: headline_values(e, keys, s) for e in entries if s in e["scorers"]}
             x = np.stack(list(values[s].values()))  # entries × neurons
             mean = np.nanmean if np.isnan(x).any() else np.mean  # np.mean is the faster where no value is NaN
             boot = mean(x[:, idx], axis=2) if keys else np.empty((len(x), 0))

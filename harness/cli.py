@@ -56,7 +56,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "corrupt": ("harness.corrupt", "corruption experiments on the subject's layers"),
     "corrupt-report": ("harness.corrupt.report", "tables and a plot of corruption results"),
     "agent": ("harness.agent", "an LLM agent running corruption experiments"),
-    "board": ("harness.leaderboard", "the leaderboard: submit, submit-sweep, verify, render, check-pr, export, schema"),
+    "board": ("harness.leaderboard", "the leaderboard: submit, submit-sweep, verify, render, ranks, check-pr, export, schema"),
 }
 
 

@@ -12,8 +12,8 @@ import pytest
 from scipy import stats as sps
 
 from harness.errors import ConfigError
-from harness.scoring.stats import (benjamini_hochberg, bootstrap_ci, compare_cells, fdr_summary, main, metric_summary,
-                                   paired_test, pearson_p_value)
+from harness.scoring.stats import (benjamini_hochberg, bootstrap_ci, compare_cells, fdr_summary, holm, main,
+                                   metric_summary, paired_test, pearson_p_value)
 
 
 def test_paired_test_exact_sign_flip_by_hand():
@@ -50,6 +50,14 @@ def test_benjamini_hochberg_by_hand():
     assert math.isnan(q[2])
     assert fdr_summary([0.04, 0.01, np.nan, 0.5, 0.03], q=0.05) == {"q": 0.05, "n_tested": 4, "n_significant": 1,
                                                                     "n_nominal": 3}
+
+
+def test_holm_by_hand():
+    # sorted p: 0.005, 0.01, 0.03, 0.04 (m = 4) → p·(m − i + 1): 0.02, 0.03, 0.06, 0.04 → running max: 0.06 for the last
+    p = holm([0.01, 0.04, np.nan, 0.03, 0.005])
+    assert p[[4, 0, 3, 1]] == pytest.approx([0.02, 0.03, 0.06, 0.06])
+    assert math.isnan(p[2])
+    assert holm([0.5, 0.9]).tolist() == [1.0, 1.0] and holm([]).tolist() == []
 
 
 def test_pearson_p_value_matches_scipy():

@@ -1,4 +1,4 @@
-"""`python -m harness.leaderboard {submit,submit-sweep,verify,render,schema}`: the NeuronBench leaderboard.
+"""`python -m harness.leaderboard {submit,submit-sweep,verify,render,ranks,check-pr,export,schema}`: the NeuronBench leaderboard.
 
 - `submit CELL_DIR --name NAME [--submitter WHO]` turns a finished cell (summary.json +
   neurons.parquet) on a full frozen set into one entry, `leaderboard/entries/<NAME>.json`,
@@ -13,6 +13,9 @@
 - `render` writes `leaderboard/README.md`, `leaderboard/index.html` and the page's `leaderboard/data/`,
   ranking verified entries only (it re-verifies every entry whose simulator runs locally, or takes
   the verdict this machine reached on the same file before).
+- `ranks [--set NAME]` prints the rank uncertainty of the verified entries (`ranks`: the paired
+  difference to the next entry, rank intervals, groups, the minimum detectable difference and the
+  ranking's stability), the board's "Rank uncertainty" section, for every set or one.
 - `check-pr BASE [--head REF]` checks a submission pull request (what
   `.github/workflows/leaderboard.yml` runs): it may only add entries (and the re-rendered board),
   every new entry must pass the board's checks and verify (or be pending on an API key), and the
@@ -32,9 +35,11 @@ import sys
 from pathlib import Path
 
 from harness.cli import exit_on_harness_error
-from harness.errors import HarnessError
+from harness.errors import ConfigError, HarnessError
+from harness.leaderboard.assess import assess
 from harness.leaderboard.board import render
 from harness.leaderboard.entry import cell_entry_name, submit
+from harness.leaderboard.ranks import cross_sets, rankings, redrawn_pairs, render_section
 from harness.leaderboard.schema import ENTRY_SCHEMA, entry_path, read_entry, safe_name
 from harness.leaderboard.verification_records import load_records, record_verification
 from harness.leaderboard.verify import Verification, verify
@@ -63,6 +68,20 @@ def verify_files(paths: list[Path], cfg: dict, record: bool) -> int:
             record_verification(path, result, entry, cfg)
         worst = max(worst, result.status, key=SEVERITY.index)
     return EXIT_CODES[worst]
+
+
+def rank_tables(cfg: dict, set_name: str | None) -> list[str]:
+    """The board's "Rank uncertainty" section for the verified entries (on `set_name` only, if given)."""
+    ranks = rankings([a.entry for a in assess(cfg) if a.status == "verified"])
+    if not ranks:
+        raise ConfigError(f"no verified entries under {cfg['entries_dir']}")
+    across = cross_sets(ranks, redrawn_pairs(cfg))
+    if set_name is not None:
+        known = sorted({r.set_name for r in ranks})
+        ranks, across = [r for r in ranks if r.set_name == set_name], [c for c in across if set_name in c.sets]
+        if not ranks:
+            raise ConfigError(f"no verified entry on set {set_name!r}; sets with verified entries: {known}")
+    return render_section(ranks, across)
 
 
 @exit_on_harness_error
@@ -94,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="verify entries whose estimated re-scoring time exceeds verify.budget_seconds (maintainers)")
     r = sub.add_parser("render", help="write leaderboard/README.md, index.html and data/")
     r.add_argument("--out", type=Path, default=None)
+    k = sub.add_parser("ranks", help="print the rank uncertainty of the verified entries, per set and scorer")
+    k.add_argument("--set", default=None, help="only this set (by name)")
     c = sub.add_parser("check-pr", help="check a submission pull request: only new entries, each verified")
     c.add_argument("base", help="the base ref (e.g. origin/main); this checkout's code does the checking")
     c.add_argument("--head", default="HEAD", help="the pull request's commit (read as data only)")
@@ -134,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         from harness.leaderboard.export import export
         out, n = export(cfg, args.out, args.include_unverified)
         print(f"wrote {out} ({n} rows)")
+        return 0
+    if args.command == "ranks":
+        print("\n".join(rank_tables(cfg, args.set)))
         return 0
     if args.command == "render":
         md, page = render(cfg, args.out)

@@ -17,6 +17,7 @@ from harness.atomic import WriteError, replace_together
 from harness.leaderboard.assess import Assessed, assess
 from harness.leaderboard.markdown import render_markdown
 from harness.leaderboard.page import load_connections, page_data
+from harness.leaderboard.ranks import rankings
 from harness.paths import REPO_ROOT
 
 TEMPLATE = REPO_ROOT / "leaderboard" / "templates" / "index.html"
@@ -54,8 +55,9 @@ def render(cfg: dict[str, Any], out_dir: Path | None = None,
     md, page, data = out_dir / "README.md", out_dir / "index.html", out_dir / "data"
     _check_data_dir(data)
     assessed = assess(cfg) if assessed is None else assessed
-    index, payloads = page_data(assessed, cfg, load_connections(board_dir))
+    ranks = rankings([a.entry for a in assessed if a.status == "verified"])  # for README.md and the page alike
+    index, payloads = page_data(assessed, cfg, load_connections(board_dir), ranks)
     files = {rel: _payload_js(kind, key, value) for rel, (kind, key, value) in payloads.items()}
     files[DATA_MARK] = "written by python -m harness.leaderboard render: replaced at every render\n"
-    replace_together({md: render_markdown(assessed, cfg) + "\n", page: render_html(index), data: files})
+    replace_together({md: render_markdown(assessed, cfg, ranks) + "\n", page: render_html(index), data: files})
     return md, page

@@ -1,6 +1,7 @@
-"""The page's data: what `leaderboard/templates/index.html` embeds (`page_data`: summaries, the
-sets' neuron lists, plot summaries) and the payloads it loads on demand, one per entry and one per
-neuron. The page is a pure function of the entries: no render timestamp."""
+"""The page's data: what `leaderboard/templates/index.html` embeds (`page_data`: summaries with each
+entry's rank interval and group (`ranks`), the sets' neuron lists, plot summaries) and the payloads
+it loads on demand, one per entry and one per neuron. The page is a pure function of the entries:
+no render timestamp."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pandas as pd
 
 from harness import __version__
 from harness.leaderboard.assess import Assessed
+from harness.leaderboard.ranks import Ranking, rankings
 from harness.leaderboard.rows import (control_mean, cost_per_neuron, explainer_label, neuron_values, prompt_label,
                                       random_weight_rows)
 from harness.leaderboard.views import SetViews, rounded
@@ -44,12 +46,15 @@ def _neuron_scores(n: dict[str, Any], keys: list[str], field: str = "scores") ->
     return {k: rounded(values.get(k)) for k in keys}
 
 
-def page_data(assessed: list[Assessed], cfg, connections: dict[str, pd.DataFrame] | None = None
-              ) -> tuple[dict[str, Any], dict[str, Any]]:
+def page_data(assessed: list[Assessed], cfg, connections: dict[str, pd.DataFrame] | None = None,
+              ranks: list[Ranking] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """What index.html embeds (the board: summaries, the sets' neuron lists, plot summaries) and the
     payload files it loads on demand, by path under data/: one per entry (its neurons' explanations
-    and scores) and one per neuron (its windows and every entry's explanation, scores and simulation)."""
+    and scores) and one per neuron (its windows and every entry's explanation, scores and simulation).
+    `ranks` (the verified entries' `rankings`) is computed here unless given."""
     ranked = [a.entry for a in assessed if a.status == "verified"]
+    placed = {(r.set_hash, r.scorer, e.name): e for r in (rankings(ranked) if ranks is None else ranks)
+              for e in r.entries}
     views = SetViews(cfg)
     sets: dict[str, Any] = {}
     payloads: dict[str, Any] = {}
@@ -86,7 +91,7 @@ def page_data(assessed: list[Assessed], cfg, connections: dict[str, pd.DataFrame
             "summary": {s: {"metric": b["metric"], "mean": b["mean"], "ci95": b["ci95"],
                             "mean_defined": b["mean_defined"], "coverage": b["coverage"],
                             "floor": control_mean(e, "floor", s), "ceiling": control_mean(e, "ceiling", s),
-                            **_distribution(e, s)}
+                            **_placement(placed.get((h, s, e["name"]))), **_distribution(e, s)}
                         for s, b in e["summary"]["scores"].items()}})
     for (h, layer, neuron), data in per_neuron.items():
         payloads[f"neurons/{h[:12]}/{layer}-{neuron}.js"] = ("neuron", f"{h[:12]}/{layer}/{neuron}", data)
@@ -97,6 +102,11 @@ def page_data(assessed: list[Assessed], cfg, connections: dict[str, pd.DataFrame
     # No render timestamp: the page is a pure function of the entries, so a stale board shows in a diff.
     return {"harness_version": __version__, "sets": sets, "entries": out_entries, "unranked": unranked,
             "random_weights": random_weights}, payloads
+
+
+def _placement(ranked) -> dict[str, Any]:
+    """The entry's rank interval and group in its (set, scorer) ranking; None where it has none."""
+    return {"rank_ci": list(ranked.rank_ci) if ranked else None, "group": ranked.group if ranked else None}
 
 
 def _connection_tokens(table: pd.DataFrame | None, layer: int, neuron: int) -> dict[str, list[str]] | None:

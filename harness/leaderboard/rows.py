@@ -54,7 +54,7 @@ def board_rows(assessed: list[Assessed]) -> dict[tuple[str, str, str], list[dict
 
 # --- Trained vs random weights (issue 17) -------------------------------------------------------
 
-def _pairing_key(entry) -> str:
+def pairing_key(entry) -> str:
     """What entries on the two sets must share to be compared: the explainer (kind, backend and
     model; its parameters name the set's own subject, so they differ by design), the prompt and the
     simulator, parameters and all."""
@@ -87,7 +87,7 @@ def random_weight_rows(assessed: list[Assessed], cfg) -> dict[tuple[str, str, st
     out: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for trained_set, control_set in controls.items():
         for trained in by_set.get(trained_set, []):  # a row per entry: no entry can take another's row
-            key = _pairing_key(trained)
+            key = pairing_key(trained)
             for scorer, block in trained["summary"]["scores"].items():
                 metric = get_scorer(scorer).metric(block["metric"])
                 sign = 1.0 if metric.higher_is_better else -1.0
@@ -95,7 +95,7 @@ def random_weight_rows(assessed: list[Assessed], cfg) -> dict[tuple[str, str, st
                        "simulator": trained["simulator"]["kind"], "metric": block["metric"],
                        "trained_entry": trained["name"], "random_entry": None, "trained": block["mean"],
                        "random": None, "diff": None, "ci95": [None, None], "flagged": None}
-                matches = [c for c in by_set.get(control_set, []) if _pairing_key(c) == key
+                matches = [c for c in by_set.get(control_set, []) if pairing_key(c) == key
                            and scorer in c["summary"]["scores"] and c["scorers"].get(scorer) == trained["scorers"][scorer]]
                 if matches:
                     # Explainer labels are the submitter's word: of several controls claiming the same

@@ -1,5 +1,6 @@
 """Statistics over neurons: seeded bootstrap confidence intervals, a paired comparison of two
-cells on the same set, and per-neuron significance of the correlation with Benjamini–Hochberg
+cells on the same set, the minimum detectable difference of such a comparison, Holm's
+family-wise correction, and per-neuron significance of the correlation with Benjamini–Hochberg
 false-discovery-rate control.
 
 `python -m harness.scoring.stats CELL_A CELL_B [--metric correlation.ev_correlation_score]`
@@ -117,6 +118,15 @@ def difference_ci(a, b, n_resamples: int = 2000, seed: int = 0, level: float = 0
             "ci95": [float(lo), float(hi)], **out}
 
 
+def minimum_detectable_difference(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true mean difference a two-sided paired test at level `alpha` detects with
+    probability `power` over `n` neurons whose paired differences have standard deviation `sd`
+    (normal approximation): (z_{1−α/2} + z_{power})·sd/√n; 2.80·sd/√n at α = 0.05 and 80% power."""
+    if n < 1:
+        raise ConfigError(f"a minimum detectable difference needs at least one neuron, got n={n}")
+    return float((sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(power)) * sd / np.sqrt(n))
+
+
 def compare_cells(dir_a: str | Path, dir_b: str | Path, metric: str = "correlation.ev_correlation_score",
                   n_resamples: int = 10000, seed: int = 0) -> dict:
     """Paired test of `metric` (a neurons.parquet column, `<scorer>.<metric>`) between two cell
@@ -179,6 +189,20 @@ def benjamini_hochberg(p_values) -> np.ndarray:
     if ok.any():
         q[ok] = sps.false_discovery_control(p[ok], method="bh")
     return q
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error control): the i-th smallest of m
+    p-values times m − i + 1, made non-decreasing in that order, capped at 1. Rejecting where the
+    adjusted value is below α keeps the chance of any false rejection at most α. NaN p-values stay
+    NaN and are not counted among the tests."""
+    p = np.asarray(p_values, dtype=np.float64)
+    adjusted = np.full(p.shape, np.nan)
+    order = np.flatnonzero(np.isfinite(p))
+    order = order[np.argsort(p[order], kind="stable")]
+    m = len(order)
+    adjusted[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    return adjusted
 
 
 def fdr_summary(p_values, q: float = 0.05) -> dict:
