@@ -10,6 +10,7 @@ compares two cell output directories (each with neurons.parquet and summary.json
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import warnings
@@ -33,10 +34,25 @@ def bootstrap_ci(values, n_resamples: int = 2000, seed: int = 0, level: float = 
     return {"mean": float(ok.mean()), "ci95": percentile_ci(means, level), **out}
 
 
+@functools.lru_cache(maxsize=4)
 def resample_indices(n: int, n_resamples: int = 2000, seed: int = 0) -> np.ndarray:
     """The seeded bootstrap draw every CI here uses: `n_resamples` rows of `n` indices in [0, n),
-    drawn with replacement. Statistics computed on the same rows share one resample of the neurons."""
-    return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+    drawn with replacement. Statistics computed on the same rows share one resample of the neurons.
+    Memoised (a board render draws the same rows for every entry and pair), so read-only."""
+    rows = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+    rows.flags.writeable = False
+    return rows
+
+
+@functools.lru_cache(maxsize=2)
+def _sign_flips(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    """The seeded random signs of the sign-flip permutation test, drawn in chunks of 1000 rows (as
+    before memoising) and kept as int8 (n_resamples × n bytes), read-only."""
+    rng = np.random.default_rng(seed)
+    signs = np.concatenate([rng.choice([-1.0, 1.0], size=(min(1000, n_resamples - lo), n)).astype(np.int8)
+                            for lo in range(0, n_resamples, 1000)])
+    signs.flags.writeable = False
+    return signs
 
 
 def percentile_ci(samples, level: float = 0.95) -> list[float]:
@@ -89,11 +105,10 @@ def paired_test(a, b, n_resamples: int = 10000, seed: int = 0, level: float = 0.
         signs = 1 - 2 * ((np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1)
         p = float((np.abs(signs @ d / n) >= observed - tol).mean())
     else:
-        rng = np.random.default_rng(seed)
+        signs = _sign_flips(n, n_resamples, seed)
         count = 0
-        for lo in range(0, n_resamples, 1000):  # chunks bound memory for large n
-            signs = rng.choice([-1.0, 1.0], size=(min(1000, n_resamples - lo), n))
-            count += int((np.abs(signs @ d / n) >= observed - tol).sum())
+        for lo in range(0, n_resamples, 1000):  # float chunks bound memory for large n
+            count += int((np.abs(signs[lo:lo + 1000].astype(np.float64) @ d / n) >= observed - tol).sum())
         p = (1 + count) / (1 + n_resamples)
     return {"mean_diff": float(d.mean()), "ci95": ci, "p_value": float(p), **out}
 
