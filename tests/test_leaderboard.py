@@ -330,6 +330,34 @@ def test_allowed_parameters_reach_the_simulator(honest):
     assert simulator["llm"]["api_key_env"] == "ANTHROPIC_API_KEY" and simulator["llm"]["model"] == "claude-3-5-haiku-latest"
 
 
+def test_an_explainer_model_needs_no_allow_list(honest):
+    """Verification re-scores an entry's explanations and never reruns its explainer, so an entry
+    naming any explainer model (here the offline Qwen2.5-Coder-1.5B) verifies; `entry_allowed.models`
+    is about the simulator that verification rebuilds."""
+    entry, cfg = honest
+    entry["explainer"] = {"kind": "llm", "backend": "hf_local", "model": "qwen25_coder_15b_instruct", "parameters": {}}
+    assert "qwen25_coder_15b_instruct" not in cfg["entry_allowed"]["models"]["hf_local"]
+    result = lb.verify(lb.validate_entry(entry), cfg)
+    assert result.status == "verified", result.report()
+
+
+def test_an_allowed_hf_local_simulator_model_is_rebuilt_on_its_own_weights(honest):
+    """An hf_local model name is only a label: the weights are the block's `subject`. Verification
+    puts the entry's model name on the simulator's default block, so a name may join the allow-list
+    only where that block loads the weights conf/explainer/ gives that model."""
+    import yaml
+
+    from harness.paths import CONF_DIR
+
+    entry, cfg = honest
+    presets = [yaml.safe_load(p.read_text())["llm"] for p in sorted((CONF_DIR / "explainer").glob("hf_local*.yaml"))]
+    subject_of = {llm["model"]: llm["subject"] for llm in presets}
+    for model in cfg["entry_allowed"]["models"]["hf_local"]:
+        entry["simulator"] = {"kind": "all_at_once", "backend": "hf_local", "model": model, "parameters": {}}
+        simulator, _ = lb.resolve_components(entry, cfg)
+        assert simulator["llm"]["subject"] == subject_of[model], model
+
+
 def test_a_literal_all_at_once_entry_is_verified_with_its_literal_flag(honest):
     """simulator=all_at_once_literal is all_at_once with `literal: true`: the entry keeps the flag
     (an allowed parameter), so verification rebuilds that simulator, not the plain one."""
