@@ -19,7 +19,7 @@ from harness.agent import ACTION_PROMPT, parse_action, run_agent
 from harness.errors import ConfigError, TransientLLMError
 from harness.paths import CONF_DIR, REPO_ROOT
 from harness.text import text_problem
-from harness.validation import leaves, rule_for
+from harness.validation import config_rules, leaves, rule_for
 from tests.fake_llm_server import FakeLLMServer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -359,7 +359,8 @@ def test_every_numeric_option_of_the_agent_and_corrupt_configs_has_a_rule():
     configs = [("agent", f"explainer={p.stem}") for p in sorted((CONF_DIR / "explainer").glob("*.yaml"))]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for name, override in configs + [("corrupt", "corruption=none")]:
-            values = leaves(OmegaConf.to_container(compose(name, overrides=[override]), resolve=True))
-            for path, value in values.items():
+            tree = OmegaConf.to_container(compose(name, overrides=[override]), resolve=True)
+            rules = config_rules(tree)  # the run-level table plus the selected components' fields
+            for path, value in leaves(tree).items():
                 if isinstance(value, (bool, int, float)) and path[0] not in ("subject", "corpus", "corruption"):
-                    assert rule_for(path) is not None, f"{name} {override}: no rule for {'.'.join(path)}"
+                    assert rule_for(path, rules) is not None, f"{name} {override}: no rule for {'.'.join(path)}"
