@@ -105,6 +105,29 @@ def test_literal_option_fires_on_named_tokens_and_keeps_the_model_elsewhere(tiny
             assert b == (10.0 if tok == " coffee" else a)
 
 
+def _repeats_like_a_cell(sim, fresh) -> None:
+    """A neuron's windows, then the floor's case (another neuron's windows with that explanation,
+    one window shared), a call that repeats a window, and another explanation. Every prediction
+    equals a fresh simulator's, and only windows not yet run with their explanation are run."""
+    calls = [("hot drinks", RECORDS[:2], 2), ("hot drinks", [RECORDS[1], RECORDS[2], RECORDS[2]], 1),
+             ('the word "coffee"', RECORDS[:1], 1), ("hot drinks", RECORDS, 0)]
+    for explanation, records, new in calls:
+        before = sim.forward_passes
+        got = sim.simulate(explanation, records)
+        assert sim.forward_passes - before == new
+        for a, b in zip(got, fresh().simulate(explanation, records)):
+            assert np.allclose(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_window_already_simulated_with_the_explanation_is_not_run_again(tiny_llama):
+    kw = dict(model=tiny_llama.model, tokenizer=tiny_llama.tokenizer, max_context=4096, batch_size=2)
+    _repeats_like_a_cell(AllAtOnceSimulator(**kw), lambda: AllAtOnceSimulator(**kw))
+    literal = AllAtOnceSimulator(literal=True, **kw)  # the model's part is remembered, the literal rule applied anew
+    _repeats_like_a_cell(literal, lambda: AllAtOnceSimulator(literal=True, **kw))
+    assert literal.simulate('the word "coffee"', RECORDS[:1])[0][2] == 10.0
+
+
 def test_window_lines_escape_newlines_and_tabs(tiny_llama):
     sim = AllAtOnceSimulator(model=tiny_llama.model, tokenizer=tiny_llama.tokenizer)
     sim._load()
@@ -172,6 +195,13 @@ def test_prefix_reuse_and_one_at_a_time_agree_on_smollm2(smollm2):
     assert np.allclose(one[0], reused[0], atol=1e-3)
     assert np.argsort(one[0]).tolist() == np.argsort(reused[0]).tolist()
     assert int(np.argmax(reused[0])) == 2  # " coffee" is predicted highest
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_remembered_windows_equal_fresh_ones_on_smollm2(smollm2):
+    kw = dict(model=smollm2.model, tokenizer=smollm2.tokenizer, batch_size=2)
+    _repeats_like_a_cell(AllAtOnceSimulator(literal=True, **kw), lambda: AllAtOnceSimulator(literal=True, **kw))
 
 
 # --- json -----------------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ class _LogprobSimulator:
         self.literal = TokenMatchSimulator() if literal else None
         self._model, self._tokenizer = model, tokenizer
         self._enc_cache: dict[str, list[int]] = {}
+        self._memo: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}  # (explanation, tokens) -> expected values
         self.forward_passes = 0  # sequences run through the model (one row of a batch = one pass)
         self.forward_calls = 0  # batched model calls
 
@@ -95,7 +96,16 @@ class _LogprobSimulator:
         return ids, tabs
 
     def simulate(self, explanation: str, records: list[ActivationRecord]) -> list[list[float] | None]:
-        sims = [None if m is None else expected_values(m) for m in self.masses(explanation, records)]
+        """Expected values per window. A window already simulated with the same explanation is not run
+        again (the floor borrows other neurons' explanations and neurons share random windows; a judge
+        simulates calibration before the cell does): its prompt is the same, and the batch a window
+        runs in changes no bit of its result (measured: batch sizes 2, 4 and 16 on SmolLM2)."""
+        keys = [(explanation, tuple(r.tokens)) for r in records]
+        todo = {k: r for k, r in zip(keys, records) if k not in self._memo}
+        for k, m in zip(todo, self.masses(explanation, list(todo.values())) if todo else []):
+            if m is not None:  # a failed window is tried again next time
+                self._memo[k] = expected_values(m)
+        sims = [self._memo.get(k) for k in keys]
         if self.literal is not None:
             named = self.literal.simulate(explanation, records)
             sims = [None if s is None else np.maximum(s, n) for s, n in zip(sims, named)]
