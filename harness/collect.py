@@ -3,15 +3,15 @@
 Every complete cell under the directory (a folder with `summary.json`) becomes a row (cells that
 started but have no summary.json, and cells `multirun.yaml` asked for that never started, are named
 by directory on stderr and below the tables, not left out silently): its name, directory and
-overrides, neuron set, explainer/prompt/simulator, each scorer's headline metric, every score's
-mean and 95% CI, the floor and ceiling controls, cost and wall time. A cell is named by its
-overrides that differ between the sweep's cells (`explainer=hf_local prompt=top_tokens`), else by
-all its overrides, else by its directory. Cells that ran on the same neuron set (same hash) are
-then compared pairwise on each scorer's headline metric over the neurons both scored: the mean
-difference with a paired bootstrap 95% CI and a two-sided paired sign-flip permutation p-value
-(Benjamini-Hochberg adjusted over all comparisons). Writes every column to `cells.csv`,
-`cells.parquet`, `paired.csv`, `paired.parquet` (default: into MULTIRUN_DIR) and prints both as
-Markdown, naming cells by their names: per cell, each scorer's headline metric with its CI, floor
+overrides, neuron set, the split it was scored on (`evaluate_on`), explainer/prompt/simulator, each
+scorer's headline metric, every score's mean and 95% CI, the floor and ceiling controls, cost and
+wall time. A cell is named by its overrides that differ between the sweep's cells
+(`explainer=hf_local prompt=top_tokens`), else by all its overrides, else by its directory. Cells
+that ran on the same neuron set (same hash) are then compared pairwise on each scorer's headline
+metric over the neurons both scored: the mean difference with a paired bootstrap 95% CI and a
+two-sided paired sign-flip permutation p-value (Benjamini-Hochberg adjusted over all comparisons).
+Writes every column to `cells.csv`, `cells.parquet`, `paired.csv`, `paired.parquet` (default: into
+MULTIRUN_DIR) and prints both as Markdown, naming cells by their names: per cell, each scorer's headline metric with its CI, floor
 and ceiling, cost and wall time (`--all`: the wide table with every score).
 """
 
@@ -144,6 +144,7 @@ def cell_row(cell: Path, root: Path) -> dict[str, Any]:
     scores = summary.get("scores", {})
     row: dict[str, Any] = {"dir": str(cell.relative_to(root)) or ".", "overrides": " ".join(_overrides(cell)),
                            "set_name": summary.get("set_name"), "set_hash": summary.get("set_hash"),
+                           "evaluate_on": summary.get("evaluate_on", "test"),
                            **_describe(summary.get("config", {})),
                            "headlines": ",".join(f"{scorer}.{block['metric']}" for scorer, block in scores.items()),
                            "n_neurons": summary.get("n_neurons"), "n_failed": summary.get("n_failed")}
