@@ -12,8 +12,12 @@ value at the metric's no-information value, as the board ranks) with its bootstr
 chosen prompt. The rule: the highest mean wins; prompts with exactly equal means are a tie, which
 goes to the prompt whose name sorts first, and the report says so. The chosen prompt's paired
 differences against every other prompt (per neuron, undefined values counted as in the means;
-harness.scoring.stats.paired_test, BH-adjusted) show whether the choice is clear or a coin toss. An explainer is named by its
-`explainer=` override (its config group option), else by its kind and model.
+harness.scoring.stats.paired_test, BH-adjusted) show whether the choice is clear or a coin toss.
+An explainer is named by its `explainer=` override (its config group option), else by its kind and
+model.
+
+A cell of the sweep without a result (e.g. more failed neurons than `max_failed_fraction` allows)
+takes no part in the choice and is named in the report with its count of failed neurons.
 
 Refused, with a PromptSweepError: a cell scored on test (the choice must never see test), a cell
 without a prompt (an explainer that takes none), two cells of one explainer with the same prompt,
@@ -32,7 +36,8 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from harness.cli import exit_on_harness_error
-from harness.collect import CollectError, benjamini_hochberg, collect
+from harness.collect import (CollectError, benjamini_hochberg, cell_overrides, collect, describe_config,
+                             incomplete_cells)
 from harness.components import SCORERS
 from harness.formatting import fmt, undefined
 from harness.rundir import write_atomic
@@ -70,6 +75,7 @@ def choose(table: pd.DataFrame, root: Path, n_resamples: int = 2000, seed: int =
         raise PromptSweepError(f"cell(s) {', '.join(no_prompt['dir'])} ran an explainer that takes no prompt "
                                f"({', '.join(sorted(set(no_prompt['explainer'])))}): sweep LLM explainers only")
     table = table.assign(name=[explainer_name(o, e) for o, e in zip(table["overrides"], table["explainer"])])
+    without_result = cells_without_result(root)
     reports = []
     for name, cells in table.groupby("name", sort=True):
         for column in SAME:
@@ -91,6 +97,7 @@ def choose(table: pd.DataFrame, root: Path, n_resamples: int = 2000, seed: int =
                             "wall_seconds": r["wall_seconds"]})
         prompts.sort(key=lambda p: (undefined(p["mean"]), 0 if undefined(p["mean"]) else -p["mean"], p["prompt"]))
         best = prompts[0]
+        without = [c for c in without_result if c["explainer"] == name]
         reports.append({
             "explainer": name, "explainer_model": cells["explainer"].iloc[0], "evaluate_on": "calibration",
             "set_name": cells["set_name"].iloc[0], "set_hash": cells["set_hash"].iloc[0],
@@ -98,8 +105,26 @@ def choose(table: pd.DataFrame, root: Path, n_resamples: int = 2000, seed: int =
             "scorers": cells["scorers"].iloc[0], "metric": metric, "rule": RULE,
             "chosen": best["prompt"], "tied": [p["prompt"] for p in prompts[1:] if p["mean"] == best["mean"]],
             "prompts": prompts, "paired": _against(root, cells, best["prompt"], metric, n_resamples, seed),
-            "command": _command(root)})
+            "without_result": without, "command": _command(root)})
     return reports
+
+
+def cells_without_result(root: Path) -> list[dict[str, Any]]:
+    """The sweep's cells that started but have no summary.json (collect.incomplete_cells): each with
+    its explainer, prompt and, where it wrote neurons.parquet (more failed neurons than
+    max_failed_fraction allows), how many neurons failed. They take no part in the choice."""
+    out = []
+    for d in incomplete_cells(root)["incomplete"]:
+        cell = root / d
+        saved = cell / ".hydra" / "config.yaml"
+        described = describe_config(OmegaConf.to_container(OmegaConf.load(saved), resolve=False)) if saved.is_file() else {}
+        table = cell / "neurons.parquet"
+        failed = pd.read_parquet(table, columns=["failure"])["failure"] if table.is_file() else None
+        out.append({"dir": d, "explainer": explainer_name(" ".join(cell_overrides(cell)), str(described.get("explainer"))),
+                    "prompt": described.get("prompt"),
+                    "why": (f"{int(failed.notna().sum())} of {len(failed)} neurons failed" if failed is not None
+                            else "no result (interrupted?)")})
+    return out
 
 
 def _against(root: Path, cells: pd.DataFrame, chosen: str, metric: str, n_resamples: int,
@@ -135,8 +160,12 @@ def _command(root: Path) -> str | None:
 
 def markdown(report: dict[str, Any]) -> str:
     tie = f" (tied with {', '.join(report['tied'])})" if report["tied"] else ""
+    unclear = [p["other"] for p in report["paired"] if undefined(p["ci95"][0]) or p["ci95"][0] <= 0]
+    clear = (f" The paired 95% CI of its difference includes 0 against {', '.join(unclear)}: these neurons do "
+             "not tell them apart." if unclear else
+             " Its paired difference against every other prompt has a 95% CI above 0." if report["paired"] else "")
     lines = [f"# Prompt sweep: {report['explainer']} ({report['explainer_model']})", "",
-             f"Chosen prompt: **{report['chosen']}**{tie}.", "",
+             f"Chosen prompt: **{report['chosen']}**{tie}.{clear}", "",
              f"Scored on the **calibration** split, never test: the first {report['n_neurons']} neurons of "
              f"{report['set_name']} (hash {report['set_hash'][:12]}…) in its fixed seeded order, simulator "
              f"{report['simulator']}, metric {report['metric']} (mean over every neuron, undefined at its "
@@ -148,13 +177,16 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{fmt(p['mean_defined'])} | {fmt(p['coverage'], '.0%')} | {fmt(p['floor'])} | {p['n_failed']} | "
                      f"{fmt(p['wall_seconds'], '.0f')} |")
     if report["paired"]:
-        lines += ["", f"{report['chosen']} against each other prompt, over the neurons both scored (paired "
+        lines += ["", f"{report['chosen']} minus each other prompt, neuron by neuron (paired "
                       "bootstrap 95% CI; sign-flip permutation p, BH-adjusted over these comparisons; undefined values at the "
                       "no-information value, as in the means):", "",
                   "| other | pairs | wins / losses | mean difference | 95% CI | p | p (BH) |", "|---|---|---|---|---|---|---|"]
         lines += [f"| {p['other']} | {p['n_pairs']} | {p['wins']} / {p['losses']} | {fmt(p['mean_diff'])} | "
                   f"[{fmt(p['ci95'][0])}, {fmt(p['ci95'][1])}] | {fmt(p['p_value'])} | {fmt(p['p_fdr'])} |"
                   for p in report["paired"]]
+    if report["without_result"]:
+        lines += ["", "Not in the choice (cells without a result): " + "; ".join(
+            f"{c['prompt']} (cell {c['dir']}: {c['why']})" for c in report["without_result"]) + "."]
     if report["command"]:
         lines += ["", "Sweep:", "", "```bash", report["command"], "```"]
     return "\n".join(lines) + "\n"

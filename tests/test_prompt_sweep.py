@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from harness import leaderboard as lb
 from harness.cell import run_cell
-from harness.errors import ConfigError
+from harness.errors import CellFailedError, ConfigError
 from harness.collect import collect
 from harness.prompt_sweep import PromptSweepError, choose, main
 from harness.records import load_set
@@ -153,19 +154,29 @@ def test_the_collector_picks_the_highest_calibration_mean(lb_sets, tmp_path):  #
 
 
 def test_a_tie_goes_to_the_prompt_whose_name_sorts_first(lb_sets, tmp_path, monkeypatch):  # noqa: F811
-    """The server answers every prompt alike: equal explanations, equal means, a tie, said so."""
+    """The server answers two prompts alike: equal explanations, equal means, a tie, said so. It
+    answers a third with nothing: that cell fails, and the report names it instead of choosing it."""
     monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
     sweep = tmp_path / "sweep"
-    with FakeLLMServer() as server:
-        for i, prompt in enumerate(["top_tokens", "openai_tokens"]):
+    alike = FakeLLMServer().reply
+    with FakeLLMServer(lambda body: "" if "What separates" in body["messages"][-1]["content"] else alike(body)) as server:
+        for i, prompt in enumerate(["top_tokens", "openai_tokens", "contrastive"]):
             overrides = [f"neuron_set.path={lb_sets / 'tiny'}", "neuron_set.limit=4", "evaluate_on=calibration",
                          "explainer=openai", f"prompt={prompt}"]
-            run_cell(cell_cfg(*overrides, f"explainer.llm.base_url={server.url}/v1",
-                              f"call_cache={tmp_path / 'calls.sqlite'}"), sweep / str(i))
-            (sweep / str(i) / ".hydra").mkdir()  # what harness.__main__ writes for a sweep's cell
+            cfg = cell_cfg(*overrides, f"explainer.llm.base_url={server.url}/v1", f"call_cache={tmp_path / 'calls.sqlite'}")
+            (sweep / str(i) / ".hydra").mkdir(parents=True)  # what harness.__main__ writes for a sweep's cell
             (sweep / str(i) / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+            OmegaConf.save(cfg, sweep / str(i) / ".hydra" / "config.yaml")
+            if prompt == "contrastive":
+                with pytest.raises(CellFailedError, match="4 of 4 neurons failed"):
+                    run_cell(cfg, sweep / str(i))
+            else:
+                run_cell(cfg, sweep / str(i))
     main([str(sweep), "--out", str(tmp_path / "reports")])
     report, md = _report(tmp_path / "reports", "openai")
     assert report["prompts"][0]["mean"] == report["prompts"][1]["mean"]
     assert report["chosen"] == "openai_tokens" and report["tied"] == ["top_tokens"]
     assert "Chosen prompt: **openai_tokens** (tied with top_tokens)." in md
+    assert report["without_result"] == [{"dir": "2", "explainer": "openai", "prompt": "contrastive",
+                                         "why": "4 of 4 neurons failed"}]
+    assert "contrastive (cell 2: 4 of 4 neurons failed)" in md
