@@ -58,7 +58,8 @@ def explainer_name(overrides: str, described: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", given[0] if given else described)
 
 
-def _coverage(cell: Path, scorer: str) -> tuple[float | None, float | None]:
+def _defined(cell: Path, scorer: str) -> tuple[float | None, float | None]:
+    """The headline's mean over the neurons where it is defined, and their share (summary.json)."""
     block = json.loads((cell / "summary.json").read_text())["scores"][scorer]
     return block.get("mean_defined"), block.get("coverage")
 
@@ -90,8 +91,8 @@ def choose(table: pd.DataFrame, root: Path, n_resamples: int = 2000, seed: int =
         scorer = metric.split(".")[0]
         prompts = []
         for _, r in cells.iterrows():
-            mean_defined, coverage = _coverage(root / r["dir"], scorer)
-            prompts.append({"prompt": r["prompt"], "cell": r["cell"], "dir": r["dir"], "mean": r[metric],
+            mean_defined, coverage = _defined(root / r["dir"], scorer)
+            prompts.append({"prompt": r["prompt"], "dir": r["dir"], "mean": r[metric],
                             "ci95": [r[f"{metric}.ci_lo"], r[f"{metric}.ci_hi"]], "mean_defined": mean_defined,
                             "coverage": coverage, "floor": r.get(f"floor.{metric}"), "n_failed": int(r["n_failed"]),
                             "wall_seconds": r["wall_seconds"]})
