@@ -95,7 +95,7 @@ def choose(table: pd.DataFrame, root: Path, n_resamples: int = 2000, seed: int =
             prompts.append({"prompt": r["prompt"], "dir": r["dir"], "mean": r[metric],
                             "ci95": [r[f"{metric}.ci_lo"], r[f"{metric}.ci_hi"]], "mean_defined": mean_defined,
                             "coverage": coverage, "floor": r.get(f"floor.{metric}"), "n_failed": int(r["n_failed"]),
-                            "wall_seconds": r["wall_seconds"]})
+                            "wall_seconds": r["wall_seconds"], "calls": r["calls"], "cache_hits": r["cache_hits"]})
         prompts.sort(key=lambda p: (undefined(p["mean"]), 0 if undefined(p["mean"]) else -p["mean"], p["prompt"]))
         best = prompts[0]
         without = [c for c in without_result if c["explainer"] == name]
@@ -171,12 +171,12 @@ def markdown(report: dict[str, Any]) -> str:
              f"{report['set_name']} (hash {report['set_hash'][:12]}…) in its fixed seeded order, simulator "
              f"{report['simulator']}, metric {report['metric']} (mean over every neuron, undefined at its "
              "no-information value; bootstrap 95% CI). Rule: " + report["rule"] + ".", "",
-             "| prompt | mean [95% CI] | mean (defined) | coverage | floor | failed | wall s |",
-             "|---|---|---|---|---|---|---|"]
+             "| prompt | mean [95% CI] | mean (defined) | coverage | floor | failed | wall s | model calls / cache hits |",
+             "|---|---|---|---|---|---|---|---|"]
     for p in report["prompts"]:
         lines.append(f"| {p['prompt']} | {fmt(p['mean'])} [{fmt(p['ci95'][0])}, {fmt(p['ci95'][1])}] | "
                      f"{fmt(p['mean_defined'])} | {fmt(p['coverage'], '.0%')} | {fmt(p['floor'])} | {p['n_failed']} | "
-                     f"{fmt(p['wall_seconds'], '.0f')} |")
+                     f"{fmt(p['wall_seconds'], '.0f')} | {p['calls']} / {p['cache_hits']} |")
     if report["paired"]:
         lines += ["", f"{report['chosen']} minus each other prompt, neuron by neuron (paired "
                       "bootstrap 95% CI; sign-flip permutation p, BH-adjusted over these comparisons; undefined values at the "
