@@ -38,6 +38,8 @@ log = logging.getLogger("harness")
 
 # Keys that change how a cell runs but not what it computes: a finished cell is kept across them.
 RUNTIME_ONLY = ("call_cache", "batch_neurons", "max_failed_fraction")
+# Options added to conf/config.yaml since cells were saved, at the value that does what those cells did.
+ADDED = {"evaluate_on": "test"}
 
 
 def finished_cell(output_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
@@ -46,7 +48,7 @@ def finished_cell(output_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
     Complete means: summary.json parses, neurons.parquet has `n_neurons` rows, the summary's set
     hash is the configured set's current hash, and the saved configuration equals this one (up to
     runtime-only keys). A directory holding a *different* cell is an error, never overwritten."""
-    summary = finished(output_dir, cfg, "cell", RUNTIME_ONLY)
+    summary = finished(output_dir, cfg, "cell", RUNTIME_ONLY, ADDED)
     if summary is None:
         return None
     try:

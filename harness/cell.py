@@ -1,10 +1,20 @@
 """One benchmark cell: (neuron set, explainer, prompt, simulator, scorers) → neurons.parquet + summary.json.
 
 Every neuron is explained from its `explain` split, simulated on `test` (and on `calibration` where a
-scorer reads it), and scored on `test`. Beside each score the cell reports two controls computed with the same
-simulator and scorers: the *floor* (each neuron scored with another neuron's explanation, a
+scorer reads it), and scored on `test`. Beside each score the cell reports two controls computed with
+the same simulator and scorers: the *floor* (each neuron scored with another neuron's explanation, a
 seeded derangement) and the *ceiling* (the test activations themselves quantised to the
-simulator's 0–10 scale). A neuron that fails for good (a malformed answer twice, a refused request)
+simulator's 0–10 scale).
+
+With `evaluate_on=calibration` (to choose a component, e.g. a prompt, without touching test) the
+calibration split takes test's place everywhere (scores, controls, significance) and the cell never
+reads test. No split is then left to fit on, so every metric fitted on calibration is undefined
+(NaN): correlation's calibrated rsquared and absolute_dev_explained, threshold's q<P> metrics and
+every balacc/f1 (their cut is fitted on calibration). Metrics that need no fit are scored as on
+test; validation refuses what needs a fit for its headline, and explainers that choose among
+explanations on calibration (harness/validation.py, calibration_problems).
+
+A neuron that fails for good (a malformed answer twice, a refused request)
 gets its error in its row and the cell goes on; more than `max_failed_fraction` of them fail the
 cell. A model call that fails for a reason that may pass (TransientLLMError: no connection,
 timeouts, 429/5xx after the SDK's retries) stops the cell incomplete: an outage is not a result.
@@ -56,7 +66,7 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     t0 = time.time()
     validate_cell_config(cfg)
     neuron_set = load_set(cfg.neuron_set.path, limit=cfg.neuron_set.limit)
-    neurons = neuron_set.neurons
+    neurons = [evaluation_view(n, cfg.evaluate_on) for n in neuron_set.neurons]
     explainer_reads_the_sets_subject(cfg, neuron_set.manifest)
     ledger = Ledger(prices=OmegaConf.to_container(cfg.pricing, resolve=True))  # explainer's and simulator's calls
     cache = CallCache(cfg.call_cache) if cfg.call_cache else None
@@ -134,6 +144,7 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         "set_hash": neuron_set.hash,
         "n_neurons": len(rows),
         "n_failed": n_failed,
+        "evaluate_on": cfg.evaluate_on,
         "scores": summarise(table, scorers, "", cfg.stats),
         **{control: summarise(table, reporting(scorers, control), control + ".", cfg.stats)
            for control in CONTROLS if cfg.controls[control]},
@@ -144,6 +155,12 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     }
     mark_done(output_dir, summary)
     return summary
+
+
+def evaluation_view(neuron: NeuronRecord, evaluate_on: str) -> NeuronRecord:
+    """The neuron as the cell's scorers see it: unchanged for `test`; for `calibration`, its
+    calibration split in test's place and no split to fit on (the module docstring)."""
+    return neuron if evaluate_on == "test" else replace(neuron, test=neuron.calibration, calibration=[])
 
 
 def explainer_reads_the_sets_subject(cfg: DictConfig, manifest: dict[str, Any]) -> None:
@@ -255,8 +272,10 @@ def results_table(summary: dict[str, Any]) -> str:
     """A small Markdown table of every metric: the mean over every neuron (undefined at the
     metric's no-information value) with its CI, the mean over defined neurons and the coverage,
     and the floor and ceiling beside it."""
+    on = summary.get("evaluate_on", "test")
     lines = [f"neuron set {summary['set_name']} (hash {summary['set_hash'][:12]}…), "
-             f"{summary['n_neurons']} neurons, {summary['n_failed']} failed", "",
+             f"{summary['n_neurons']} neurons, {summary['n_failed']} failed"
+             + (f", scored on the {on} split (not a result on test)" if on != "test" else ""), "",
              "| scorer | metric | mean (all) | 95% CI | mean (defined) | coverage | floor | ceiling |",
              "|---|---|---|---|---|---|---|---|"]
     for name, block in summary["scores"].items():

@@ -42,6 +42,7 @@ def hydra_output_dir() -> Path:
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("harness", "run one benchmark cell, or a sweep with -m (Hydra overrides)"),
     "collect": ("harness.collect", "a sweep's cells as one table, with paired comparisons"),
+    "prompt-sweep": ("harness.prompt_sweep", "an explainer's prompt chosen on calibration, from a sweep of prompts"),
     "compare": ("harness.scoring.stats", "compare two cells neuron by neuron (paired bootstrap, permutation p)"),
     "agreement": ("harness.agreement", "scorer agreement: Kendall τ between scorers' rankings of verified entries"),
     "build-set": ("harness.build_set", "build a frozen, hashed neuron set"),

@@ -3,15 +3,15 @@
 Every complete cell under the directory (a folder with `summary.json`) becomes a row (cells that
 started but have no summary.json, and cells `multirun.yaml` asked for that never started, are named
 by directory on stderr and below the tables, not left out silently): its name, directory and
-overrides, neuron set, explainer/prompt/simulator, each scorer's headline metric, every score's
-mean and 95% CI, the floor and ceiling controls, cost and wall time. A cell is named by its
-overrides that differ between the sweep's cells (`explainer=hf_local prompt=top_tokens`), else by
-all its overrides, else by its directory. Cells that ran on the same neuron set (same hash) are
-then compared pairwise on each scorer's headline metric over the neurons both scored: the mean
-difference with a paired bootstrap 95% CI and a two-sided paired sign-flip permutation p-value
-(Benjamini-Hochberg adjusted over all comparisons). Writes every column to `cells.csv`,
-`cells.parquet`, `paired.csv`, `paired.parquet` (default: into MULTIRUN_DIR) and prints both as
-Markdown, naming cells by their names: per cell, each scorer's headline metric with its CI, floor
+overrides, neuron set, the split it was scored on (`evaluate_on`), explainer/prompt/simulator, each
+scorer's headline metric, every score's mean and 95% CI, the floor and ceiling controls, cost and
+wall time. A cell is named by its overrides that differ between the sweep's cells
+(`explainer=hf_local prompt=top_tokens`), else by all its overrides, else by its directory. Cells
+that ran on the same neuron set (same hash) are then compared pairwise on each scorer's headline
+metric over the neurons both scored: the mean difference with a paired bootstrap 95% CI and a
+two-sided paired sign-flip permutation p-value (Benjamini-Hochberg adjusted over all comparisons).
+Writes every column to `cells.csv`, `cells.parquet`, `paired.csv`, `paired.parquet` (default: into
+MULTIRUN_DIR) and prints both as Markdown, naming cells by their names: per cell, each scorer's headline metric with its CI, floor
 and ceiling, cost and wall time (`--all`: the wide table with every score).
 """
 
@@ -108,7 +108,8 @@ def incomplete_cells(root: Path) -> dict[str, list[str]]:
     return {"incomplete": names, "missing": missing}
 
 
-def _overrides(cell: Path) -> list[str]:
+def cell_overrides(cell: Path) -> list[str]:
+    """The overrides a sweep gave the cell (its `.hydra/overrides.yaml`); none if unreadable."""
     path = cell / ".hydra" / "overrides.yaml"
     if path.is_file():
         try:
@@ -127,7 +128,8 @@ def cell_names(overrides: list[list[str]], dirs: list[str]) -> list[str]:
     return [f"{n} [{d}]" if names.count(n) > 1 else n for n, d in zip(names, dirs)]
 
 
-def _describe(config: dict[str, Any]) -> dict[str, Any]:
+def describe_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A cell's explainer (kind, or backend:model), prompt (LLM explainers only), simulator and scorers."""
     explainer = config.get("explainer") or {}
     llm = explainer.get("llm") or {}
     prompt = (config.get("prompt") or {}).get("kind") if explainer.get("kind") == "llm" else None
@@ -142,9 +144,10 @@ def cell_row(cell: Path, root: Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise CollectError(f"{cell / 'summary.json'} is unreadable ({exc}); re-run that cell") from exc
     scores = summary.get("scores", {})
-    row: dict[str, Any] = {"dir": str(cell.relative_to(root)) or ".", "overrides": " ".join(_overrides(cell)),
+    row: dict[str, Any] = {"dir": str(cell.relative_to(root)) or ".", "overrides": " ".join(cell_overrides(cell)),
                            "set_name": summary.get("set_name"), "set_hash": summary.get("set_hash"),
-                           **_describe(summary.get("config", {})),
+                           "evaluate_on": summary.get("evaluate_on", "test"),
+                           **describe_config(summary.get("config", {})),
                            "headlines": ",".join(f"{scorer}.{block['metric']}" for scorer, block in scores.items()),
                            "n_neurons": summary.get("n_neurons"), "n_failed": summary.get("n_failed")}
     for scorer, block in scores.items():
@@ -174,7 +177,7 @@ def collect(root: Path, n_resamples: int = 2000, seed: int = 0) -> tuple[pd.Data
         raise CollectError(f"no complete cell (summary.json) under {root}; did the sweep finish? Re-run it with "
                            "the same hydra.sweep.dir to complete it.")
     table = pd.DataFrame([cell_row(c, root) for c in cells])
-    table.insert(0, "cell", cell_names([_overrides(c) for c in cells], list(table["dir"])))
+    table.insert(0, "cell", cell_names([cell_overrides(c) for c in cells], list(table["dir"])))
     name = dict(zip(cells, table["cell"]))
     absent = incomplete_cells(root)
     for kind, names in absent.items():

@@ -112,10 +112,13 @@ def check_same_config(output_dir: Path, saved: dict[str, Any], current: dict[str
                           "output directory (hydra.run.dir / hydra.sweep.dir) or pass +overwrite=true to replace it.")
 
 
-def finished(output_dir: Path, cfg: DictConfig, what: str, runtime_only: tuple[str, ...] = ()) -> dict[str, Any] | None:
+def finished(output_dir: Path, cfg: DictConfig, what: str, runtime_only: tuple[str, ...] = (),
+             added: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The summary of a finished `what` of this configuration in `output_dir`, or None when there is
     none or its summary is unreadable (the run then runs again). A finished run of another
-    configuration is refused (`check_same_config`)."""
+    configuration is refused (`check_same_config`). `added`: options added to conf/ since runs were
+    saved, at the value that does what those runs did; a saved configuration without one compares as
+    holding that value."""
     path = output_dir / SUMMARY
     if not path.is_file():
         return None
@@ -127,7 +130,8 @@ def finished(output_dir: Path, cfg: DictConfig, what: str, runtime_only: tuple[s
     if not isinstance(summary, dict):
         log.warning("re-running %s: its %s holds no summary", output_dir, SUMMARY)
         return None
-    check_same_config(output_dir, summary.get("config", {}), saved_config(cfg), f"a finished {what}", runtime_only)
+    saved = {**(added or {}), **summary.get("config", {})}
+    check_same_config(output_dir, saved, saved_config(cfg), f"a finished {what}", runtime_only)
     return summary
 
 

@@ -42,6 +42,7 @@ RULES: dict[str, Rule] = {
     "neuron_set.limit": COUNT_OR_NULL,
     "batch_neurons": COUNT,
     "max_failed_fraction": UNIT_INTERVAL,
+    "evaluate_on": (lambda x: x in ("test", "calibration"), "'test' or 'calibration'"),
     "controls.*": BOOL,
     "stats.seed": NON_NEGATIVE_INT,
     "stats.bootstrap_resamples": COUNT,
@@ -120,7 +121,8 @@ def option_problems(tree: Any, required: tuple[str, ...] = (), rules: dict[str, 
 def validate_cell_config(cfg: DictConfig) -> None:
     """Raise one ConfigError listing every option of the cell's config that breaks its rule, every
     simulator, explainer, prompt variant or scorer name no component has, and every key of theirs
-    that is not one of its parameters."""
+    that is not one of its parameters; or, when all of those are fine, what `evaluate_on=calibration`
+    cannot run (calibration_problems)."""
     from harness.components import SCORERS, named, unknown_options
 
     tree = OmegaConf.to_container(cfg, resolve=True)
@@ -129,5 +131,34 @@ def validate_cell_config(cfg: DictConfig) -> None:
         if name not in group:
             problems.append(f"unknown scorer {name!r}; available: {', '.join(sorted(SCORERS))}" if group is SCORERS
                             else f"{where}.kind: unknown {group.what} {name!r}; known: {sorted(group)}")
+    if not problems:  # every component is known and its parameters parse
+        problems = calibration_problems(tree)
     if problems:
         raise ConfigError("invalid configuration: " + "; ".join(problems))
+
+
+def calibration_problems(tree: dict[str, Any]) -> list[str]:
+    """What a cell with `evaluate_on=calibration` cannot run. The calibration split then takes test's
+    place and no split is left to fit on (harness/cell.py): a scorer whose headline needs a fit is
+    refused, and so is an explainer that picks its explanation by scores on calibration."""
+    from harness.components import SCORERS
+
+    if tree.get("evaluate_on") != "calibration":
+        return []
+    why = "with evaluate_on=calibration no split is left to fit on"
+    problems = []
+    explainer = tree.get("explainer") or {}
+    kind = explainer.get("kind")  # the cell's judge scores their candidates on calibration (harness/cell.py)
+    chooser = ("explainer=hypothesis_loop" if kind == "hypothesis_loop" else "explainer.sampling.n>1"
+               if kind == "llm" and ((explainer.get("sampling") or {}).get("n") or 1) > 1 else None)
+    if chooser:
+        problems.append(f"{chooser} keeps the explanation that scores best on the calibration split, so "
+                        "evaluate_on=calibration would score it on the split it was chosen on; use evaluate_on=test")
+    for name, params in (tree.get("scorer") or {}).items():
+        if name == "ablation":
+            problems.append(f"scorer ablation patches the simulation calibrated by least squares on calibration: {why}")
+        active = SCORERS.component(name).parse(params, f"scorer.{name}").get("active")
+        if isinstance(active, str) and active.startswith("q"):
+            problems.append(f"scorer.{name}.active={active} labels windows by a quantile of the calibration split: "
+                            f"{why}; use a max<P> threshold (e.g. max50)")
+    return problems

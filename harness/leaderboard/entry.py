@@ -137,6 +137,11 @@ def build_entry(cell_dir: Path, name: str, submitter: str, cfg: dict[str, Any],
     if len(table) != summary["n_neurons"]:
         raise EntryError(f"{table_path} has {len(table)} rows but summary.json counts {summary['n_neurons']}: the cell "
                          "is inconsistent; re-run it")
+    evaluate_on = summary.get("evaluate_on", config.get("evaluate_on", "test"))
+    if evaluate_on != "test":
+        raise EntryError(f"the cell was scored with evaluate_on={evaluate_on}, on the split that chooses components "
+                         "(e.g. a prompt), not on test: it can never be a leaderboard entry; run the chosen "
+                         "configuration with evaluate_on=test")
     if (config.get("neuron_set") or {}).get("limit") is not None:
         raise EntryError(f"the cell ran on neuron_set.limit={config['neuron_set']['limit']} neurons; an entry needs "
                          "the whole set (run it without neuron_set.limit)")
