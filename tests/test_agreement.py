@@ -17,7 +17,7 @@ from harness.agreement import agreements, kendall_tau_b, render_set, set_agreeme
 from harness.cell import run_cell
 from harness.errors import ConfigError
 from tests.cells import cell_cfg
-from tests.test_leaderboard import lb_sets  # noqa: F401  (session fixture)
+from tests.leaderboard.test_leaderboard import lb_sets  # noqa: F401  (session fixture)
 
 CORR, THR = "correlation.ev_correlation_score", "threshold.auroc_max50"
 

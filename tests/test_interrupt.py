@@ -12,7 +12,7 @@ import pytest
 
 from harness.paths import REPO_ROOT
 from tests.fake_llm_server import GatedServer
-from tests.test_leaderboard import lb_sets  # noqa: F401  (session fixture)
+from tests.leaderboard.test_leaderboard import lb_sets  # noqa: F401  (session fixture)
 from tests.test_sweeps import _cached_calls, _env
 
 

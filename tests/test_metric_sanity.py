@@ -21,7 +21,7 @@ from harness.records import ActivationRecord, NeuronRecord
 from harness.scoring import Metric
 from harness.scoring.stats import difference_ci
 from harness.subject import load_subject, subject_config
-from tests.test_leaderboard import board, lb_cells, lb_sets  # noqa: F401 (fixtures)
+from tests.leaderboard.test_leaderboard import board, lb_cells, lb_sets  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 STATS = {"seed": 0, "bootstrap_resamples": 500}

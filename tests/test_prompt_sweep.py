@@ -29,7 +29,7 @@ from harness.paths import REPO_ROOT
 from harness.validation import validate_cell_config
 from tests.cells import cell_cfg
 from tests.fake_llm_server import FakeLLMServer
-from tests.test_leaderboard import lb_cells, lb_sets  # noqa: F401  (session fixtures)
+from tests.leaderboard.test_leaderboard import lb_cells, lb_sets  # noqa: F401  (session fixtures)
 
 FAKE_KEY = "sk-test-prompt-sweep-0123456789"
 HEADLINE = "correlation.ev_correlation_score"

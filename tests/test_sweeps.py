@@ -21,11 +21,11 @@ from harness import leaderboard as lb
 from harness.collect import benjamini_hochberg, cell_names, collect, main, paired_test
 from harness.paths import CONF_DIR, REPO_ROOT
 from tests.fake_llm_server import FakeLLMServer, GatedServer
-from tests.test_leaderboard import lb_sets  # noqa: F401  (session fixture)
+from tests.leaderboard.test_leaderboard import lb_sets  # noqa: F401  (session fixture)
 
 FAKE_KEY = "sk-test-sweeps-0123456789"
 # Every scorer but the judges (detection, fuzzing: a 0.5B judge model per cell would take the sweep past
-# its time; tests/test_cell_costs.py runs one in a cell, tests/test_detection.py on the real models).
+# its time; tests/test_cell_costs.py runs one in a cell, tests/scoring/test_detection.py on the real models).
 JUDGES = {"detection", "fuzzing"}
 ALL_SCORERS = "[" + ",".join(sorted(p.stem for p in (CONF_DIR / "scorer").glob("*.yaml") if p.stem not in JUDGES)) + "]"
 # Keep the subject-running ablation scorer small here (the entry records it; verify re-runs it so).

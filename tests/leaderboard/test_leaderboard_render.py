@@ -15,7 +15,7 @@ from harness.leaderboard.__main__ import main
 from harness.leaderboard.board import DATA_MARK, TEMPLATE
 from harness.leaderboard.export import export
 from tests.test_atomic import _snapshot
-from tests.test_leaderboard import board, lb_cells, lb_sets  # noqa: F401  (fixtures)
+from tests.leaderboard.test_leaderboard import board, lb_cells, lb_sets  # noqa: F401  (fixtures)
 
 
 def _by_name(assessed: list[lb.Assessed], name: str) -> lb.Assessed:

@@ -18,7 +18,7 @@ from harness.leaderboard.ranks import (cross_set, cross_sets, group_name, rank_i
                                       redrawn_pairs, render_section)
 from harness.scoring import Metric, get_scorer
 from harness.scoring.stats import minimum_detectable_difference
-from tests.test_leaderboard import board, lb_cells, lb_sets  # noqa: F401  (fixtures)
+from tests.leaderboard.test_leaderboard import board, lb_cells, lb_sets  # noqa: F401  (fixtures)
 
 CORR = "correlation.ev_correlation_score"
 N = 60

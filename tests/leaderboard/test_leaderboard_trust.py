@@ -1,5 +1,5 @@
 """Issue 22: every number on the board is one we computed. Each test here is one case of the
-second hostile review (its id in the name), run against the tiny board of tests/test_leaderboard.py."""
+second hostile review (its id in the name), run against the tiny board of tests/leaderboard/test_leaderboard.py."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from harness.leaderboard.rows import board_rows, random_weight_rows
 from harness.leaderboard.entry import fingerprint
 from harness.leaderboard.verification_records import load_records
 from harness.leaderboard.verify import recomputed_summary
-from tests.test_leaderboard import _entry_file, _load, board, honest, lb_cells, lb_sets  # noqa: F401
+from tests.leaderboard.test_leaderboard import _entry_file, _load, board, honest, lb_cells, lb_sets  # noqa: F401
 
 verify_module = importlib.import_module("harness.leaderboard.verify")  # the package re-exports a function `verify`
 records_module = importlib.import_module("harness.leaderboard.verification_records")

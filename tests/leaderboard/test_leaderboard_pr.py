@@ -21,7 +21,7 @@ from harness.leaderboard.check_pr import CheckPRError, check_pr
 from harness.leaderboard.export import export
 from harness.paths import REPO_ROOT
 from harness.records import load_set
-from tests.test_leaderboard import board, lb_cells, lb_sets  # noqa: F401  (fixtures)
+from tests.leaderboard.test_leaderboard import board, lb_cells, lb_sets  # noqa: F401  (fixtures)
 
 
 def git(repo: Path, *args: str, stdin: str | None = None) -> str:

@@ -20,7 +20,7 @@ import pytest
 
 from harness import leaderboard as lb
 from harness.paths import REPO_ROOT
-from tests.test_leaderboard import lb_cells, lb_sets  # noqa: F401  (session fixtures)
+from tests.leaderboard.test_leaderboard import lb_cells, lb_sets  # noqa: F401  (session fixtures)
 
 websocket = pytest.importorskip("websocket")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
