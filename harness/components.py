@@ -1,6 +1,8 @@
 """Components: the one way a plug-in is named, configured and built.
 
-A component is registered once, in its group (`simulator`, `scorer`, ...), by name, with
+A component is registered once, in its group (`simulator`, `scorer`, `explainer`, `prompt`,
+`backend`; and the kinds outside a cell's config: `subject_source`, `corpus`, `corruption`,
+`gelu_variant`, `completion_form`), by name, with
 - `params`: a frozen dataclass whose fields are its parameters (harness/params.py). Each field
   says, through `option(...)`, its default, the rule its value must satisfy (harness/rules.py) and
   whether a leaderboard entry may set it (`entry=True`). Nothing else lists parameters: the
@@ -27,16 +29,18 @@ from __future__ import annotations
 
 import importlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Iterator
 
 from harness.errors import ConfigError
-from harness.params import (AblationParams, AllAtOnceParams, AnthropicBlock, BorrowedParams, ChainOfThoughtParams,
-                            ChatLogprobsParams, ContrastiveParams, EmbeddingParams, EmptyParams, HFLocalBlock,
-                            HypothesisLoopParams, JsonParams, JudgeParams, LLMExplainerParams, NoParams,
-                            OneAtATimeParams, OpenAIBlock, OpenAICompatibleBlock, OpenAITokensParams,
-                            ThresholdParams, TokenMatchParams, TopTokensBaselineParams, TopTokensPromptParams,
-                            WeightTokensParams)
+from harness.params import (AblationParams, AllAtOnceParams, AnthropicBlock, BorrowedParams, BrownParams,
+                            ChainOfThoughtParams, ChatLogprobsParams, ContrastiveParams, EchoFormParams,
+                            EmbeddingParams, EmptyParams, GGUFPartsParams, GGUFWheelParams, HFDatasetParams,
+                            HFLocalBlock, HubParams, HypothesisLoopParams, JsonParams, JudgeParams,
+                            LLMExplainerParams, NoParams, OneAtATimeParams, OpenAIBlock, OpenAICompatibleBlock,
+                            OpenAITokensParams, PermuteParams, RandomInitParams, RepeatParams, SkipCountParams,
+                            SkipParams, TextDirParams, ThresholdParams, TokenMatchParams, TopTokensBaselineParams,
+                            TopTokensPromptParams, WeightTokensParams, required)
 from harness.rules import Rule
 
 
@@ -62,7 +66,9 @@ class Component:
         return _resolve(self.target)
 
     def defaults(self) -> dict[str, Any]:
-        return asdict(self.params())
+        """Each parameter that has a default, with it (a fresh copy of a mutable one)."""
+        return {f.name: f.default_factory() if f.default_factory is not MISSING else f.default
+                for f in fields(self.params) if not required(f)}
 
     def entry_options(self) -> list[str]:
         """The parameters a leaderboard entry may set."""
@@ -92,10 +98,13 @@ class Component:
         tree: dict[str, Any] = params
         for key in reversed(where.split(".")):  # the problems name each option by its full path
             tree = {key: tree}
-        problems = self.unknown(params, where) + option_problems(tree, rules=self.rules(where))
+        missing = [f"{where}.{f.name} is required: {f.metadata['rule'][1]}"
+                   for f in fields(self.params) if required(f) and f.name not in params]
+        problems = missing + self.unknown(params, where) + option_problems(tree, rules=self.rules(where))
         if problems:
             raise ConfigError(f"invalid {self.group} {self.name}: " + "; ".join(problems))
-        return {**self.defaults(), **params}
+        given = {**self.defaults(), **params}
+        return {f.name: given[f.name] for f in fields(self.params)}  # in field order
 
     def build(self, params: dict[str, Any] | None = None, context: "RunContext | None" = None, **given: Any) -> Any:
         """`given`: what the caller built for this component (an explainer's prompt variant, the LLM of
@@ -183,7 +192,42 @@ BACKENDS = _group("backend", "LLM backend", {
     "anthropic": ("harness.llm.anthropic_backend:AnthropicBackend", AnthropicBlock),
     "hf_local": ("harness.llm.hf_local:HFLocalBackend", HFLocalBlock),
 })
-GROUPS = {g.name: g for g in (SIMULATORS, SCORERS, EXPLAINERS, PROMPTS, BACKENDS)}
+# The kinds outside a cell's config. A subject source's target loads (model, tokenizer) from the
+# subject's checked config; a corpus source's reads its documents (its parameters as keywords).
+SUBJECT_SOURCES = _group("subject_source", "subject source", {
+    "gguf_wheel": ("harness.subject:load_gguf", GGUFWheelParams),
+    "gguf_parts": ("harness.subject:load_gguf", GGUFPartsParams),
+    "hub": ("harness.subject:load_hub", HubParams),
+    "random_init": ("harness.subject:load_random_init", RandomInitParams),
+})
+CORPORA = _group("corpus", "corpus source", {
+    "brown": ("harness.corpus:load_brown", BrownParams),
+    "text_dir": ("harness.corpus:load_text_dir", TextDirParams),
+    "hf": ("harness.corpus:load_hf", HFDatasetParams),
+})
+# A corruption's target gives its order of decoder layers for a subject of `n_layers` layers
+# (harness.corrupt.corruption_spec), checking what needs that count.
+CORRUPTIONS = _group("corruption", "corruption kind", {
+    "none": ("harness.corrupt:none_order", NoParams),
+    "skip_last": ("harness.corrupt:skip_last_order", SkipCountParams),
+    "skip_first": ("harness.corrupt:skip_first_order", SkipCountParams),
+    "skip": ("harness.corrupt:skip_order", SkipParams),
+    "repeat": ("harness.corrupt:repeat_order", RepeatParams),
+    "permute": ("harness.corrupt:permute_order", PermuteParams),
+})
+# The activations the GELU check swaps in (harness/gelu/variants.py), by transformers' names.
+GELU_VARIANTS = _group("gelu_variant", "GELU variant", {
+    name: (f"harness.gelu.variants:{name.upper()}", NoParams)
+    for name in ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu")
+})
+# How a completions endpoint gives a prompt's own logprobs: `llm.form` of a served model's block;
+# the form's parameters are further keys of that block.
+COMPLETION_FORMS = _group("completion_form", "prompt-logprobs form", {
+    "echo": ("harness.llm.completions:CompletionsBackend", EchoFormParams),
+    "prompt_logprobs": ("harness.llm.completions:CompletionsBackend", NoParams),
+})
+GROUPS = {g.name: g for g in (SIMULATORS, SCORERS, EXPLAINERS, PROMPTS, BACKENDS, SUBJECT_SOURCES, CORPORA,
+                              CORRUPTIONS, GELU_VARIANTS, COMPLETION_FORMS)}
 
 
 def component(group: str, name: Any) -> Component:

@@ -14,11 +14,12 @@ import subprocess
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from harness.components import CORPORA
 from harness.errors import AssetError, ConfigError, CorpusError
 from harness.paths import cache_dir
 
@@ -155,27 +156,15 @@ def load_hf(dataset: str, split: str, text_field: str, config_name: str | None =
     return docs
 
 
-LOADERS: dict[str, Callable[..., list[Document]]] = {
-    "brown": load_brown,
-    "text_dir": load_text_dir,
-    "hf": load_hf,
-}
-
-
 def load_corpus(cfg: Any) -> Corpus:
-    """Load the corpus a Hydra `corpus/` config describes (its `source` names a loader)."""
+    """Load the corpus a Hydra `corpus/` config describes: its `source` names a `corpus` component
+    (harness/components.py), whose loader gets the other keys but `name`, checked against its params."""
     try:
         params = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True) if OmegaConf.is_config(cfg) else dict(cfg)
     except MissingMandatoryValue as exc:
         raise ConfigError(f"corpus setting missing: {exc.full_key} must be set (e.g. corpus.path=...)") from exc
     name = params.pop("name", params.get("source"))
-    source = params.pop("source", None)
-    if source not in LOADERS:
-        raise ConfigError(f"unknown corpus source {source!r}; known: {sorted(LOADERS)}")
-    try:
-        loaded = LOADERS[source](**params)
-    except TypeError as exc:  # a misspelled or unknown option
-        raise ConfigError(f"corpus {name!r}: bad options {sorted(params)}: {exc}") from exc
+    loaded = CORPORA.component(params.pop("source", None)).build(params)
     documents = [d for d in loaded if d.text.strip()]
     if not documents:
         raise CorpusError(f"corpus {name!r} has no non-empty documents; check its source settings {params}.")

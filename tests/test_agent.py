@@ -149,7 +149,7 @@ def test_resume_after_a_kill_continues_from_the_last_complete_step_from_the_cach
     ('{"action": "run", "corruption": {"kind": "skip_last", "n": 1}', "does not parse"),
     ('{"action": "explode"}', '"action": "run" or "action": "finish"'),
     ('{"action": "finish"}', "non-empty \"summary\""),
-    ('{"action": "run", "corruption": {"kind": "skip_last", "n": 1, "file": "/etc/passwd"}}', "unknown parameter"),
+    ('{"action": "run", "corruption": {"kind": "skip_last", "n": 1, "file": "/etc/passwd"}}', "unknown option corruption.file"),
     ('{"action": "run", "corruption": "skip_last"}', "must be an object"),
     ('{"action": "run", "corruption": ' + "[" * 100_000 + "]" * 100_000 + "}", "characters long"),
 ])

@@ -2,16 +2,20 @@
 The params class of a component is the one place its parameters are declared: the cell's checks,
 the leaderboard's allow-list and verification's rebuild all read it."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pytest
 import yaml
 
 from harness import leaderboard as lb
-from harness.components import (BACKENDS, EXPLAINERS, GROUPS, PROMPTS, SCORERS, SIMULATORS, Component, RunContext,
-                                build)
+from harness.components import (BACKENDS, COMPLETION_FORMS, CORPORA, CORRUPTIONS, EXPLAINERS, GELU_VARIANTS, GROUPS,
+                                PROMPTS, SCORERS, SIMULATORS, SUBJECT_SOURCES, Component, RunContext, build, component)
+from harness.corpus import load_corpus
+from harness.corrupt import corruption_spec, schema_text
 from harness.explain import HypothesisLoop, make_explainer
+from harness.gelu.variants import Variant, get_variant
+from harness.llm.completions import CompletionsBackend
 from harness.params import TokenMatchParams, option
 from harness.errors import ConfigError
 from harness.leaderboard.entry import cell_entry_name, components
@@ -19,6 +23,7 @@ from harness.llm.cache import Ledger
 from harness.rules import BOOL
 from harness.scoring import Scorer, scorers_from
 from harness.simulate import TokenMatchSimulator, make_simulator
+from harness.subject import checked_config, load_subject, subject_config
 from harness.validation import validate_cell_config
 from tests.cells import cell_cfg
 
@@ -69,10 +74,11 @@ def test_each_backends_model_block_is_its_explainer_presets():
         assert llm == {"backend": backend, **BACKENDS.component(backend).defaults()}, backend
 
 
-@pytest.mark.parametrize("group", [EXPLAINERS, PROMPTS, SIMULATORS, SCORERS, BACKENDS])
+@pytest.mark.parametrize("group", GROUPS.values(), ids=list(GROUPS))
 def test_every_registered_name_resolves(group):
     for name in group:
         assert group[name] is not None
+        assert component(group.name, name).name == name
 
 
 def test_an_unknown_name_or_key_is_one_error_listing_what_is_known():
@@ -212,3 +218,94 @@ def test_adding_a_simulator_option_touches_one_class_and_one_yaml(monkeypatch, t
     entry = {"simulator": recorded, "scorers": {"correlation": {}}, "stats": {"seed": 0, "bootstrap_resamples": 10}}
     simulator, _ = lb.resolve_components(entry, lb.load_config())
     assert simulator == {"kind": "token_match", "high": 10.0, "case_sensitive": True}
+
+
+# --- the kinds outside a cell: subject sources, corpora, corruptions, GELU variants, completions forms
+
+def test_every_subject_config_parses_through_its_source():
+    sources = set()
+    for name, cfg in _configs("subject").items():
+        checked = checked_config(subject_config(name))  # unknown keys, missing ones and bad values raise
+        spec = SUBJECT_SOURCES.component(cfg["source"])
+        assert checked == {**cfg, **{k: v for k, v in spec.defaults().items() if k not in cfg}}, name
+        sources.add(cfg["source"])
+    assert sources == set(SUBJECT_SOURCES)  # each source has a config that exercises it
+
+
+def test_every_corpus_config_parses_through_its_source():
+    for name, cfg in _configs("corpus").items():
+        cfg.pop("name")
+        spec = CORPORA.component(cfg.pop("source"))
+        assert spec.parse(cfg, "corpus") == {**spec.defaults(), **cfg}, name  # `???` is a string here
+    assert set(_configs("corpus")) == set(CORPORA)
+
+
+def test_an_unknown_source_kind_or_key_outside_a_cell_is_one_error_naming_the_known_ones():
+    with pytest.raises(ConfigError, match=r"unknown subject source 'ftp'; known: \['gguf_parts', 'gguf_wheel', 'hub', "
+                                          r"'random_init'\]"):
+        load_subject({"name": "x", "source": "ftp"})
+    with pytest.raises(ConfigError, match=r"unknown option subject.hubid of subject_source hub; known: \['name', "
+                                          r"'hub_id', 'tokenizer_id'\]"):
+        load_subject({**subject_config("gpt2"), "hubid": "gpt2"})  # refused before any download
+    with pytest.raises(ConfigError, match="subject.hub_id is required"):
+        checked_config({"name": "x", "source": "hub"})
+    with pytest.raises(ConfigError, match="subject.gguf_sha256='abc' must be a sha256 digest"):
+        checked_config({**subject_config("smollm2_135m"), "gguf_sha256": "abc"})
+    with pytest.raises(ConfigError, match=r"subject.parts.1='data/p1' must be a mapping"):
+        checked_config({**subject_config("gemma3_270m"), "parts": [{"package": "p", "file": "f"}, "data/p1"]})
+
+    with pytest.raises(ConfigError, match=r"unknown corpus source 'gutenberg'; known: \['brown', 'hf', 'text_dir'\]"):
+        load_corpus({"source": "gutenberg"})
+    with pytest.raises(ConfigError, match=r"unknown option corpus.max_docs of corpus brown; known: "
+                                          r"\['max_documents'\]"):
+        load_corpus({"source": "brown", "max_docs": 3})  # refused before the corpus is fetched
+    with pytest.raises(ConfigError, match="corpus.path is required"):
+        load_corpus({"source": "text_dir"})
+    with pytest.raises(ConfigError, match="corpus.max_documents=0 must be a positive integer or null"):
+        load_corpus({"source": "text_dir", "path": ".", "max_documents": 0})
+
+    with pytest.raises(ConfigError, match=r"unknown corruption kind 'drop'; known: \['none', 'permute', 'repeat'"):
+        corruption_spec({"kind": "drop"}, 6)
+    with pytest.raises(ConfigError, match=r"unknown option corruption.seed of corruption skip; known: \['layers', "
+                                          r"'start', 'stop'\]"):
+        corruption_spec({"kind": "skip", "layers": [1], "seed": 3}, 6)
+    with pytest.raises(ConfigError, match=r"corruption.layers=\[1, '2'\] must be a list of integers or null"):
+        corruption_spec({"kind": "skip", "layers": [1, "2"]}, 6)
+
+    with pytest.raises(ConfigError, match=r"unknown GELU variant 'erf'; known: \['gelu', 'gelu_fast', 'gelu_new', "
+                                          r"'gelu_pytorch_tanh', 'quick_gelu'\]"):
+        get_variant("erf")
+    with pytest.raises(ConfigError, match=r"unknown prompt-logprobs form 'logits'; known: "
+                                          r"\['echo', 'prompt_logprobs'\]"):
+        COMPLETION_FORMS.component("logits")
+
+
+def test_the_variants_are_their_components_targets():
+    for name in GELU_VARIANTS:
+        variant = get_variant(name)
+        assert isinstance(variant, Variant) and variant.name == name
+        assert component("gelu_variant", name).defaults() == {}
+
+
+def test_echo_shift_belongs_to_the_echo_form():
+    served = {"name": "openai_compatible", "model": "m", "base_url": "http://localhost:9/v1", "api_key_required": False}
+    assert CompletionsBackend(**served).identity()["echo_shift"] == 0  # the echo form's default
+    assert CompletionsBackend(**served, echo_shift=1).identity()["echo_shift"] == 1
+    assert CompletionsBackend(**served, form="prompt_logprobs").identity()["echo_shift"] == 0
+    with pytest.raises(ConfigError, match="llm.echo_shift=2 must be 0 or 1"):
+        CompletionsBackend(**served, echo_shift=2)
+    with pytest.raises(ConfigError, match=r"unknown option llm.echo_shift of completion_form prompt_logprobs; "
+                                          r"known: \[\]"):
+        CompletionsBackend(**served, form="prompt_logprobs", echo_shift=1)
+
+
+def test_the_corruption_schema_lists_every_kinds_fields():
+    lines = {line.split(":")[0].removeprefix("- "): line for line in schema_text().splitlines()}
+    assert list(lines) == list(CORRUPTIONS)
+    for kind in CORRUPTIONS:
+        spec = CORRUPTIONS.component(kind)
+        for f in fields(spec.params):
+            assert f"{f.name}: {f.metadata['rule'][1]}" in lines[kind], (kind, f.name)
+    assert lines["none"] == "- none"
+    assert "n: an integer (required)" in lines["skip_last"]
+    assert "times: an integer (default 2)" in lines["repeat"] and "seed: an integer (default 0)" in lines["permute"]

@@ -5,8 +5,9 @@ A corruption is a new order of the subject's decoder layers, as original indices
 `repeat` (a layer run `times` times in a row) and `permute` (an explicit order of a contiguous
 block, or a seeded shuffle of the block start..stop). `corrupted()` swaps the model's own layer
 list for that order, and restores it afterwards. Configs (`conf/corruption/`) and an agent's JSON
-actions both go through `corruption_spec`, the one schema: known kinds, known parameters, plain
-bounded integers, layer indices in range.
+actions both go through `corruption_spec`: a kind is a `corruption` component (harness/components.py)
+whose params class types its parameters, and whose order function checks them against the subject's
+layers (indices in range, bounded counts).
 
 Measures, each against the clean model on the same inputs (`measure`):
 - loss (nats/token) on held-out Brown windows of the scoring pool (the frozen sets' split rule),
@@ -22,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Iterator, Mapping
 
 import numpy as np
@@ -33,6 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from harness.build_set import make_windows
+from harness.components import CORRUPTIONS
 from harness.corpus import load_corpus
 from harness.errors import ConfigError
 from harness.scoring.ablation import kl_from_logits
@@ -48,16 +50,6 @@ __all__ = ["MEASURE_OPTIONS", "Corruption", "Probe", "check_measure", "corrupted
 MAX_REPEAT = 8  # a layer run at most this many times in a row
 MAX_SEED = 2**32 - 1
 
-# kind → {parameter: (type, default)}; the one schema of a corruption. "int?" and "ints?" may be null.
-CORRUPTIONS: dict[str, dict[str, tuple[str, Any]]] = {
-    "none": {},
-    "skip_last": {"n": ("int", None)},
-    "skip_first": {"n": ("int", None)},
-    "skip": {"layers": ("ints?", None), "start": ("int?", None), "stop": ("int?", None)},
-    "repeat": {"layer": ("int", None), "times": ("int", 2)},
-    "permute": {"order": ("ints?", None), "start": ("int?", None), "stop": ("int?", None), "seed": ("int", 0)},
-}
-
 
 @dataclass(frozen=True)
 class Corruption:
@@ -71,27 +63,9 @@ class Corruption:
         return f"{self.kind}({shown})" if shown else self.kind
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _typed(kind: str, name: str, value: Any, expected: str, n_layers: int) -> Any:
-    if value is None:
-        if expected.endswith("?"):
-            return None
-        raise ConfigError(f"corruption {kind}: {name} is required (an integer)")
-    if expected.startswith("int") and not expected.startswith("ints"):
-        if not _is_int(value):
-            raise ConfigError(f"corruption {kind}: {name}={value!r} must be an integer")
-        return value
-    if not isinstance(value, (list, tuple)) or not all(_is_int(v) for v in value):
-        raise ConfigError(f"corruption {kind}: {name}={value!r} must be a list of integers")
-    if len(value) > MAX_REPEAT * n_layers:
-        raise ConfigError(f"corruption {kind}: {name} has {len(value)} entries; at most {n_layers} make sense")
-    return list(value)
-
-
 def _check_layers(kind: str, name: str, layers: list[int], n_layers: int) -> None:
+    if len(layers) > n_layers:
+        raise ConfigError(f"corruption {kind}: {name} has {len(layers)} entries; at most {n_layers} make sense")
     bad = [i for i in layers if not 0 <= i < n_layers]
     if bad:
         raise ConfigError(f"corruption {kind}: {name} has layer index {bad} out of range: the subject has "
@@ -106,74 +80,94 @@ def _span(kind: str, start: int | None, stop: int | None, n_layers: int) -> tupl
     return start, stop
 
 
+# Each kind's order of layers for a subject of `n_layers` layers, from its parameters (their types
+# checked by its params class in harness/params.py): the `corruption` components' targets.
+
+def none_order(n_layers: int) -> list[int]:
+    return list(range(n_layers))
+
+
+def _skip_count(kind: str, n: int, n_layers: int) -> None:
+    if not 0 <= n <= n_layers:
+        raise ConfigError(f"corruption {kind}: n={n} must be in 0..{n_layers} (the subject has {n_layers} layers)")
+
+
+def skip_last_order(n_layers: int, n: int) -> list[int]:
+    _skip_count("skip_last", n, n_layers)
+    return list(range(n_layers - n))
+
+
+def skip_first_order(n_layers: int, n: int) -> list[int]:
+    _skip_count("skip_first", n, n_layers)
+    return list(range(n, n_layers))
+
+
+def skip_order(n_layers: int, layers: list[int] | None, start: int | None, stop: int | None) -> list[int]:
+    if (layers is None) == (start is None and stop is None):
+        raise ConfigError("corruption skip: give either `layers` (a list) or `start`/`stop` (a range), not both "
+                          "and not neither")
+    if layers is not None:
+        _check_layers("skip", "layers", layers, n_layers)
+        if len(set(layers)) != len(layers):
+            raise ConfigError(f"corruption skip: layers {layers} repeat an index")
+        skipped = set(layers)
+    else:
+        skipped = set(range(*_span("skip", start, stop, n_layers)))
+    return [i for i in range(n_layers) if i not in skipped]
+
+
+def repeat_order(n_layers: int, layer: int, times: int) -> list[int]:
+    _check_layers("repeat", "layer", [layer], n_layers)
+    if not 1 <= times <= MAX_REPEAT:
+        raise ConfigError(f"corruption repeat: times={times} must be in 1..{MAX_REPEAT}")
+    return list(range(layer)) + [layer] * times + list(range(layer + 1, n_layers))
+
+
+def permute_order(n_layers: int, order: list[int] | None, start: int | None, stop: int | None,
+                  seed: int) -> list[int]:
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"corruption permute: seed={seed} must be in 0..{MAX_SEED}")
+    if order is not None:
+        if start is not None or stop is not None:
+            raise ConfigError("corruption permute: give `order` or `start`/`stop` (a seeded random order), not both")
+        block = order
+        _check_layers("permute", "order", block, n_layers)
+        if len(block) < 2 or sorted(block) != list(range(min(block), max(block) + 1)):
+            raise ConfigError(f"corruption permute: order {block} must be a rearrangement of a contiguous "
+                              "block of at least 2 layers (e.g. [12, 11, 10])")
+        start, stop = min(block), max(block) + 1
+    else:
+        start, stop = _span("permute", start, stop, n_layers)
+        block = (start + np.random.default_rng(seed).permutation(stop - start)).tolist()
+    return list(range(start)) + block + list(range(stop, n_layers))
+
+
 def corruption_spec(raw: Mapping[str, Any], n_layers: int) -> Corruption:
-    """Validate a corruption (a `conf/corruption/` node or an agent's JSON) against the schema for a
-    subject of `n_layers` layers; a ConfigError names what is wrong."""
+    """Validate a corruption (a `conf/corruption/` node or an agent's JSON) against its kind's
+    parameters (the `corruption` component named by `kind`) and a subject of `n_layers` layers; a
+    ConfigError names what is wrong."""
     if OmegaConf.is_config(raw):
         raw = OmegaConf.to_container(raw, resolve=True)
     if not isinstance(raw, Mapping):
         raise ConfigError(f"a corruption must be an object with a `kind`, got {type(raw).__name__}")
-    kind = raw.get("kind")
-    if not isinstance(kind, str) or kind not in CORRUPTIONS:
-        raise ConfigError(f"unknown corruption kind {kind!r}; known: {sorted(CORRUPTIONS)}")
-    schema = CORRUPTIONS[kind]
-    unknown = sorted(set(raw) - set(schema) - {"kind"})
-    if unknown:
-        raise ConfigError(f"corruption {kind}: unknown parameter(s) {unknown}; its parameters are "
-                          f"{sorted(schema) or 'none'}")
-    p = {name: _typed(kind, name, raw.get(name, default), expected, n_layers)
-         for name, (expected, default) in schema.items()}
-    L = n_layers
-    if kind == "none":
-        order = list(range(L))
-    elif kind in ("skip_last", "skip_first"):
-        if not 0 <= p["n"] <= L:
-            raise ConfigError(f"corruption {kind}: n={p['n']} must be in 0..{L} (the subject has {L} layers)")
-        order = list(range(L - p["n"])) if kind == "skip_last" else list(range(p["n"], L))
-    elif kind == "skip":
-        if (p["layers"] is None) == (p["start"] is None and p["stop"] is None):
-            raise ConfigError("corruption skip: give either `layers` (a list) or `start`/`stop` (a range), not both "
-                              "and not neither")
-        if p["layers"] is not None:
-            _check_layers(kind, "layers", p["layers"], L)
-            if len(set(p["layers"])) != len(p["layers"]):
-                raise ConfigError(f"corruption skip: layers {p['layers']} repeat an index")
-            skipped = set(p["layers"])
-        else:
-            skipped = set(range(*_span(kind, p["start"], p["stop"], L)))
-        order = [i for i in range(L) if i not in skipped]
-    elif kind == "repeat":
-        _check_layers(kind, "layer", [p["layer"]], L)
-        if not 1 <= p["times"] <= MAX_REPEAT:
-            raise ConfigError(f"corruption repeat: times={p['times']} must be in 1..{MAX_REPEAT}")
-        order = list(range(p["layer"])) + [p["layer"]] * p["times"] + list(range(p["layer"] + 1, L))
-    else:  # permute
-        if not 0 <= p["seed"] <= MAX_SEED:
-            raise ConfigError(f"corruption permute: seed={p['seed']} must be in 0..{MAX_SEED}")
-        if p["order"] is not None:
-            if p["start"] is not None or p["stop"] is not None:
-                raise ConfigError("corruption permute: give `order` or `start`/`stop` (a seeded random order), not both")
-            block = p["order"]
-            _check_layers(kind, "order", block, L)
-            if len(block) < 2 or sorted(block) != list(range(min(block), max(block) + 1)):
-                raise ConfigError(f"corruption permute: order {block} must be a rearrangement of a contiguous "
-                                  "block of at least 2 layers (e.g. [12, 11, 10])")
-            start, stop = min(block), max(block) + 1
-        else:
-            start, stop = _span(kind, p["start"], p["stop"], L)
-            block = (start + np.random.default_rng(p["seed"]).permutation(stop - start)).tolist()
-        order = list(range(start)) + block + list(range(stop, L))
-    return Corruption(kind, p, tuple(order))
+    kind = CORRUPTIONS.component(raw.get("kind"))
+    params = kind.parse({k: v for k, v in raw.items() if k != "kind"}, "corruption")
+    return Corruption(kind.name, params, tuple(kind.resolve()(n_layers, **params)))
 
 
 def schema_text() -> str:
     """The corruption kinds and their parameters, for a person or an agent."""
+    def shown(f: Any, defaults: dict[str, Any]) -> str:
+        text = f"{f.name}: {f.metadata['rule'][1]}"
+        if f.name not in defaults:
+            return text + " (required)"
+        return text + (f" (default {defaults[f.name]})" if defaults[f.name] is not None else "")
+
     lines = []
-    for kind, params in CORRUPTIONS.items():
-        shown = ", ".join(f"{n}: {t.replace('ints', 'list of int').rstrip('?')}"
-                          + (" or null" if t.endswith("?") else "") + (f" (default {d})" if d is not None else "")
-                          for n, (t, d) in params.items())
-        lines.append(f"- {kind}" + (f": {shown}" if shown else ""))
+    for name in CORRUPTIONS:
+        kind = CORRUPTIONS.component(name)
+        params = ", ".join(shown(f, kind.defaults()) for f in fields(kind.params))
+        lines.append(f"- {name}" + (f": {params}" if params else ""))
     return "\n".join(lines)
 
 

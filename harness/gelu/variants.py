@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.components import GELU_VARIANTS as VARIANTS
 from harness.errors import ConfigError
 from harness.subject import Subject, gelu_fast, gelu_tanh, quick_gelu
 
@@ -27,21 +28,19 @@ def _gelu_pytorch_tanh(x: torch.Tensor) -> torch.Tensor:
 
 
 # Each computes exactly what transformers' ACT2FN entry of the same name computes (bit for bit;
-# tests check this), so swapping in the subject's own activation changes nothing.
-VARIANTS: dict[str, Variant] = {v.name: v for v in [
-    Variant("gelu", F.gelu, "exact GELU x·Φ(x) = 0.5x(1+erf(x/√2)) (torch.nn.functional.gelu)"),
-    Variant("gelu_new", gelu_tanh, "tanh approximation, GPT-2's own `gelu_new`: "
-            "0.5x(1+tanh(√(2/π)(x+0.044715x³)))"),
-    Variant("gelu_pytorch_tanh", _gelu_pytorch_tanh, "PyTorch's tanh GELU, "
-            "torch.nn.functional.gelu(x, approximate='tanh') (Gemma's `gelu_pytorch_tanh`)"),
-    Variant("gelu_fast", gelu_fast, "the \"fast\" form 0.5x(1+tanh(0.7978845608·x(1+0.044715x²)))"),
-    Variant("quick_gelu", quick_gelu, "x·sigmoid(1.702x)"),
-]}
+# tests check this), so swapping in the subject's own activation changes nothing. Each is the target
+# of the `gelu_variant` component of its name (harness/components.py): VARIANTS, by name.
+GELU = Variant("gelu", F.gelu, "exact GELU x·Φ(x) = 0.5x(1+erf(x/√2)) (torch.nn.functional.gelu)")
+GELU_NEW = Variant("gelu_new", gelu_tanh, "tanh approximation, GPT-2's own `gelu_new`: "
+                   "0.5x(1+tanh(√(2/π)(x+0.044715x³)))")
+GELU_PYTORCH_TANH = Variant("gelu_pytorch_tanh", _gelu_pytorch_tanh, "PyTorch's tanh GELU, "
+                            "torch.nn.functional.gelu(x, approximate='tanh') (Gemma's `gelu_pytorch_tanh`)")
+GELU_FAST = Variant("gelu_fast", gelu_fast, "the \"fast\" form 0.5x(1+tanh(0.7978845608·x(1+0.044715x²)))")
+QUICK_GELU = Variant("quick_gelu", quick_gelu, "x·sigmoid(1.702x)")
 
 
 def get_variant(name: str) -> Variant:
-    if name not in VARIANTS:
-        raise ConfigError(f"unknown GELU variant {name!r}; known: {sorted(VARIANTS)}")
+    """The variant of that name; an unknown one is the group's ConfigError, naming the known ones."""
     return VARIANTS[name]
 
 

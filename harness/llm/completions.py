@@ -7,7 +7,8 @@ own logprobs are wanted) and the answer's `ChatResult.logprobs[i]`, for prompt i
 `{"token", "offset", "top"}` per position: the token's text, its character offset in the prompt
 (echo) or in the generated text, and the top-k next-token log-probabilities *of that position*
 (the distribution the token was drawn from; None where the server gives none). Two forms, chosen
-by configuration (`form`):
+by configuration (`form`, a `completion_form` component of harness/components.py, whose params class
+holds the form's own keys):
 
 - `echo`: `echo: true, logprobs: k` on /v1/completions (OpenAI's legacy API, llama.cpp's server):
   `choices[0].logprobs` with `tokens`, `text_offset`, `top_logprobs`. Servers disagree on which
@@ -27,28 +28,27 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from harness.components import COMPLETION_FORMS
 from harness.errors import ConfigError, LLMError
 from harness.llm import ChatParams, ChatResult
 from harness.llm.api import APIBackend
-
-FORMS = ("echo", "prompt_logprobs")
 
 
 class CompletionsBackend(APIBackend):
     default_key_env = "OPENAI_API_KEY"
 
-    def __init__(self, form: str = "echo", top_logprobs: int = 20, echo_shift: int = 0,
+    def __init__(self, form: str = "echo", top_logprobs: int = 20, echo_shift: int | None = None,
                  max_positions: int = 32768, **settings):
         import openai
 
-        if form not in FORMS:
-            raise ConfigError(f"unknown prompt-logprobs form {form!r}; known: {list(FORMS)}")
-        if echo_shift not in (0, 1):
-            raise ConfigError(f"echo_shift must be 0 (OpenAI's convention) or 1 (llama-cpp-python's); got {echo_shift!r}")
+        # echo_shift is the echo form's own key: refused with the other form
+        form_params = COMPLETION_FORMS.component(form).parse(
+            {} if echo_shift is None else {"echo_shift": echo_shift}, "llm")
         if not 1 <= int(top_logprobs) <= 100:
             raise ConfigError(f"top_logprobs must be between 1 and 100; got {top_logprobs!r}")
         super().__init__(**settings)
-        self.form, self.k, self.shift, self.max_positions = form, int(top_logprobs), echo_shift, max_positions
+        self.form, self.k, self.max_positions = form, int(top_logprobs), max_positions
+        self.shift = form_params.get("echo_shift", 0)
         self.client = openai.OpenAI(api_key=self.api_key, base_url=self.base_url, timeout=self.timeout,
                                     max_retries=self.max_retries)
 

@@ -268,7 +268,7 @@ def test_subject_configs():
     assert tiny["source"] == "random_init" and tiny["model_type"] == "llama"
     with pytest.raises(ConfigError, match=r"unknown subject 'nope'.*tiny_gpt2"):
         subject_config("nope")
-    with pytest.raises(ConfigError, match=r"unknown source 'ftp'.*gguf_wheel"):
+    with pytest.raises(ConfigError, match=r"unknown subject source 'ftp'.*gguf_wheel"):
         load_subject({"name": "x", "source": "ftp"})
 
 
