@@ -157,6 +157,7 @@ def test_the_board_shows_scorer_agreement_with_three_verified_entries(two_scorer
     assert lb.render(cfg, out_dir=tmp_path / "two")[0].read_text() == text  # seeded: the same section again
 
 
+@pytest.mark.heavy  # a subprocess, a sweep or whole set builds: seconds on 2 cores
 def test_cli_prints_the_table_per_set_and_refuses_an_unknown_set(two_scorer_board):
     cfg = two_scorer_board
     base = [sys.executable, "-m", "harness.agreement", "--entries-dir", str(cfg["entries_dir"]),

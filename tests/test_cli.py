@@ -37,6 +37,7 @@ def test_an_unknown_command_is_one_clear_error(capsys):
 
 @pytest.mark.parametrize("args, expect", [(["board", "schema"], '"title": "NeuronBench leaderboard entry"'),
                                           (["set-info", "--help"], "describing a frozen")])
+@pytest.mark.heavy  # a subprocess, a sweep or whole set builds: seconds on 2 cores
 def test_the_installed_script_runs_a_module_with_its_arguments(args, expect):
     done = subprocess.run([str(SCRIPT), *args], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -95,6 +95,7 @@ def test_what_calibration_cannot_score_is_refused(overrides, named):
         validate_cell_config(cell_cfg(*overrides))  # the same cell on test runs
 
 
+@pytest.mark.heavy  # a subprocess, a sweep or whole set builds: seconds on 2 cores
 def test_a_calibration_cell_is_never_an_entry(lb_sets, lb_cells, tmp_path):  # noqa: F811
     """On the whole set, otherwise like a cell that submits: `submit` and `submit-sweep` refuse it."""
     cfg = lb.load_config(entries_dir=tmp_path / "entries", sets_dir=lb_sets)
@@ -115,6 +116,7 @@ def _report(out: Path, explainer: str) -> tuple[dict, str]:
     return json.loads((out / f"{explainer}.json").read_text()), (out / f"{explainer}.md").read_text()
 
 
+@pytest.mark.heavy  # a subprocess, a sweep or whole set builds: seconds on 2 cores
 def test_the_collector_picks_the_highest_calibration_mean(lb_sets, tmp_path):  # noqa: F811
     """A Hydra sweep of two prompts on calibration; the report's choice is the prompt whose cell
     has the higher mean over every neuron (recomputed here from neurons.parquet)."""

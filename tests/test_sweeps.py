@@ -208,6 +208,7 @@ def test_a_finished_cell_of_another_configuration_is_not_overwritten(lb_sets, tm
     assert json.loads((out / "0" / "summary.json").read_text())["n_neurons"] == 8
 
 
+@pytest.mark.heavy  # a subprocess, a sweep or whole set builds: seconds on 2 cores
 def test_collect_names_missing_and_incomplete_cells(lb_sets, tmp_path):  # noqa: F811
     from harness.cell import run_cell
     from harness.collect import incomplete_cells

@@ -234,6 +234,7 @@ def test_cli_all_writes_every_neuron(tmp_path):
     assert {"input_gate", "input_up", "output_weights", "downstream_up"} <= set(table.columns)
 
 
+@pytest.mark.heavy  # a subprocess, a sweep or whole set builds: seconds on 2 cores
 def test_cli_all_on_a_set_keeps_its_order_and_checks_its_subject(tmp_path):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("build_set", overrides=[

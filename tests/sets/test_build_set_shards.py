@@ -48,6 +48,7 @@ def single(tmp_path_factory):
 
 
 @pytest.mark.parametrize("shards", [1, 2, 3])
+@pytest.mark.heavy  # a subprocess, a sweep or whole set builds: seconds on 2 cores
 def test_sharded_build_equals_the_single_pass_byte_for_byte(single, tmp_path, shards):
     out = tmp_path / "set"
     digest = build(compose_cfg(BASE + [f"output_dir={out}", f"shards={shards}"]))
@@ -79,6 +80,7 @@ def test_a_killed_shard_reruns_alone(single, tmp_path, monkeypatch):
     assert digest == load_set(single).hash and _files(out) == _files(single)
 
 
+@pytest.mark.heavy  # a subprocess, a sweep or whole set builds: seconds on 2 cores
 def test_a_finished_shard_is_not_computed_again(tmp_path, monkeypatch):
     out = tmp_path / "set"
     build(compose_cfg(BASE + [f"output_dir={out}", "shards=2", "shard=1"]))
@@ -94,6 +96,7 @@ def test_shard_files_of_another_configuration_are_refused(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.heavy  # a subprocess, a sweep or whole set builds: seconds on 2 cores
 def test_an_unreadable_shard_file_is_computed_again(single, tmp_path):
     out = tmp_path / "set"
     build(compose_cfg(BASE + [f"output_dir={out}", "shards=2", "shard=0"]))
