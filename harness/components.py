@@ -74,6 +74,10 @@ class Component:
         """The parameters a leaderboard entry may set."""
         return [f.name for f in fields(self.params) if f.metadata.get("entry")]
 
+    def entry_values(self, name: str) -> tuple | None:
+        """The values an entry may give parameter `name` (one of `entry_options`); None: any."""
+        return next(f.metadata.get("entry_values") for f in fields(self.params) if f.name == name)
+
     def rules(self, prefix: str) -> dict[str, Rule]:
         """Dotted option paths under `prefix` → their rule (a list's or mapping's items under `.*`)."""
         out: dict[str, Rule] = {}

@@ -17,11 +17,12 @@ from harness.rules import (BOOL, COUNT, COUNT_OR_NULL, FRACTION, INT, INT_LIST_O
 
 
 def option(default: Any = MISSING, rule: Rule | None = None, *, entry: bool = False, items: Rule | None = None,
-           factory: Any = MISSING) -> Any:
+           factory: Any = MISSING, entry_values: tuple | None = None) -> Any:
     """A parameter field: its default (or `factory` for a mutable one; neither: a required
     parameter), the rule its value obeys, `items` the rule of each item of a list or mapping value,
-    and whether an entry may set it."""
-    meta = {"rule": rule, "items": items, "entry": entry}
+    whether an entry may set it and, where only some values are verifiable, `entry_values`: those
+    an entry may give (None: any value)."""
+    meta = {"rule": rule, "items": items, "entry": entry, "entry_values": entry_values}
     if factory is not MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -108,10 +109,15 @@ class AblationParams:
 # The model block of each LLM backend, as conf/explainer/<backend>.yaml gives it: what verification
 # puts under a leaderboard entry's model name. Backends take further keys (top_logprobs, a served
 # model's prompt-logprobs form, ...); the run-level `*.llm.*` rules check them.
+# `model` says which model names a leaderboard entry's *simulator* may give on that backend
+# (verification rebuilds the simulator; an entry's explainer may be any model, as verification
+# never reruns it). An hf_local name is only a label on the block's weights (its `subject`,
+# SmolLM2-135M by default), so another local model joins only when verification loads its own
+# weights (tests/leaderboard/test_leaderboard.py checks).
 
 @dataclass(frozen=True)
 class HFLocalBlock:
-    model: str = option("smollm2_135m_instruct", TEXT)
+    model: str = option("smollm2_135m_instruct", TEXT, entry=True, entry_values=("smollm2_135m_instruct",))
     subject: str | None = option("smollm2_135m", TEXT_OR_NULL)  # the conf/subject/ entry whose weights are used
     path: str | None = option(None, TEXT_OR_NULL)                # instead of subject: any causal LM
     device: str = option("cpu", TEXT)
@@ -121,7 +127,7 @@ class HFLocalBlock:
 
 @dataclass(frozen=True)
 class OpenAIBlock:
-    model: str = option("gpt-4o-mini", TEXT)
+    model: str = option("gpt-4o-mini", TEXT, entry=True)  # any plain model name
     base_url: str | None = option(None, TEXT_OR_NULL)
     api_key_env: str = option("OPENAI_API_KEY", TEXT)
     timeout: float = option(60, POSITIVE)
@@ -132,14 +138,16 @@ class OpenAIBlock:
 
 @dataclass(frozen=True)
 class AnthropicBlock(OpenAIBlock):
-    model: str = option("claude-3-5-haiku-latest", TEXT)
+    model: str = option("claude-3-5-haiku-latest", TEXT, entry=True)  # any plain model name
     api_key_env: str = option("ANTHROPIC_API_KEY", TEXT)
     concurrency: int = option(4, COUNT)
 
 
 @dataclass(frozen=True)
 class OpenAICompatibleBlock(OpenAIBlock):
-    model: str = option("local-model", TEXT)             # the name the server knows the model by
+    # the name the server knows the model by; not an entry's: verifiable only where the maintainers
+    # serve the same model (entry=True then)
+    model: str = option("local-model", TEXT)
     base_url: str | None = option("http://localhost:8000/v1", TEXT_OR_NULL)
     api_key_env: str = option("OPENAI_COMPATIBLE_API_KEY", TEXT)
     api_key_required: bool = option(False, BOOL)

@@ -216,7 +216,7 @@ def test_adding_a_simulator_option_touches_one_class_and_one_yaml(monkeypatch, t
     recorded = components(config)["simulator"]
     assert recorded["parameters"] == {"high": 10.0, "case_sensitive": True}
     entry = {"simulator": recorded, "scorers": {"correlation": {}}, "stats": {"seed": 0, "bootstrap_resamples": 10}}
-    simulator, _ = lb.resolve_components(entry, lb.load_config())
+    simulator, _ = lb.resolve_components(entry)
     assert simulator == {"kind": "token_match", "high": 10.0, "case_sensitive": True}
 
 

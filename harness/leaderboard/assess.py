@@ -92,7 +92,7 @@ def _read(path: Path, cfg: dict[str, Any], cache: VerdictCache, views: SetViews,
         check_file_name(path, entry)  # the cache is keyed by bytes, not by where they are stored
     else:
         entry = entry_from_bytes(path, raw, cfg)
-        resolve_components(entry, cfg)
+        resolve_components(entry)
         entry, verdict, parsed = views.slim(entry), None, True
     return Assessed(path, entry, "unchecked", sha256=sha), verdict, parsed
 
@@ -119,7 +119,7 @@ def assess(cfg: dict[str, Any], use_cache: bool = True) -> list[Assessed]:
             out.append(Assessed(path, None, "rejected", str(exc)))
             log.warning("rejected %s: %s", path.name, exc)
     for a in tqdm([a for a in out if a.status == "unchecked"], desc="verifying entries", unit="entry"):
-        simulator, scorers = resolve_components(a.entry, cfg)
+        simulator, scorers = resolve_components(a.entry)
         a.simulator_check = simulator_check_label(simulator)
         # Not re-scored here: an API simulator (the verifier's key and spend), or a re-scoring over the budget.
         needs_record = "its simulator is behind an API" if uses_api(simulator) else over_budget(a.entry, simulator,

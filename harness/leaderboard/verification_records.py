@@ -73,7 +73,7 @@ def record_verification(path: Path, result: Verification, entry: dict[str, Any],
     (the entry file's sha256, the set's hash, the digest of the verifying code and of the rebuilt
     components), signed with the maintainers' key when set. Written atomically."""
     try:
-        digest = components_digest(*resolve_components(entry, cfg))
+        digest = components_digest(*resolve_components(entry))
     except EntryError:  # refused components: the record says so in its problems
         digest = None
     record = {**{k: v for k, v in asdict(result).items() if k != "problems"}, "problems": result.problems[:20],
@@ -98,7 +98,7 @@ def trusted_record(path: Path, entry: dict[str, Any], cfg: dict[str, Any]) -> Ve
     try:
         record = load_records(cfg).get(Path(path).stem)
         sha = file_sha256(path)
-        simulator, scorers = resolve_components(entry, cfg)
+        simulator, scorers = resolve_components(entry)
         ok = (isinstance(record, dict) and isinstance(record.get("signature"), str)
               and hmac.compare_digest(record["signature"], _signature(record, key))
               and record.get("entry_sha256") == sha and not revoked(sha, cfg)

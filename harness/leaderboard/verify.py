@@ -94,10 +94,11 @@ def _take_allowed(where: str, params: dict[str, Any], allowed: list[str], base: 
         _set(base, key, value)
 
 
-def resolve_components(entry: dict[str, Any], cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict]]:
+def resolve_components(entry: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict]]:
     """The simulator config and the scorer parameters verification runs: each component's defaults
     (harness/components.py), the parameters its fields let an entry set, and the model block of
-    the backend the entry names, for a model on the allow-list. No file is read by path."""
+    the backend the entry names, for a model its `model` field lets an entry give. No file is read
+    by path."""
     from harness.components import BACKENDS, SCORERS, SIMULATORS
 
     sim = entry["simulator"]
@@ -116,14 +117,15 @@ def resolve_components(entry: dict[str, Any], cfg: dict[str, Any]) -> tuple[dict
         if backend is not None or model is not None:
             raise EntryError(f"simulator {kind!r} uses no LLM; the entry may not name a backend or model")
     else:
-        models = cfg["entry_allowed"]["models"]
-        if backend not in models:
-            raise EntryError(f"simulator.backend {backend!r} is not allowed on the board; allowed: {sorted(models)}")
-        if models[backend] == "*" and not (isinstance(model, str) and MODEL_RE.fullmatch(model)):
+        on_board = sorted(b for b in BACKENDS if "model" in BACKENDS.component(b).entry_options())
+        if backend not in on_board:
+            raise EntryError(f"simulator.backend {backend!r} is not allowed on the board; allowed: {on_board}")
+        allowed = BACKENDS.component(backend).entry_values("model")
+        if allowed is None and not (isinstance(model, str) and MODEL_RE.fullmatch(model)):
             raise EntryError(f"simulator.model {str(model)[:60]!r} is not a plain model name")
-        if models[backend] != "*" and model not in models[backend]:
+        if allowed is not None and model not in allowed:
             raise EntryError(f"simulator.model {str(model)[:60]!r} is not allowed for backend {backend!r}; "
-                             f"allowed: {models[backend]}")
+                             f"allowed: {list(allowed)}")
         llm = (simulator["llm"] if simulator["llm"]["backend"] == backend
                else {"backend": backend, **BACKENDS.component(backend).defaults()})
         simulator["llm"] = {**llm, "model": model}
@@ -301,7 +303,7 @@ def verify(entry: dict[str, Any], cfg: dict[str, Any], entry_sha256: str | None 
 
     name = entry["name"]
     try:
-        sim_cfg, scorer_params = resolve_components(entry, cfg)
+        sim_cfg, scorer_params = resolve_components(entry)
         neuron_set = known_set(entry, cfg["sets_dir"])
     except HarnessError as exc:
         return Verification(name, "failed", problems=[str(exc)])

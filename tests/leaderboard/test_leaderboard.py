@@ -316,27 +316,45 @@ def test_components_outside_the_allow_list_are_refused(honest, mutate, match):
     entry, cfg = honest
     mutate(entry)
     with pytest.raises(lb.EntryError, match=match):
-        lb.resolve_components(lb.validate_entry(entry), cfg)
+        lb.resolve_components(lb.validate_entry(entry))
     assert lb.verify(entry, cfg).status == "failed"
+
+
+@pytest.mark.parametrize("backend, model, match", [
+    ("openai_compatible", "local-model", r"simulator.backend 'openai_compatible' is not allowed on the board; "
+                                         r"allowed: \['anthropic', 'hf_local', 'openai'\]"),
+    ("hf_local", "qwen25_coder_05b_instruct", r"not allowed for backend 'hf_local'; allowed: \['smollm2_135m_instruct'\]"),
+    ("openai", "gpt-4o mini; rm", "not a plain model name"),
+])
+def test_the_backend_model_fields_say_which_simulator_models_an_entry_may_name(honest, backend, model, match):
+    """The models an entry's simulator may name are data on each backend's `model` field
+    (harness/params.py): hf_local lists its verifiable labels, openai takes any plain name, and
+    openai_compatible none."""
+    entry, _ = honest
+    entry["simulator"] = {"kind": "all_at_once", "backend": backend, "model": model, "parameters": {}}
+    with pytest.raises(lb.EntryError, match=match):
+        lb.resolve_components(lb.validate_entry(entry))
 
 
 def test_allowed_parameters_reach_the_simulator(honest):
     entry, cfg = honest
     entry["simulator"]["parameters"] = {"high": 5.0}
-    simulator, scorers = lb.resolve_components(entry, cfg)
+    simulator, scorers = lb.resolve_components(entry)
     assert simulator == {"kind": "token_match", "high": 5.0} and scorers == {"correlation": {}}
     entry["simulator"] = {"kind": "json", "backend": "anthropic", "model": "claude-3-5-haiku-latest", "parameters": {}}
-    simulator, _ = lb.resolve_components(entry, cfg)
+    simulator, _ = lb.resolve_components(entry)
     assert simulator["llm"]["api_key_env"] == "ANTHROPIC_API_KEY" and simulator["llm"]["model"] == "claude-3-5-haiku-latest"
 
 
 def test_an_explainer_model_needs_no_allow_list(honest):
     """Verification re-scores an entry's explanations and never reruns its explainer, so an entry
-    naming any explainer model (here the offline Qwen2.5-Coder-1.5B) verifies; `entry_allowed.models`
-    is about the simulator that verification rebuilds."""
+    naming any explainer model (here the offline Qwen2.5-Coder-1.5B) verifies; the models a backend's
+    `model` field lets an entry give are about the simulator that verification rebuilds."""
+    from harness.components import BACKENDS
+
     entry, cfg = honest
     entry["explainer"] = {"kind": "llm", "backend": "hf_local", "model": "qwen25_coder_15b_instruct", "parameters": {}}
-    assert "qwen25_coder_15b_instruct" not in cfg["entry_allowed"]["models"]["hf_local"]
+    assert "qwen25_coder_15b_instruct" not in BACKENDS.component("hf_local").entry_values("model")
     result = lb.verify(lb.validate_entry(entry), cfg)
     assert result.status == "verified", result.report()
 
@@ -347,14 +365,15 @@ def test_an_allowed_hf_local_simulator_model_is_rebuilt_on_its_own_weights(hones
     only where that block loads the weights conf/explainer/ gives that model."""
     import yaml
 
+    from harness.components import BACKENDS
     from harness.paths import CONF_DIR
 
     entry, cfg = honest
     presets = [yaml.safe_load(p.read_text())["llm"] for p in sorted((CONF_DIR / "explainer").glob("hf_local*.yaml"))]
     subject_of = {llm["model"]: llm["subject"] for llm in presets}
-    for model in cfg["entry_allowed"]["models"]["hf_local"]:
+    for model in BACKENDS.component("hf_local").entry_values("model"):
         entry["simulator"] = {"kind": "all_at_once", "backend": "hf_local", "model": model, "parameters": {}}
-        simulator, _ = lb.resolve_components(entry, cfg)
+        simulator, _ = lb.resolve_components(entry)
         assert simulator["llm"]["subject"] == subject_of[model], model
 
 
@@ -371,7 +390,7 @@ def test_a_literal_all_at_once_entry_is_verified_with_its_literal_flag(honest):
     config = {"explainer": {"kind": "top_tokens"}, "simulator": literal, "scorer": {"correlation": {}}}
     entry["simulator"] = components(config)["simulator"]
     assert entry["simulator"]["parameters"] == {"literal": True}
-    simulator, _ = lb.resolve_components(entry, cfg)
+    simulator, _ = lb.resolve_components(entry)
     assert simulator == {"kind": "all_at_once", **SIMULATORS.component("all_at_once").defaults(), **literal}
 
 

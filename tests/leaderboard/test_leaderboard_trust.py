@@ -123,7 +123,7 @@ def test_L9_parameters_of_the_wrong_type_are_refused_not_a_crash(honest, mutate,
     entry, cfg = honest
     mutate(entry)
     with pytest.raises(lb.EntryError, match=match):
-        lb.resolve_components(entry, cfg)
+        lb.resolve_components(entry)
 
 
 def test_L9_a_negative_seed_is_refused_by_the_schema(honest):
@@ -194,7 +194,7 @@ def test_explanations_may_quote_control_tokens(honest):
 
 def test_L10_verification_over_the_budget_is_pending_for_the_maintainers(honest):
     entry, cfg = honest
-    simulator, scorers = lb.resolve_components(entry, cfg)
+    simulator, scorers = lb.resolve_components(entry)
     assert verify_module.estimated_seconds(entry, simulator, scorers, cfg) < cfg["verify"]["budget_seconds"]
     with_ablation = {**scorers, "ablation": {}}
     big = copy.deepcopy(entry)
