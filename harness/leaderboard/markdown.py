@@ -1,5 +1,5 @@
 """The board as Markdown (`leaderboard/README.md`): the ranking per set and scorer, its uncertainty
-(`ranks`), trained vs random weights, scorer agreement (`harness.agreement`), the entries not
+(`ranks`), explainer size against score (`scaling`), trained vs random weights, scorer agreement (`harness.agreement`), the entries not
 ranked, and how entries are trusted (`TRUST_MODEL`). Every entry-derived string is escaped for
 Markdown."""
 
@@ -12,6 +12,7 @@ from harness.formatting import fmt
 from harness.leaderboard.assess import Assessed
 from harness.leaderboard.ranks import Ranking, cross_sets, rankings, redrawn_pairs, render_section
 from harness.leaderboard.rows import board_rows, random_weight_rows
+from harness.leaderboard.scaling import render_scaling, scaling_rows
 from harness.text import for_markdown as _md  # every entry-derived string in README.md
 
 TRUST_MODEL = """\
@@ -134,6 +135,7 @@ def render_markdown(assessed: list[Assessed], cfg: dict[str, Any] | None = None,
     verified = [a.entry for a in assessed if a.status == "verified"]
     ranks = rankings(verified) if ranks is None else ranks
     lines += render_section(ranks, cross_sets(ranks, redrawn_pairs(cfg)))
+    lines += render_scaling(scaling_rows(assessed, cfg))
     comparisons = random_weight_rows(assessed, cfg or {})
     if comparisons:
         lines += ["## Trained vs random weights", "", RANDOM_WEIGHTS_NOTE, ""]

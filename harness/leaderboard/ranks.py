@@ -254,7 +254,7 @@ NOTE = (
     "or explainers. `python -m harness.leaderboard ranks` prints the same tables.")
 
 
-def _p(p: float) -> str:
+def p_text(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
@@ -273,7 +273,7 @@ def render_ranking(r: Ranking, heading: str = "###") -> list[str]:
              "|---|---|---|---|---|---|---|---|---|"]
     for i, e in enumerate(r.entries):
         g = r.gaps[i] if i < len(r.gaps) else None
-        gap = (f"{fmt(g.diff, '+.3f')} | [{fmt(g.ci95[0], '+.3f')}, {fmt(g.ci95[1], '+.3f')}] | {_p(g.p_holm)}"
+        gap = (f"{fmt(g.diff, '+.3f')} | [{fmt(g.ci95[0], '+.3f')}, {fmt(g.ci95[1], '+.3f')}] | {p_text(g.p_holm)}"
                if g else "— | — | —")
         lines.append(f"| {e.rank} | {_md(e.name)} | {_md(e.label)} | {fmt(e.mean)} | "
                      f"{e.rank_ci[0]}–{e.rank_ci[1]} | {e.group} | {gap} |")
