@@ -11,8 +11,12 @@ from harness.text import canonical_json
 
 
 def explainer_label(entry) -> str:
+    """`backend:model` for a plain LLM explainer; the kind, with its model when it runs one
+    (hypothesis_loop), otherwise."""
     e = entry["explainer"]
-    return f"{e['backend']}:{e['model']}" if e["kind"] == "llm" else e["kind"]
+    if e["kind"] == "llm":
+        return f"{e['backend']}:{e['model']}"
+    return f"{e['kind']} ({e['backend']}:{e['model']})" if e.get("backend") else e["kind"]
 
 
 def prompt_label(entry) -> str:

@@ -653,3 +653,14 @@ def test_committed_board_is_valid_verified_and_up_to_date(tmp_path):
     rendered = {p.relative_to(tmp_path): p.read_bytes() for p in sorted((tmp_path / "data").rglob("*")) if p.is_file()}
     committed = {p.relative_to(board_dir): p.read_bytes() for p in sorted((board_dir / "data").rglob("*")) if p.is_file()}
     assert rendered.keys() == committed.keys() and rendered == committed, "run: python -m harness.leaderboard render"
+
+
+def test_explainer_labels_name_the_model_an_explainer_runs():
+    from harness.leaderboard.rows import explainer_label
+
+    def label(kind, backend=None, model=None):
+        return explainer_label({"explainer": {"kind": kind, "backend": backend, "model": model, "parameters": {}}})
+
+    assert label("llm", "hf_local", "smollm2_135m_instruct") == "hf_local:smollm2_135m_instruct"
+    assert label("hypothesis_loop", "openai", "gpt-4o") == "hypothesis_loop (openai:gpt-4o)"
+    assert label("baseline_top_tokens") == "baseline_top_tokens"
