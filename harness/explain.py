@@ -274,9 +274,10 @@ def make_explainer(cfg: Any, prompt_cfg: Any = None, context: RunContext | None 
             raise ConfigError("baseline_borrowed borrows from a no-LLM explainer; for LLM explainers "
                               "use the cell's own floor control (summary.json → floor)")
         given["source"] = make_explainer(checked["source"], context=context)
-    manifest = context.manifest or {}
-    if checked.get("subject") is not None and checked["subject"] == manifest.get("subject", {}).get("name"):
-        given["subject"] = context.subject()  # the set's subject, loaded once per run and digest-checked
+    if "subject" in checked:  # a weight baseline: the set's subject, unless it names another
+        set_subject = ((context.manifest or {}).get("subject") or {}).get("name")
+        if checked["subject"] in (None, set_subject):
+            given["subject"] = context.subject()  # loaded once per run and digest-checked; without a set, a ConfigError
     return spec.build(checked, context, **given)
 
 

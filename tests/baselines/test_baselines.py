@@ -62,3 +62,11 @@ def test_oracle_ceiling_is_the_quantised_truth():
     sims = OracleQuantizedSimulator().simulate("", neuron.test)
     assert sims == [[0.0, 10.0, 1.0, 0.0], [0.0, 0.0, 8.0]]
     assert correlation_scores(neuron.test, sims)["ev_correlation_score"] > 0.99
+
+
+@pytest.mark.parametrize("kind", ["baseline_weight_in", "baseline_weight_out"])
+def test_a_weight_baseline_without_a_set_or_subject_says_what_it_needs(kind):
+    """Its default subject is the set's: built outside a cell, with no set and no subject named, it is
+    a ConfigError saying so (not an unknown subject None)."""
+    with pytest.raises(ConfigError, match="no subject: this component runs the set's subject model"):
+        make_explainer({"kind": kind})
