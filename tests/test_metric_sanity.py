@@ -1,5 +1,6 @@
-"""Issue 17: the random-weights subject, the label perturbations of harness.metric_sanity and their
-verdicts, and the board's trained-vs-random comparison."""
+"""Issues 17 and 23: the random-weights subject, the label perturbations of harness.metric_sanity (of
+the oracle simulation, and of the explanation for the scorers that judge it) and their verdicts, and
+the board's trained-vs-random comparison."""
 
 from __future__ import annotations
 
@@ -15,13 +16,16 @@ from harness import leaderboard as lb
 from harness.leaderboard.markdown import render_markdown
 from harness.leaderboard.rows import random_weight_rows
 from harness.errors import ConfigError
-from harness.metric_sanity import Plan, conditions, curves, perturbed_batch, run_check
+from harness.components import RunContext
+from harness.metric_sanity import (LabelPlan, Labeller, Plan, conditions, curves, explained_batch, label_count,
+                                   perturbed_batch, run_check, score_grid, verdict_table, verdicts)
 from harness.paths import CONF_DIR, SETS_DIR
 from harness.records import ActivationRecord, NeuronRecord
-from harness.scoring import Metric
+from harness.scoring import DETECTION, EMBEDDING, Metric, scorers_from
 from harness.scoring.stats import difference_ci
 from harness.subject import load_subject, subject_config
 from tests.leaderboard.test_leaderboard import board, lb_cells, lb_sets  # noqa: F401 (fixtures)
+from tests.scoring.test_detection import KeywordJudge, tea_neuron
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 STATS = {"seed": 0, "bootstrap_resamples": 500}
@@ -118,6 +122,79 @@ def test_a_metric_passes_only_if_it_falls_in_both_directions():
     assert curves(undefined, fractions, metric, STATS)["missing"]["means"][-1] == 0.0
 
 
+# --- explanation perturbations (the scorers that judge the explanation) ------------------------
+
+def test_label_perturbations_are_seeded_and_nested():
+    labels, pool = ["he", "she", "it", "they", "He"], ["the", "of", "and", "to", "a", "in", "he"]
+    plan = LabelPlan.draw(labels, pool, np.random.default_rng(0))
+    assert plan == LabelPlan.draw(labels, pool, np.random.default_rng(0))  # seeded
+    assert any(LabelPlan.draw(labels, pool, np.random.default_rng(s)) != plan for s in (1, 2, 3))
+    assert [label_count(f, 5) for f in (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)] == [0, 1, 2, 3, 4, 5]  # ceil: f > 0 moves one
+    assert label_count(0.3, 10) == 3  # not 4 from 0.3 * 10 = 3.0000000000000004
+    before_missing, before_extra = labels, labels
+    for f in (0.0, 0.1, 0.25, 0.5, 0.75, 1.0):
+        missing, extra = plan.perturbed("missing", f), plan.perturbed("extra", f)
+        assert len(missing) == 5 - label_count(f, 5) and missing == [x for x in labels if x in missing]  # order kept
+        assert set(missing) <= set(before_missing)  # nested: a larger f removes a superset
+        added = [x for x in extra if x not in labels]
+        assert len(added) == label_count(f, 5) and set(added) <= set(pool) - set(labels)
+        assert [x for x in extra if x in labels] == labels  # every true label stays, in its order
+        assert [x for x in before_extra if x in extra] == before_extra  # nested: earlier extras stay in place
+        before_missing, before_extra = missing, extra
+    assert plan.perturbed("missing", 1.0) == [] and len(plan.perturbed("extra", 1.0)) == 10
+    with pytest.raises(ConfigError, match="unknown perturbation"):
+        plan.perturbed("shuffled", 0.5)
+    with pytest.raises(ConfigError, match="only 2 wrong labels to draw 5"):
+        LabelPlan.draw(labels, ["the", "of", "he"], np.random.default_rng(0))
+
+
+def test_explained_batch_writes_labels_as_the_top_tokens_baseline_and_none_as_the_empty_one():
+    labeller = Labeller.from_baselines()
+    plan = LabelPlan.draw(["tea", "coffee"], ["cat", "dog", "rain"], np.random.default_rng(0))
+    batch = explained_batch(tea_neuron(), plan, labeller, [0.0, 0.5, 1.0])
+    texts = [s.explanation for s in batch]  # conditions(): m0, m.5, m1, e.5, e1
+    assert texts[0] == 'the tokens "tea", "coffee"'
+    assert texts[2] == "nothing in particular"
+    assert texts[4].count('"') == 8 and '"tea"' in texts[4] and '"coffee"' in texts[4]
+    assert all(s.test == [] and s.neuron.test == tea_neuron().test for s in batch)
+
+
+def test_a_judge_scorer_passes_or_fails_the_rule_on_hand_made_scores():
+    """Explanation-space metrics take the same verdict as the simulation's: the embedding AUROC falls in
+    both directions on both kinds (pass), the gap rises when wrong labels are added (fail), and the
+    report says what each metric's perturbation acts on."""
+    fractions = [0.0, 0.5, 1.0]
+    base = np.random.default_rng(0).uniform(0.7, 0.9, size=(30, 1))
+    falling = np.hstack([base, base - 0.1, base - 0.2, base - 0.05, base - 0.15])  # m0, m.5, m1, e.5, e1
+    rising_extra = np.hstack([base, base - 0.1, base - 0.2, base + 0.05, base + 0.1])
+    grids = {"planted": {"embedding.auroc": falling, "embedding.similarity_gap": falling},
+             "set": {"embedding.auroc": falling[:20], "embedding.similarity_gap": rising_extra}}
+    out = verdicts(grids, [(EMBEDDING, {})], fractions, STATS)
+    auroc, gap = out["embedding.auroc"], out["embedding.similarity_gap"]
+    assert auroc["passes"] and auroc["perturbs"] == "explanation" and auroc["headline"]
+    assert not gap["passes"] and gap["kinds"]["planted"]["extra"]["passes"] and not gap["kinds"]["set"]["extra"]["passes"]
+    assert gap["kinds"]["set"]["missing"]["passes"]
+    table = verdict_table({"metrics": out})
+    assert "| embedding | **auroc** (headline) |" in table and "no: extra on set neurons" in table
+    constant = verdicts({"set": {"detection.failed_fraction": np.zeros((5, 5))}}, [(DETECTION, {})], fractions, STATS)
+    assert "n/a: does not read the explanation" in verdict_table({"metrics": constant})
+
+
+def test_detection_scores_each_perturbed_explanation_as_a_cell_does(monkeypatch):
+    """Plumbing with a fake judge (yes for windows naming a word of the explanation): the true list
+    finds the tea windows; no labels ("nothing in particular") finds none (AUROC 0.5); the wrong
+    labels added at f = 1 ("cat", "dog", "rain", ...) make it say yes to inactive windows."""
+    import harness.llm
+
+    monkeypatch.setattr(harness.llm, "make_backend", lambda block: KeywordJudge())
+    plan = LabelPlan.draw(["tea", "coffee"], ["cat", "dog", "rain", "birds"], np.random.default_rng(0))
+    batch = explained_batch(tea_neuron(), plan, Labeller.from_baselines(), [0.0, 1.0])
+    grid = score_grid([batch], 1, scorers_from({"detection": {}}), RunContext(), "fake judge")
+    auroc = grid["detection.auroc"][0]  # conditions: m0, m1, e1
+    # f = 0: the three tea/coffee windows say yes, and "The cat sat down" (the word "the"): 9/12 + 3 ties
+    assert auroc[0] == pytest.approx(0.875) and auroc[1] == 0.5 and auroc[2] < auroc[0]
+
+
 def test_difference_ci_is_an_unpaired_bootstrap_of_two_samples():
     a, b = np.linspace(0.5, 0.7, 30), np.linspace(0.0, 0.2, 50)
     d = difference_ci(a, b, 1000, 0)
@@ -149,6 +226,29 @@ def test_metric_sanity_end_to_end_on_a_tiny_set(lb_sets, tmp_path):  # noqa: F81
     assert "| correlation | **ev_correlation_score** (headline) |" in report
     assert (tmp_path / "metric_sanity.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "results.json").read_text())["fractions"] == [0.0, 0.5, 1.0]
+
+
+@pytest.mark.slow
+def test_metric_sanity_runs_the_embedding_scorer_on_perturbed_explanations(lb_sets, tmp_path):  # noqa: F811
+    """MiniLM on the planted neuron (3 draws) and the tiny set at three fractions: the report has the
+    embedding scorer's rows, its explanations were perturbed (the values move), and the planted
+    neuron's true explanation is its pronoun class."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("check/metric_sanity", overrides=[f"neuron_set.path={lb_sets / 'tiny'}", "scorer=[embedding]",
+                                                        "planted_draws=3", "fractions=[0.0,0.5,1.0]",
+                                                        "stats.bootstrap_resamples=200"])
+    results = run_check(cfg, tmp_path)
+    assert results["planted"]["true_explanation"] == 'the tokens "he", "she", "it", "they", "He", "She", "It", "They"'
+    assert set(results["metrics"]) == {"embedding.auroc", "embedding.similarity_gap"}
+    auroc = results["metrics"]["embedding.auroc"]
+    assert auroc["perturbs"] == "explanation" and auroc["reads_perturbed"] and set(auroc["kinds"]) == {"planted", "set"}
+    planted = auroc["kinds"]["planted"]
+    assert len(planted["missing"]["points"]) == 3 and planted["missing"]["points"][0]["n"] == 3
+    assert planted["missing"]["means"][0] == planted["extra"]["means"][0]  # f = 0 is shared
+    report = (tmp_path / "report.md").read_text()
+    assert "| embedding | **auroc** (headline) |" in report and "| embedding | similarity_gap |" in report
+    assert '"nothing in particular"' in report
+    assert json.loads((tmp_path / "results.json").read_text())["metrics"]["embedding.auroc"]["passes"] == auroc["passes"]
 
 
 # --- the board: trained vs random weights -------------------------------------------------------
