@@ -17,8 +17,10 @@ from harness.leaderboard.markdown import render_markdown
 from harness.leaderboard.rows import random_weight_rows
 from harness.errors import ConfigError
 from harness.components import RunContext
-from harness.metric_sanity import (LabelPlan, Labeller, Plan, conditions, curves, explained_batch, label_count,
-                                   perturbed_batch, run_check, score_grid, verdict_table, verdicts)
+from harness.metric_sanity import curves, run_check, score_grid, verdicts
+from harness.sanity.perturb import (LabelPlan, Labeller, Plan, conditions, explained_batch, label_count,
+                                    perturbed_batch)
+from harness.sanity.report import verdict_table
 from harness.paths import CONF_DIR, SETS_DIR
 from harness.records import ActivationRecord, NeuronRecord
 from harness.scoring import DETECTION, EMBEDDING, Metric, scorers_from
