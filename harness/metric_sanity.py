@@ -80,7 +80,7 @@ log = logging.getLogger(__name__)
 # --- Scoring ------------------------------------------------------------------------------------
 
 def score_grid(batches: Iterable[list[Simulated]], n: int, scorers: list[tuple[Scorer, dict]],
-               context: RunContext | dict, desc: str) -> dict[str, np.ndarray]:
+               context: RunContext | None, desc: str) -> dict[str, np.ndarray]:
     """{"<scorer>.<metric>": array [n, len(conditions)]} of every metric under every condition; row i
     is `batches`' i-th batch (one neuron under every condition, made lazily: oracle simulations of
     hundreds of neurons do not fit in memory at once)."""
@@ -177,11 +177,11 @@ def run_check(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     draws = cfg.planted_draws
     seeds = [cfg.seed * 100_003 + k for k in range(draws)]
     if cheap:
-        grids["planted"] = score_grid((perturbed_batch(planted, fractions, s) for s in seeds), draws, cheap, {},
+        grids["planted"] = score_grid((perturbed_batch(planted, fractions, s) for s in seeds), draws, cheap, None,
                                       "planted: correlation, threshold")
     if costly:
         grids["planted"].update(score_grid((perturbed_batch(planted, fractions, s) for s in seeds), draws, costly,
-                                           {"subject": subject}, "planted: ablation"))
+                                           RunContext(given_subject=subject), "planted: ablation"))
     # The scorers that judge the explanation: window embeddings are cached per "set", here the planted corpus.
     key = hashlib.sha256(repr(corpus_cfg).encode()).hexdigest()[:16]
     judge_context = RunContext(manifest={"hash": f"metric-sanity-planted-{key}"})
@@ -202,7 +202,7 @@ def run_check(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     seeds = [cfg.seed * 100_003 + 1_000 + i for i in range(len(neurons))]
     if cheap:
         grids["set"] = score_grid((perturbed_batch(n, fractions, s) for n, s in zip(neurons, seeds)), len(neurons),
-                                  cheap, {}, f"{neuron_set.name}: correlation, threshold")
+                                  cheap, None, f"{neuron_set.name}: correlation, threshold")
     if costly and cfg.ablation.set_neurons:
         k = min(cfg.ablation.set_neurons, len(neurons))
         grids["set_ablation"] = score_grid((perturbed_batch(n, fractions, s) for n, s in zip(neurons[:k], seeds[:k])),

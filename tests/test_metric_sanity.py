@@ -230,6 +230,21 @@ def test_metric_sanity_end_to_end_on_a_tiny_set(lb_sets, tmp_path):  # noqa: F81
     assert json.loads((tmp_path / "results.json").read_text())["fractions"] == [0.0, 0.5, 1.0]
 
 
+@pytest.mark.heavy
+def test_metric_sanity_runs_the_ablation_scorer_with_the_subjects_it_needs(lb_sets, tmp_path):  # noqa: F811
+    """Ablation patches a subject: the planted neuron's edited tiny Llama, and the set's own subject
+    for the set neurons, each handed over in the run's context (the default config runs it)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("check/metric_sanity", overrides=[f"neuron_set.path={lb_sets / 'tiny'}", "scorer=[ablation]",
+                                                        "planted_draws=2", "fractions=[0.0,1.0]", "ablation.set_neurons=1",
+                                                        "ablation.windows_per_kind={top: 1, random: 1, quantile: 0}",
+                                                        "stats.bootstrap_resamples=200"])
+    results = run_check(cfg, tmp_path)
+    kinds = results["metrics"]["ablation.score"]["kinds"]
+    assert set(kinds) >= {"planted", "set_ablation"}
+    assert all(len(kinds[k]["missing"]["means"]) == 2 for k in ("planted", "set_ablation"))
+
+
 @pytest.mark.slow
 def test_metric_sanity_runs_the_embedding_scorer_on_perturbed_explanations(lb_sets, tmp_path):  # noqa: F811
     """MiniLM on the planted neuron (3 draws) and the tiny set at three fractions: the report has the
