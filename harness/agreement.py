@@ -86,6 +86,11 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(sps.spearmanr(a[ok], b[ok]).statistic)
 
 
+def shared_neurons(entries: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """The (layer, neuron) keys every entry lists, sorted: what paired comparisons run over."""
+    return sorted(set.intersection(*({(n["layer"], n["neuron"]) for n in e["neurons"]} for e in entries)))
+
+
 def headline_values(entry: dict[str, Any], keys: list[tuple[int, int]], scorer: str) -> np.ndarray:
     """The scorer's headline per neuron in `keys` order, undefined at the no-information value (NaN
     without one), negated when lower is better."""
@@ -111,7 +116,7 @@ def set_agreement(entries: list[dict[str, Any]], n_resamples: int = RESAMPLES, s
     if len(sets) > 1:
         raise ConfigError(f"scorer agreement compares entries on one set; got {sorted(s for s, _ in sets)}")
     entries = sorted(entries, key=lambda e: e["name"])
-    keys = sorted(set.intersection(*({(n["layer"], n["neuron"]) for n in e["neurons"]} for e in entries)))
+    keys = shared_neurons(entries)
     idx = resample_indices(len(keys), n_resamples, seed) if keys else None
     scorers = sorted({s for e in entries for s in e["scorers"]})
     values, means = {}, {}  # scorer -> entry name -> per-neuron values; (mean, the mean in every resample)

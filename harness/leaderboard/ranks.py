@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.agreement import MIN_ENTRIES, RESAMPLES, SEED, headline_values, kendall_tau_b
+from harness.agreement import MIN_ENTRIES, RESAMPLES, SEED, headline_values, kendall_tau_b, shared_neurons
 from harness.errors import ConfigError
 from harness.formatting import fmt
 from harness.leaderboard.rows import explainer_label, pairing_key, prompt_label
@@ -149,7 +149,7 @@ def ranking(entries: list[dict[str, Any]], scorer: str, n_resamples: int = RESAM
     if metric.no_information is None:
         raise ConfigError(f"{scorer}'s headline metric {s.headline!r} has no no-information value: the board "
                           "ranks it by no mean over every neuron")
-    keys = sorted(set.intersection(*({(n["layer"], n["neuron"]) for n in e["neurons"]} for e in entries)))
+    keys = shared_neurons(entries)
     if not keys:
         raise ConfigError("the entries share no neuron")
     x = np.stack([headline_values(e, keys, scorer) for e in entries])  # entries × neurons, higher is better

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.agreement import SEED, headline_values
+from harness.agreement import SEED, headline_values, shared_neurons
 from harness.formatting import fmt
 from harness.leaderboard.assess import Assessed
 from harness.leaderboard.ranks import PERMUTATIONS, p_text
@@ -42,8 +42,7 @@ def _same_run(entry: dict[str, Any]) -> str:
 
 
 def _paired(larger: dict[str, Any], smaller: dict[str, Any], scorer: str) -> dict[str, Any]:
-    keys = sorted({(n["layer"], n["neuron"]) for n in larger["neurons"]}
-                  & {(n["layer"], n["neuron"]) for n in smaller["neurons"]})
+    keys = shared_neurons([larger, smaller])
     s = get_scorer(scorer)
     sign = 1.0 if s.metric(s.headline).higher_is_better else -1.0  # back to the metric's own units
     return paired_test(sign * headline_values(larger, keys, scorer), sign * headline_values(smaller, keys, scorer),
