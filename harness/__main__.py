@@ -39,7 +39,7 @@ log = logging.getLogger("harness")
 # Keys that change how a cell runs but not what it computes: a finished cell is kept across them.
 RUNTIME_ONLY = ("call_cache", "batch_neurons", "max_failed_fraction")
 # Options added to conf/config.yaml since cells were saved, at the value that does what those cells did.
-ADDED = {"evaluate_on": "test"}
+ADDED = {"evaluate_on": "test", "controls": {"floor_neurons": None}}
 
 
 def finished_cell(output_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:

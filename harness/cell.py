@@ -117,8 +117,9 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 
     done = sorted(simulated)
     try:
-        floor = score_neurons(neurons, rows, simulated, simulator, scorers, cfg.controls,
-                              floor_partners(done, cfg.stats.seed), range(len(neurons)), context)
+        partners = floor_partners(done, cfg.stats.seed, cfg.controls.get("floor_neurons"))
+        floor = score_neurons(neurons, rows, simulated, simulator, scorers, cfg.controls, partners,
+                              range(len(neurons)), context)
     except TransientLLMError as exc:
         raise _incomplete([f"a floor simulation: {exc}"]) from exc
     significance = None
@@ -146,7 +147,8 @@ def run_cell(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         "n_failed": n_failed,
         "evaluate_on": cfg.evaluate_on,
         "scores": summarise(table, scorers, "", cfg.stats),
-        **{control: summarise(table, reporting(scorers, control), control + ".", cfg.stats)
+        **{control: summarise(control_rows(table, control, cfg.controls, partners), reporting(scorers, control),
+                              control + ".", cfg.stats)
            for control in CONTROLS if cfg.controls[control]},
         **({"significance": significance} if significance is not None else {}),
         "cost": ledger.summary(),
@@ -178,13 +180,27 @@ def explainer_reads_the_sets_subject(cfg: DictConfig, manifest: dict[str, Any]) 
                           "(or null: the set's subject)")
 
 
-def floor_partners(explained: list[int], seed: int) -> dict[int, int]:
+def floor_partners(explained: list[int], seed: int, sample: int | None = None) -> dict[int, int]:
     """The random-explanation floor's pairing: neuron i borrows the explanation of neuron
     partners[i], a seeded derangement of the explained neurons. Empty with fewer than two: there
-    is no other explanation to borrow, so the floor is undefined (never the neuron's own)."""
+    is no other explanation to borrow, so the floor is undefined (never the neuron's own). With
+    `sample` (controls.floor_neurons), only a seeded sample of that many explained neurons gets a
+    floor: it then costs that many neurons' simulations, for a wider CI."""
     if len(explained) < 2:
         return {}
-    return dict(zip(explained, np.asarray(explained)[derangement(len(explained), seed)].tolist()))
+    partners = dict(zip(explained, np.asarray(explained)[derangement(len(explained), seed)].tolist()))
+    if sample is None or sample >= len(explained):
+        return partners
+    kept = np.random.default_rng([seed, 1]).choice(explained, size=sample, replace=False)
+    return {i: partners[i] for i in sorted(kept.tolist())}
+
+
+def control_rows(table: pd.DataFrame, control: str, controls, partners: dict[int, int]) -> pd.DataFrame:
+    """The rows a control's summary is over: every neuron, except for a floor on a sample
+    (controls.floor_neurons), which is summarised over its sample alone."""
+    if control == "floor" and controls.get("floor_neurons") is not None:
+        return table.iloc[sorted(partners)]
+    return table
 
 
 def score_neurons(neurons: list[NeuronRecord], rows: list[dict[str, Any]], simulated: dict[int, Simulated],

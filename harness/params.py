@@ -65,7 +65,7 @@ class AllAtOnceParams:
     max_context: int | None = option(None, COUNT_OR_NULL)  # longest prompt; null: the model's limit
     literal: bool = option(False, BOOL, entry=True)    # at least 10 on tokens the explanation names
     ten: str = option("split", one_of("split", "token"))  # served: "10" is "1","0" (split) or one token
-    call_cache: str | None = option(None, TEXT_OR_NULL)  # served: SQLite file of cached calls
+    call_cache: str | None = option(None, TEXT_OR_NULL)  # SQLite file: served, cached calls; hf_local, simulations
     windows_per_request: int = option(1, COUNT)        # served: prompts per request
 
 
@@ -74,6 +74,7 @@ class OneAtATimeParams:
     llm: dict = option(rule=MAPPING, factory=_hf_local_block())
     batch_size: int = option(16, COUNT)                # prompts per forward pass
     literal: bool = option(False, BOOL, entry=True)
+    call_cache: str | None = option(None, TEXT_OR_NULL)  # SQLite file of simulated windows (resumes a cell)
 
 
 @dataclass(frozen=True)

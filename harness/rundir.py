@@ -130,9 +130,20 @@ def finished(output_dir: Path, cfg: DictConfig, what: str, runtime_only: tuple[s
     if not isinstance(summary, dict):
         log.warning("re-running %s: its %s holds no summary", output_dir, SUMMARY)
         return None
-    saved = {**(added or {}), **summary.get("config", {})}
+    saved = _with_added(summary.get("config", {}), added or {})
     check_same_config(output_dir, saved, saved_config(cfg), f"a finished {what}", runtime_only)
     return summary
+
+
+def _with_added(saved: dict[str, Any], added: dict[str, Any]) -> dict[str, Any]:
+    """`saved` with each option of `added` it lacks (nested mappings merged key by key)."""
+    out = dict(saved)
+    for key, value in added.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _with_added(out[key], value)
+        elif key not in out:
+            out[key] = value
+    return out
 
 
 def git_commit() -> dict[str, Any]:

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import ConfigError
 from harness.rules import (BOOL, COUNT, COUNT_OR_NULL, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE,
-                           POSITIVE_OR_NULL, UNIT_INTERVAL, ZERO_OR_ONE, Rule, is_int)
+                           POSITIVE_OR_NULL, UNIT_INTERVAL, ZERO_OR_ONE, Rule, is_int, or_null)
 
 # The llm and sampling blocks of an explainer, a simulator (`*.llm.timeout`) or a scorer that asks a
 # model (`scorer.*.llm.timeout`).
@@ -43,7 +43,9 @@ RULES: dict[str, Rule] = {
     "batch_neurons": COUNT,
     "max_failed_fraction": UNIT_INTERVAL,
     "evaluate_on": (lambda x: x in ("test", "calibration"), "'test' or 'calibration'"),
-    "controls.*": BOOL,
+    "controls.floor": BOOL,
+    "controls.ceiling": BOOL,
+    "controls.floor_neurons": or_null((lambda x: is_int(x) and x >= 2, "an integer >= 2")),
     "stats.seed": NON_NEGATIVE_INT,
     "stats.bootstrap_resamples": COUNT,
     "stats.fdr_q": FRACTION,

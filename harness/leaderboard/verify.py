@@ -200,12 +200,14 @@ def _chosen(kind: str, n: int, entry_sha256: str, cfg: dict[str, Any]) -> list[i
 def estimated_seconds(entry: dict[str, Any], simulator: dict[str, Any], scorers: dict[str, Any],
                       cfg: dict[str, Any]) -> float:
     """What re-scoring the entry would take on the verifier's CPU, from `verify.seconds_per_neuron`:
-    per re-scored neuron, one simulation (two with the floor) and each scorer once per simulation
-    (and once more for the ceiling). A component without an estimate counts as over any budget."""
+    per re-scored neuron, one simulation (and the floor's share of a second: all, or its sample's)
+    and each scorer once per simulation (and once more for the ceiling). A component without an
+    estimate counts as over any budget."""
     costs = cfg["verify"]["seconds_per_neuron"]
     n = entry["neuron_set"]["n_neurons"]
     checked = n if not sampled(simulator["kind"], n, cfg) else cfg["verify"]["sample_neurons"]
     floor, ceiling = entry["controls"]["floor"], entry["controls"]["ceiling"]
+    floor *= min(1.0, entry["controls"].get("floor_neurons", n) / n)
     per_neuron = costs["simulators"].get(simulator["kind"], math.inf) * (1 + floor)
     per_neuron += sum(costs["scorers"].get(name, math.inf) for name in scorers) * (1 + floor + ceiling)
     return checked * per_neuron
@@ -254,16 +256,19 @@ def recomputed_summary(entry: dict[str, Any], order: list[tuple[int, int]]) -> d
     """The entry's summary as the cell computes it (the bootstrap over the set's `order` of
     neurons), from the entry's own per-neuron values, which the schema range-checks on every
     neuron and verification re-scores: what the board shows, never the submitter's own summary."""
-    from harness.cell import summarise
+    from harness.cell import control_rows, floor_partners, summarise
     from harness.scoring import get_scorer, reporting
 
     table = _claimed_table(entry, order)
     scorers = [(get_scorer(name), params) for name, params in entry["scorers"].items()]
     out = {"n_neurons": len(table), "n_failed": int(table["failure"].notna().sum()),
            "scores": summarise(table, scorers, "", entry["stats"])}
+    partners = floor_partners(table.index[table["failure"].isna()].tolist(), entry["stats"]["seed"],
+                              entry["controls"].get("floor_neurons"))
     for control in ("floor", "ceiling"):
         if entry["controls"][control]:
-            out[control] = summarise(table, reporting(scorers, control), control + ".", entry["stats"])
+            out[control] = summarise(control_rows(table, control, entry["controls"], partners),
+                                     reporting(scorers, control), control + ".", entry["stats"])
     return out
 
 
@@ -351,7 +356,8 @@ def verify(entry: dict[str, Any], cfg: dict[str, Any], entry_sha256: str | None 
                 rows[i]["failure"] = f"{type(exc).__name__}: {exc}"
         explained = [i for i, c in enumerate(claims) if c["failure"] is None]
         score_neurons(neurons, rows, simulated, simulator, scorers, entry["controls"],
-                      floor_partners(explained, entry["stats"]["seed"]), chosen, RunContext(manifest=neuron_set.manifest))
+                      floor_partners(explained, entry["stats"]["seed"], entry["controls"].get("floor_neurons")), chosen,
+                      RunContext(manifest=neuron_set.manifest))
     except TransientLLMError as exc:  # an outage is not a verdict
         return Verification(name, "pending", of=len(neurons), note=f"the simulator's API did not answer ({exc}); "
                                                                    "verify again later")

@@ -10,6 +10,8 @@ whose position id is the tab's position + 1, so its logits are exactly those of 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 
 import numpy as np
@@ -17,6 +19,7 @@ import torch
 from transformers import DynamicCache
 
 from harness.errors import ConfigError
+from harness.llm.cache import CallCache
 from harness.llm.hf_local import load_local_model
 from harness.records import ActivationRecord
 from harness.simulators.readout import (ValueTokens, expected_values, explanation_segment, shots_segments,
@@ -44,7 +47,7 @@ class _LogprobSimulator:
     served_ok = False  # whether the simulator also runs over a served model's completions endpoint
 
     def __init__(self, llm: dict | None = None, batch_size: int = 16, literal: bool = False, model=None,
-                 tokenizer=None):
+                 tokenizer=None, call_cache: str | None = None):
         llm = dict(llm or {"backend": "hf_local", "model": "smollm2_135m_instruct", "subject": "smollm2_135m"})
         if llm.get("backend") != "hf_local" and not (self.served_ok and llm.get("backend") == "openai_compatible"):
             raise ConfigError(f"simulator backend {llm.get('backend')!r}: {type(self).__name__} reads a local "
@@ -57,6 +60,9 @@ class _LogprobSimulator:
         self._model, self._tokenizer = model, tokenizer
         self._enc_cache: dict[str, list[int]] = {}
         self._memo: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}  # (explanation, tokens) -> expected values
+        # hf_local: each window's expected values also kept on disk, so an interrupted cell resumes where
+        # it stopped (over a served model, ServedReadout caches its calls instead)
+        self._store = CallCache(call_cache) if call_cache and llm.get("backend") == "hf_local" else None
         self.forward_passes = 0  # sequences run through the model (one row of a batch = one pass)
         self.forward_calls = 0  # batched model calls
 
@@ -102,14 +108,43 @@ class _LogprobSimulator:
         runs in changes no bit of its result (measured: batch sizes 2, 4 and 16 on SmolLM2)."""
         keys = [(explanation, tuple(r.tokens)) for r in records]
         todo = {k: r for k, r in zip(keys, records) if k not in self._memo}
+        if self._store is not None and todo:
+            todo = self._recall(explanation, todo)
         for k, m in zip(todo, self.masses(explanation, list(todo.values())) if todo else []):
             if m is not None:  # a failed window is tried again next time
                 self._memo[k] = expected_values(m)
+                if self._store is not None:
+                    self._store.put(self._store_key(self.prefix_ids(explanation), todo[k]),
+                                    {"explanation": explanation, "tokens": list(k[1])},
+                                    {"expected": self._memo[k].tolist()})
         sims = [self._memo.get(k) for k in keys]
         if self.literal is not None:
             named = self.literal.simulate(explanation, records)
             sims = [None if s is None else np.maximum(s, n) for s, n in zip(sims, named)]
         return [None if s is None else s.tolist() for s in sims]
+
+
+    def _store_key(self, prefix: list[int], record: ActivationRecord) -> str:
+        """What fixes a window's expected values: the readout, the model and how it runs, torch, and
+        the prompt's ids (so a change to the prompt's text or the tokenizer never hits a stale entry)."""
+        spec = {"readout": type(self).__name__, "reuse_prefix": getattr(self, "reuse_prefix", None),
+                "llm": {k: self.llm.get(k) for k in ("subject", "path", "model", "device", "dtype")},
+                "torch": torch.__version__, "prompt": prefix + self.window_ids(record)[0]}
+        return "simulation:" + hashlib.sha256(json.dumps(spec).encode()).hexdigest()
+
+    def _recall(self, explanation: str, todo: dict) -> dict:
+        """Move the windows of `todo` found on disk into the memo; returns those still to simulate.
+        json round-trips a float64 exactly, so a recalled window equals a fresh run's bit for bit."""
+        self._load()
+        prefix = self.prefix_ids(explanation)
+        left = {}
+        for k, r in todo.items():
+            hit = self._store.get(self._store_key(prefix, r))
+            if hit is None:
+                left[k] = r
+            else:
+                self._memo[k] = np.asarray(hit["expected"], dtype=np.float64)
+        return left
 
 
 class AllAtOnceSimulator(_LogprobSimulator):
@@ -123,7 +158,7 @@ class AllAtOnceSimulator(_LogprobSimulator):
                  max_context: int | None = None, literal: bool = False, ten: str = "split",
                  call_cache: str | None = None, windows_per_request: int = 1, model=None, tokenizer=None,
                  ledger=None):
-        super().__init__(llm, batch_size, literal, model, tokenizer)
+        super().__init__(llm, batch_size, literal, model, tokenizer, call_cache)
         # over a served model (llm.backend: openai_compatible): the same prompt as text, read from the
         # server's prompt logprobs (harness/llm/completions.py), its calls counted in `ledger`
         self.served = (ServedReadout(self.llm, ten, call_cache, windows_per_request, ledger)

@@ -128,6 +128,29 @@ def test_a_window_already_simulated_with_the_explanation_is_not_run_again(tiny_l
     assert literal.simulate('the word "coffee"', RECORDS[:1])[0][2] == 10.0
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_simulations_kept_on_disk_resume_an_interrupted_run_bit_for_bit(tiny_llama, tmp_path):
+    kw = dict(model=tiny_llama.model, tokenizer=tiny_llama.tokenizer, max_context=4096, batch_size=2,
+              call_cache=str(tmp_path / "sims.sqlite"))
+    first = AllAtOnceSimulator(**kw)
+    done = first.simulate("hot drinks", RECORDS[:2])  # then the process is killed
+    resumed = AllAtOnceSimulator(**kw)
+    again = resumed.simulate("hot drinks", RECORDS)
+    assert resumed.forward_passes == 1  # only the window the first run never reached
+    assert again[:2] == done  # exactly: the stored float64 values, not a re-run
+    # another explanation, another prompt (another readout) or another dtype is another simulation
+    assert len(AllAtOnceSimulator(**kw).simulate("cats", RECORDS[:1])) == 1
+    for other in (AllAtOnceSimulator(**{**kw, "reuse_prefix": False}),
+                  OneAtATimeSimulator(model=tiny_llama.model, tokenizer=tiny_llama.tokenizer,
+                                      call_cache=kw["call_cache"])):
+        other.simulate("hot drinks", RECORDS[:1])
+        assert other.forward_passes > 0
+    # the literal rule is applied on top of the stored model values, never stored itself
+    literal = AllAtOnceSimulator(literal=True, **kw)
+    assert literal.simulate('hot drinks "coffee"', RECORDS[:1])[0][2] == 10.0
+    assert AllAtOnceSimulator(**kw).simulate('hot drinks "coffee"', RECORDS[:1])[0][2] < 10.0
+
+
 def test_window_lines_escape_newlines_and_tabs(tiny_llama):
     sim = AllAtOnceSimulator(model=tiny_llama.model, tokenizer=tiny_llama.tokenizer)
     sim._load()
