@@ -14,7 +14,7 @@ import pytest
 
 from omegaconf import OmegaConf
 
-from harness.cell import run_cell
+from harness.cell import floor_partners, run_cell
 from harness.errors import ConfigError, SetIntegrityError
 from harness.paths import CONF_DIR, REPO_ROOT
 from harness.components import SCORERS
@@ -76,6 +76,22 @@ def test_floor_of_a_single_neuron_is_undefined(tiny_set, tmp_path):
     assert table["correlation.ev_correlation_score"].notna().all()
     assert "floor.correlation.ev_correlation_score" not in table or table["floor.correlation.ev_correlation_score"].isna().all()
     assert summary["floor"]["correlation"]["n_defined"] == 0
+
+
+def test_a_floor_on_a_sample_simulates_and_summarises_only_the_sample(tiny_set, tmp_path):
+    """controls.floor_neurons=3: three seeded neurons get the floor, each borrowing the explanation the
+    full floor would give it; the floor's summary is over those three, the scores' over all eight."""
+    full = floor_partners(list(range(8)), 0)
+    sample = floor_partners(list(range(8)), 0, 3)
+    assert len(sample) == 3 and all(full[i] == j for i, j in sample.items())
+    assert sample == floor_partners(list(range(8)), 0, 3) != floor_partners(list(range(8)), 1, 3)
+    assert floor_partners(list(range(8)), 0, 8) == full
+    summary = run_cell(cell_cfg(f"neuron_set.path={tiny_set}", "controls.floor_neurons=3"), tmp_path)
+    table = pd.read_parquet(tmp_path / "neurons.parquet")
+    floored = table.filter(like="floor.").notna().any(axis=1)
+    assert floored.any() and not floored[~table.index.isin(list(sample))].any()
+    assert summary["floor"]["correlation"]["n"] == 3 and summary["scores"]["correlation"]["n"] == 8
+    assert summary["config"]["controls"]["floor_neurons"] == 3
 
 
 def test_limit_takes_the_sets_fixed_order(tiny_set, tmp_path):
@@ -207,6 +223,7 @@ def test_second_run_on_a_busy_output_directory_fails_clearly(tiny_set, tmp_path)
     ("neuron_set.limit=abc", "neuron_set.limit"), ("neuron_set.limit=1.5", "neuron_set.limit"),
     ("neuron_set.limit=0", "neuron_set.limit"), ("batch_neurons=0", "batch_neurons"),
     ("stats.bootstrap_resamples=-5", "stats.bootstrap_resamples"), ("controls.floor=2", "controls.floor"),
+    ("controls.floor_neurons=1", "controls.floor_neurons"),
     ("explainer=openai", None), ("explainer=openai explainer.llm.timeout=0", "explainer.llm.timeout"),
     ("explainer=openai explainer.sampling.n=0", "explainer.sampling.n"),
     ("scorer=[threshold] scorer.threshold.quantiles=[0.9,1.5]", "scorer.threshold.quantiles.1"),

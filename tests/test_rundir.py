@@ -128,6 +128,17 @@ def test_finished_finds_a_done_run_of_the_same_configuration_and_refuses_another
         rundir.finished(tmp_path, other_cache, "cell")
 
 
+def test_a_run_saved_before_an_option_was_added_is_finished_at_that_options_old_value(tmp_path):
+    """A nested option added since (controls.floor_neurons) compares as its added value, key by key."""
+    old = {"evaluate": "test", "controls": {"floor": True}}
+    rundir.mark_done(tmp_path, {"config": old})
+    added = {"controls": {"floor_neurons": None}}
+    now = OmegaConf.create({"evaluate": "test", "controls": {"floor": True, "floor_neurons": None}})
+    assert rundir.finished(tmp_path, now, "cell", added=added) is not None
+    with pytest.raises(ConfigError, match="different configuration"):
+        rundir.finished(tmp_path, OmegaConf.merge(now, {"controls": {"floor_neurons": 30}}), "cell", added=added)
+
+
 def test_starting_a_run_removes_the_done_marker_and_records_provenance(tmp_path, monkeypatch):
     rundir.mark_done(tmp_path, {"config": {}})
     monkeypatch.setattr("sys.argv", ["prog", "llm.base_url=http://u:secret@host/v1"])

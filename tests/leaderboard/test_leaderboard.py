@@ -167,6 +167,25 @@ def test_stale_scores_fail(board):
     assert any("stored test simulation differs" in p for p in result.problems)
 
 
+def test_an_entry_with_a_floor_on_a_sample_verifies_and_its_sample_is_fixed(lb_sets, tmp_path):
+    """controls.floor_neurons travels into the entry; verify re-draws the same sample, so a floor
+    claimed outside it, or a sample size changed after the run, fails."""
+    cell = tmp_path / "cell"
+    run_cell(cell_cfg(f"neuron_set.path={lb_sets / 'tiny'}", "controls.floor_neurons=3"), cell)
+    cfg = lb.load_config(entries_dir=tmp_path / "board" / "entries", sets_dir=lb_sets)
+    entry = _load(lb.submit(cell, "sampled-floor", "tests", cfg))
+    assert entry["controls"] == {"floor": True, "ceiling": True, "floor_neurons": 3}
+    assert entry["summary"]["floor"]["correlation"]["n"] == 3
+    assert lb.verify(lb.validate_entry(entry), cfg).status == "verified"
+    outside = copy.deepcopy(entry)
+    n = next(n for n in outside["neurons"] if all(v is None for v in (n.get("floor") or {}).values()))
+    n["floor"] = {"correlation.ev_correlation_score": 0.5}
+    assert lb.verify(lb.validate_entry(outside), cfg).status == "failed"
+    resized = copy.deepcopy(entry)
+    resized["controls"]["floor_neurons"] = 4
+    assert lb.verify(lb.validate_entry(resized), cfg).status == "failed"
+
+
 def test_api_simulator_without_the_verifiers_key_is_pending(board, monkeypatch):
     """The key variable is the verifier's (conf/explainer/openai.yaml), never the entry's."""
     cfg = board["cfg"]
